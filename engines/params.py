@@ -1,0 +1,249 @@
+"""Engine parameters as ``key=value`` pairs, with nested keys in dot notation.
+
+The seed says llama.cpp's parameters are ``common_params`` fields, nested ones
+written ``sampling.top_k``. The valid keys are read from the installed
+``xllamacpp.CommonParams`` by walking its real fields, so a new xllamacpp
+brings its new parameters without a hand-kept list here.
+"""
+from __future__ import annotations
+
+import difflib
+import enum
+import functools
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+#: Keys Ember sets itself for every launch; users change them elsewhere.
+EMBER_OWNED = {
+    "model.path": "the model is chosen by name or path",
+    "port": "Ember picks a free port",
+    "hostnames": "engines listen on 127.0.0.1 only",
+    "api_keys": "Ember creates a fresh API key for each launch",
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    key: str
+    type: str  # "int" | "float" | "bool" | "str" | "enum" | "list" | "set"
+    default: object = None
+    choices: tuple[str, ...] = ()
+    item_type: str = "str"
+
+    @property
+    def expects(self) -> str:
+        return {
+            "int": "an integer", "float": "a number", "bool": "true or false", "str": "text",
+            "enum": "one of " + ", ".join(self.choices), "list": f"a comma-separated list of {self.item_type}s",
+            "set": "a comma-separated list",
+        }[self.type]
+
+
+class ParamError(ValueError):
+    """A parameter that cannot be used, with what would be right instead."""
+
+    def __init__(self, key: str, problem: str, value: object = None, suggestions: tuple[str, ...] = ()):
+        self.key, self.problem, self.value, self.suggestions = key, problem, value, tuple(suggestions)
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        text = f"{self.key} {self.problem}" if self.key else self.problem
+        if self.suggestions:
+            text += "; did you mean " + " or ".join(self.suggestions) + "?"
+        return text
+
+
+def _enum_prefix(e: type[enum.Enum]) -> str:
+    names = list(e.__members__)
+    prefix = names[0] if len(names) > 1 else ""
+    for n in names[1:]:
+        while not n.startswith(prefix):
+            prefix = prefix[:-1]
+    return prefix[: prefix.rfind("_") + 1] if prefix else ""
+
+
+def _enum_choices(e: type[enum.Enum]) -> dict[str, enum.Enum]:
+    prefix = _enum_prefix(e)
+    return {name[len(prefix):].lower(): member for name, member in e.__members__.items()
+            if not name.endswith("_COUNT")}
+
+
+def _is_struct(value: object) -> bool:
+    return type(value).__module__.startswith("xllamacpp") and not isinstance(value, enum.Enum) \
+        and not isinstance(value, (int, float, str, bool, list, set))
+
+
+def _walk(obj: object, prefix: str, out: dict[str, ParamSpec], depth: int = 0) -> None:
+    for name in dir(obj):
+        if name.startswith("_"):
+            continue
+        try:
+            value = getattr(obj, name)
+        except Exception:
+            continue
+        if callable(value) and not isinstance(value, enum.Enum):
+            continue
+        key = prefix + name
+        if _is_struct(value):
+            if depth < 3:
+                _walk(value, key + ".", out, depth + 1)
+            continue
+        if isinstance(value, enum.Enum):
+            choices = _enum_choices(type(value))
+            default = next((c for c, m in choices.items() if m == value), value.name)
+            spec = ParamSpec(key, "enum", default, tuple(choices))
+        elif isinstance(value, bool):
+            spec = ParamSpec(key, "bool", value)
+        elif isinstance(value, int):
+            spec = ParamSpec(key, "int", value)
+        elif isinstance(value, float):
+            spec = ParamSpec(key, "float", value)
+        elif isinstance(value, str):
+            spec = ParamSpec(key, "str", value)
+        elif isinstance(value, list):
+            item = type(value[0]).__name__ if value and isinstance(value[0], (int, float, str)) else "str"
+            if value and not isinstance(value[0], (int, float, str)):
+                continue  # lists of structs (LoRA adapters...) are not key=value material
+            spec = ParamSpec(key, "list", list(value), item_type=item)
+        elif isinstance(value, set):
+            spec = ParamSpec(key, "set", sorted(value))
+        else:
+            continue
+        out[key] = spec
+
+
+@functools.lru_cache(maxsize=1)
+def llamacpp_schema() -> dict[str, ParamSpec]:
+    """Every settable key of the installed xllamacpp's CommonParams."""
+    import xllamacpp
+
+    out: dict[str, ParamSpec] = {}
+    _walk(xllamacpp.CommonParams(), "", out)
+    # Enum fields whose current value is a plain int (set once, read back as int):
+    enum_fields = {"cache_type_k": xllamacpp.ggml_type, "cache_type_v": xllamacpp.ggml_type}
+    for key, e in enum_fields.items():
+        if key in out and out[key].type != "enum":
+            choices = _enum_choices(e)
+            default = next((c for c, m in choices.items() if m.value == out[key].default), out[key].default)
+            out[key] = ParamSpec(key, "enum", default, tuple(choices))
+    return out
+
+
+def suggest(key: str, keys: list[str] | tuple[str, ...], n: int = 3) -> tuple[str, ...]:
+    """Nearest valid keys, matching the whole key and the last part alone."""
+    found = difflib.get_close_matches(key, keys, n=n, cutoff=0.75)
+    leaf = key.rsplit(".", 1)[-1]
+    for k in keys:
+        if k.rsplit(".", 1)[-1] == leaf and k not in found:
+            found.append(k)
+    if not found:
+        leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
+        found = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=n, cutoff=0.7)]
+    return tuple(found[:n])
+
+
+def _coerce_scalar(kind: str, raw: object, spec: ParamSpec):
+    text = str(raw).strip()
+    if kind == "int":
+        if isinstance(raw, bool):
+            raise ValueError
+        if isinstance(raw, int):
+            return raw
+        return int(text.replace("_", ""), 0) if text.lower().startswith(("0x", "0o", "0b")) else int(text)
+    if kind == "float":
+        return float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else float(text)
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError
+    if kind == "str":
+        return text
+    raise ValueError
+
+
+def coerce(spec: ParamSpec, raw: object):
+    """Convert ``raw`` (usually text the user typed) to the field's type."""
+    try:
+        if spec.type == "enum":
+            text = str(raw).strip().lower()
+            if text in spec.choices:
+                return text
+            close = difflib.get_close_matches(text, spec.choices, n=3, cutoff=0.6)
+            raise ParamError(spec.key, f"expects {spec.expects}, got {str(raw)!r}", raw, tuple(close))
+        if spec.type in ("list", "set"):
+            items = raw if isinstance(raw, (list, tuple, set)) else [s for s in str(raw).split(",") if s.strip()]
+            return [_coerce_scalar(spec.item_type if spec.type == "list" else "str", i, spec) for i in items]
+        return _coerce_scalar(spec.type, raw, spec)
+    except ParamError:
+        raise
+    except (ValueError, TypeError):
+        raise ParamError(spec.key, f"expects {spec.expects}, got {str(raw)!r}", raw) from None
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """``"sampling.top_k = 40"`` -> ``("sampling.top_k", "40")``."""
+    if "=" not in text:
+        raise ParamError("", f"{text!r} is not of the form key=value (for example sampling.top_k=40)", text)
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ParamError("", f"{text!r} has no key before '='", text)
+    return key, value.strip()
+
+
+def _range_checks(key: str, value) -> None:
+    """Values that start a broken engine are refused before launch (see FACTS)."""
+    if key == "n_parallel" and not (1 <= value <= 256):
+        raise ParamError(key, f"must be between 1 and 256, got {value} (with 0 slots every request "
+                              "would wait forever)", value)
+    if key == "n_ctx" and value < 0:
+        raise ParamError(key, f"must be 0 (the model's own context) or a positive number, got {value}", value)
+    if key == "n_gpu_layers" and value < -1:
+        raise ParamError(key, f"must be -1 (auto) or a number of layers, got {value}", value)
+
+
+def validate(pairs: dict[str, object] | list[str], schema: dict[str, ParamSpec] | None = None) -> dict[str, object]:
+    """Check and convert ``key=value`` pairs; raise :class:`ParamError` on the first bad one."""
+    schema = schema if schema is not None else llamacpp_schema()
+    if isinstance(pairs, (list, tuple)):
+        pairs = dict(parse_assignment(p) for p in pairs)
+    out: dict[str, object] = {}
+    for key, raw in pairs.items():
+        if key in EMBER_OWNED:
+            raise ParamError(key, f"cannot be set: {EMBER_OWNED[key]}", raw)
+        spec = schema.get(key)
+        if spec is None:
+            raise ParamError(key, "is not a llama.cpp parameter", raw, suggest(key, tuple(schema)))
+        value = coerce(spec, raw)
+        _range_checks(key, value)
+        out[key] = value
+    return out
+
+
+def apply(target: object, values: dict[str, object], schema: dict[str, ParamSpec] | None = None) -> None:
+    """Set validated values on a real ``xllamacpp.CommonParams``, walking nested fields."""
+    import xllamacpp
+
+    schema = schema if schema is not None else llamacpp_schema()
+    for key, value in values.items():
+        spec = schema[key]
+        *path, leaf = key.split(".")
+        obj = target
+        for part in path:
+            obj = getattr(obj, part)
+        if spec.type == "enum":
+            enum_type = type(getattr(obj, leaf)) if isinstance(getattr(obj, leaf), enum.Enum) else xllamacpp.ggml_type
+            value = _enum_choices(enum_type)[value]
+        elif spec.type == "set":
+            value = set(value)
+        setattr(obj, leaf, value)
