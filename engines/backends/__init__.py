@@ -1,0 +1,52 @@
+"""The engines Ember can run, and whether each is installed here.
+
+Each engine is reached the same way (an OpenAI-compatible server on loopback);
+how to launch it lives in the engine's own module. This module only answers
+"is it here, which version, how to install it" without importing the engine
+(torch and friends take seconds to import).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass
+
+ENGINES = ("llamacpp", "transformers", "vllm", "sglang", "mlx")
+
+LABELS = {"llamacpp": "llama.cpp", "transformers": "Transformers", "vllm": "vLLM",
+          "sglang": "SGLang", "mlx": "MLX"}
+
+#: (import name, distribution for the version, install command)
+_PACKAGES = {
+    "llamacpp": ("xllamacpp", "xllamacpp", "pip install xllamacpp"),
+    "transformers": ("transformers", "transformers", "pip install 'ember[transformers]'"),
+    "vllm": ("vllm", "vllm", "pip install vllm   (in its own environment; see Settings > Engines)"),
+    "sglang": ("sglang", "sglang", "pip install 'sglang[all]'   (in its own environment; see Settings > Engines)"),
+    "mlx": ("mlx_lm", "mlx-lm", "pip install 'ember[mlx]'"),
+}
+
+
+@dataclass(frozen=True)
+class Availability:
+    engine: str
+    installed: bool
+    version: str | None
+    install_command: str
+
+
+def availability(engine: str) -> Availability:
+    module, dist, cmd = _PACKAGES[engine]
+    installed = importlib.util.find_spec(module) is not None
+    if engine == "transformers":
+        installed = installed and importlib.util.find_spec("torch") is not None
+    version = None
+    if installed:
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return Availability(engine, installed, version, cmd)
+
+
+def installed_engines() -> dict[str, bool]:
+    return {e: availability(e).installed for e in ENGINES}

@@ -1,0 +1,51 @@
+"""llama.cpp through xllamacpp: parameters, auto-NGL, and the worker command."""
+from __future__ import annotations
+
+import json
+
+from .. import fit, params as P
+from ..hardware import HardwareProfile
+from ..models import ModelSpec
+from ..supervisor import Command, worker_argv
+
+NAME = "llamacpp"
+DEFAULT_CTX = 4096
+
+
+def schema() -> dict[str, P.ParamSpec]:
+    return P.llamacpp_schema()
+
+
+def validate(pairs) -> dict[str, object]:
+    return P.validate(pairs, schema())
+
+
+def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
+            ) -> tuple[dict[str, object], fit.FitEstimate | None, list[str]]:
+    """Ember's defaults on top of the user's values, and auto-NGL when layers are not given."""
+    out = dict(values)
+    warnings: list[str] = []
+    trained = spec.context_length or DEFAULT_CTX
+    out.setdefault("n_ctx", min(DEFAULT_CTX, trained))
+    out.setdefault("n_parallel", 1)
+    # Ember estimates layers itself (the seed's auto-NGL); llama.cpp's own fitting would
+    # cost ~0.8 s per start and may silently shrink n_ctx. Users can turn it back on.
+    out.setdefault("fit_params", False)
+    n_ctx = int(out["n_ctx"]) or trained
+    if n_ctx > trained:
+        warnings.append(f"n_ctx {n_ctx:,} is larger than the context the model was trained on ({trained:,}); "
+                        "answers past that length may degrade")
+    estimate = None
+    if int(out.get("n_gpu_layers", -1)) < 0:
+        estimate = fit.auto_ngl(spec.path, hw, n_ctx, int(out["n_parallel"]), str(out.get("cache_type_k", "f16")))
+        out["n_gpu_layers"] = estimate.n_gpu_layers
+        if estimate.fallback and estimate.devices:
+            warnings.append(f"auto-NGL could not estimate ({estimate.fallback}); offloading all layers")
+    return out, estimate, warnings
+
+
+def command(spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
+    config = {"model_path": spec.path, "params": values, "host": host, "port": port, "api_key": api_key}
+    redacted = dict(config, api_key="***")
+    return Command(argv=worker_argv("llamacpp"), stdin_line=json.dumps(config),
+                   display=" ".join(worker_argv("llamacpp")) + " " + json.dumps(redacted))

@@ -1,0 +1,199 @@
+"""Streaming chat against any OpenAI-compatible server (every Ember engine is one).
+
+:class:`ChatStream` yields :class:`Delta` items as tokens arrive and ends with
+one :class:`Finished`. It can be cancelled from another thread (the desktop's
+Stop button). Failures carry structure for diagnosis: :class:`EngineHTTPError`
+for an error answer (also when it arrives as an event inside the stream) and
+:class:`StreamBroken` when the connection drops.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Delta:
+    text: str
+    reasoning: bool = False
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass
+class Finished:
+    finish_reason: str | None
+    usage: Usage = field(default_factory=Usage)
+    tokens_per_second: float | None = None
+    max_tokens: int | None = None
+    cancelled: bool = False
+    model: str | None = None
+
+
+class ClientError(RuntimeError):
+    pass
+
+
+class EngineHTTPError(ClientError):
+    """The engine answered with an error (HTTP status, or an error event mid-stream)."""
+
+    def __init__(self, status: int, body: dict, raw: str = "", mid_stream: bool = False):
+        self.status, self.body, self.raw, self.mid_stream = status, body, raw, mid_stream
+        err = body.get("error", body) if isinstance(body, dict) else {}
+        self.type = err.get("type") if isinstance(err, dict) else None
+        self.error_message = (err.get("message") if isinstance(err, dict) else None) or raw or f"HTTP {status}"
+        super().__init__(f"HTTP {status}: {self.error_message}")
+
+    @property
+    def fields(self) -> dict:
+        err = self.body.get("error", self.body) if isinstance(self.body, dict) else {}
+        return err if isinstance(err, dict) else {}
+
+
+class StreamBroken(ClientError):
+    """The connection failed or dropped before the answer was complete."""
+
+    def __init__(self, reason: str, received_text: str = "", connect: bool = False):
+        self.reason, self.received_text, self.connect = reason, received_text, connect
+        super().__init__(reason)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _parse_error(response: httpx.Response, text: str) -> EngineHTTPError:
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError:
+        body = {}
+    return EngineHTTPError(response.status_code, body if isinstance(body, dict) else {}, text)
+
+
+class ChatStream:
+    """One streamed chat completion. Iterate it; call :meth:`cancel` from any thread."""
+
+    def __init__(self, base_url: str, messages: list[dict], api_key: str | None = None, model: str | None = None,
+                 timeout: float = 600.0, client: httpx.Client | None = None, **options):
+        self.base_url, self.messages, self.api_key, self.model = base_url.rstrip("/"), messages, api_key, model
+        self.options, self.timeout = options, timeout
+        self._client = client
+        self._cancel = threading.Event()
+        self._response: httpx.Response | None = None
+        self.text = ""
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        resp = self._response
+        if resp is not None:
+            try:
+                resp.close()  # unblocks a read waiting for the next chunk
+            except Exception:
+                pass
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def body(self) -> dict:
+        body = {"messages": self.messages, "stream": True, "stream_options": {"include_usage": True}}
+        if self.model:
+            body["model"] = self.model
+        body.update({k: v for k, v in self.options.items() if v is not None})
+        return body
+
+    def __iter__(self) -> Iterator[Delta | Finished]:
+        own = self._client is None
+        client = self._client or httpx.Client(timeout=httpx.Timeout(self.timeout, connect=10.0))
+        started = time.monotonic()
+        first_token_at = None
+        n_chunks = 0
+        finish_reason = None
+        usage = Usage()
+        model = None
+        try:
+            try:
+                with client.stream("POST", self.base_url + "/chat/completions", json=self.body(),
+                                   headers=_headers(self.api_key)) as resp:
+                    self._response = resp
+                    if resp.status_code >= 400:
+                        raise _parse_error(resp, resp.read().decode("utf-8", errors="replace"))
+                    for line in resp.iter_lines():
+                        if self._cancel.is_set():
+                            break
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        try:
+                            event = json.loads(data)
+                        except json.JSONDecodeError:
+                            continue
+                        if "error" in event:
+                            err = event["error"] if isinstance(event["error"], dict) else {"message": str(event["error"])}
+                            raise EngineHTTPError(int(err.get("code") or 500), {"error": err}, data, mid_stream=True)
+                        model = event.get("model", model)
+                        if event.get("usage"):
+                            u = event["usage"]
+                            usage = Usage(u.get("prompt_tokens"), u.get("completion_tokens"))
+                        for choice in event.get("choices") or []:
+                            delta = choice.get("delta") or {}
+                            for key, reasoning in (("reasoning_content", True), ("content", False)):
+                                piece = delta.get(key)
+                                if piece:
+                                    if first_token_at is None:
+                                        first_token_at = time.monotonic()
+                                    n_chunks += 1
+                                    if not reasoning:
+                                        self.text += piece
+                                    yield Delta(piece, reasoning)
+                            if choice.get("finish_reason"):
+                                finish_reason = choice["finish_reason"]
+                    else:
+                        if finish_reason is None and not self._cancel.is_set():
+                            raise StreamBroken("the engine closed the stream before the answer was complete",
+                                               self.text)
+            except EngineHTTPError:
+                raise
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                raise StreamBroken(f"cannot connect to {self.base_url}: {exc}", connect=True) from exc
+            except (httpx.TransportError, httpx.StreamError) as exc:
+                if self._cancel.is_set():
+                    pass
+                else:
+                    raise StreamBroken(f"the connection to the engine broke: {exc}", self.text) from exc
+        finally:
+            self._response = None
+            if own:
+                client.close()
+        tps = None
+        n_out = usage.completion_tokens or n_chunks
+        if first_token_at is not None and n_out > 1:
+            elapsed = time.monotonic() - first_token_at
+            tps = (n_out - 1) / elapsed if elapsed > 0 else None
+        yield Finished(finish_reason if not self._cancel.is_set() else "cancelled", usage, tps,
+                       self.options.get("max_tokens"), self._cancel.is_set(), model)
+
+
+def stream_chat(base_url: str, messages: list[dict], api_key: str | None = None, **options) -> ChatStream:
+    return ChatStream(base_url, messages, api_key, **options)
+
+
+def list_models(base_url: str, api_key: str | None = None, timeout: float = 5.0) -> list[dict]:
+    r = httpx.get(base_url.rstrip("/") + "/models", headers=_headers(api_key), timeout=timeout)
+    if r.status_code >= 400:
+        raise _parse_error(r, r.text)
+    return r.json().get("data", [])

@@ -1,0 +1,201 @@
+"""Auto-NGL: how many layers of a GGUF model fit on the GPUs, before launch.
+
+The seed's rule: when ``n_gpu_layers`` is not given (or -1), estimate it the
+Ollama way from the devices xllamacpp detects
+(``xllamacpp.memory.estimate_gpu_layers``), pass the number explicitly, fall
+back to all layers when the estimate fails, and ignore multimodal projectors
+embedded in the GGUF.
+
+xllamacpp's estimate reads the file with ``gguf.GGUFReader``, which parses the
+whole vocabulary (10 s for the starter). We feed the same function Ember's fast
+header (``gguf_info``) instead, so the estimate is the library's own and takes
+milliseconds. After launch, :func:`parse_loaded` reads what really happened
+from the engine's log.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import asdict, dataclass, field
+
+from . import gguf_info
+from .hardware import HardwareProfile, llamacpp_device_dicts
+
+log = logging.getLogger(__name__)
+
+ALL_LAYERS = 999  # llama.cpp clamps to the model's layer count
+DEFAULT_BATCH = 512
+_patch_lock = threading.Lock()
+
+
+@dataclass
+class FitEstimate:
+    """What auto-NGL decided, with the numbers behind it."""
+
+    n_gpu_layers: int          # the value passed to llama.cpp
+    gpu_layers: int            # layers predicted on the GPU(s) (incl. the output layer)
+    total_layers: int          # block count + output layer
+    vram_bytes: int = 0        # predicted GPU memory use
+    total_bytes: int = 0       # memory if fully loaded (weights + KV + graph)
+    gpu_bytes: list[int] = field(default_factory=list)
+    kv_cache_bytes: int = 0
+    weights_bytes: int = 0
+    devices: list[dict] = field(default_factory=list)
+    fallback: str | None = None  # why the estimate was not used
+
+    @property
+    def fit(self) -> str:
+        """gpu | partial | cpu, as the models window's badge."""
+        if self.fallback and self.devices:
+            return "gpu"
+        if not self.devices or self.gpu_layers == 0:
+            return "cpu"
+        return "gpu" if self.gpu_layers >= self.total_layers else "partial"
+
+    def summary(self) -> str:
+        mib = 1024 ** 2
+        if not self.devices:
+            return f"CPU only: no GPU that llama.cpp can use ({self.total_layers} layers on the CPU)"
+        if self.fallback:
+            return f"estimate failed ({self.fallback}); offloading all layers as the seed prescribes"
+        per = ", ".join(f"{d['name']} {b / mib:,.0f} MiB of {d['memory_free'] / mib:,.0f} MiB free"
+                        for d, b in zip(self.devices, self.gpu_bytes or [0] * len(self.devices)))
+        return (f"{self.gpu_layers} of {self.total_layers} layers on GPU; KV cache {self.kv_cache_bytes / mib:,.0f} MiB; "
+                f"{per}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fit"] = self.fit
+        return d
+
+
+class _HeaderReader:
+    """Stands in for gguf.GGUFReader inside xllamacpp.memory: returns our parsed header."""
+
+    def __init__(self, info: gguf_info.GGUFInfo):
+        self.info = info
+
+    def __call__(self, path, mode="r"):
+        return self
+
+
+def _kv_bytes(info: gguf_info.GGUFInfo, n_ctx: int, n_parallel: int, cache_type: str) -> int:
+    from xllamacpp import memory
+    kv, _, _ = memory.graph_size(info.xllamacpp_dump()["metadata"], context_length=n_ctx,
+                                 batch_size=DEFAULT_BATCH, num_parallel=n_parallel, kv_cache_type=cache_type)
+    return int(sum(kv))
+
+
+def estimate(info: gguf_info.GGUFInfo, hw: HardwareProfile, n_ctx: int, n_parallel: int = 1,
+             cache_type: str = "f16") -> FitEstimate:
+    """Estimate GPU layers for a GGUF header on a machine (this one or a profile)."""
+    total = info.block_count + 1
+    weights = sum(t.n_bytes for t in info.tensors) or info.file_size
+    devices = llamacpp_device_dicts(hw)
+    for d in devices:
+        if d["name"].lower().startswith(("metal", "mtl")):
+            d["name"] = "Metal"  # the estimate special-cases Metal by this name
+    try:
+        kv_bytes = _kv_bytes(info, n_ctx, n_parallel, cache_type)
+    except Exception as exc:
+        kv_bytes = 0
+        log.info("KV size estimate failed: %s", exc)
+    if not devices:
+        return FitEstimate(0, 0, total, 0, weights + kv_bytes, [], kv_bytes, weights, [])
+    try:
+        from xllamacpp import memory
+        with _patch_lock:
+            saved = memory._import_gguf, memory.dump_metadata_json
+            memory._import_gguf = lambda: (_HeaderReader(info), None)
+            memory.dump_metadata_json = lambda reader, path: info.xllamacpp_dump()
+            try:
+                # Projectors embedded in the GGUF are ignored, as the seed says.
+                est = memory.estimate_gpu_layers(devices, str(info.path), [], n_ctx, DEFAULT_BATCH,
+                                                 n_parallel, cache_type)
+            finally:
+                memory._import_gguf, memory.dump_metadata_json = saved
+    except Exception as exc:  # the seed: fall back to all layers
+        log.warning("auto-NGL estimate failed (%s: %s); offloading all layers", type(exc).__name__, exc)
+        return FitEstimate(ALL_LAYERS, total, total, 0, weights + kv_bytes, [], kv_bytes, weights, devices,
+                           fallback=f"{type(exc).__name__}: {exc}")
+    layers = min(est.layers, total)
+    return FitEstimate(layers, layers, total, est.vram_size, est.total_size, list(est.gpu_sizes),
+                       kv_bytes, weights, devices)
+
+
+def auto_ngl(model_path: str, hw: HardwareProfile, n_ctx: int, n_parallel: int = 1,
+             cache_type: str = "f16") -> FitEstimate:
+    try:
+        info = gguf_info.read(model_path)
+    except gguf_info.GGUFError as exc:
+        total = 0
+        return FitEstimate(ALL_LAYERS if hw.llamacpp_gpus() else 0, total, total,
+                           devices=llamacpp_device_dicts(hw), fallback=exc.problem)
+    return estimate(info, hw, n_ctx, n_parallel, cache_type)
+
+
+# -- what actually loaded, from the engine's log -------------------------------------------------
+
+_MIB = 1024 ** 2
+_PATTERNS = {
+    "offloaded": re.compile(r"offloaded (\d+)/(\d+) layers to GPU"),
+    "model_buffer": re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB"),
+    "kv_size": re.compile(r"llama_kv_cache: size =\s+([\d.]+) MiB"),
+    "kv_buffer": re.compile(r"llama_kv_cache:\s+(\S+) KV buffer size =\s+([\d.]+) MiB"),
+    "compute_buffer": re.compile(r"(\S+) compute buffer size =\s+([\d.]+) MiB"),
+    "n_ctx": re.compile(r"llama_context: n_ctx\s+= (\d+)"),
+    "n_ctx_slot": re.compile(r"n_slots = (\d+), n_ctx_slot = (\d+)"),
+    "n_ctx_train": re.compile(r"n_ctx_train\s+= (\d+)"),
+}
+
+
+@dataclass
+class LoadedReport:
+    """What the engine says it did, read from its log after start-up."""
+
+    n_ctx: int | None = None
+    n_ctx_train: int | None = None
+    n_slots: int | None = None
+    n_ctx_slot: int | None = None
+    gpu_layers: int | None = None
+    total_layers: int | None = None
+    model_buffers_mib: dict[str, float] = field(default_factory=dict)
+    kv_cache_mib: float = 0.0
+    compute_buffers_mib: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = []
+        if self.gpu_layers is not None:
+            parts.append(f"{self.gpu_layers}/{self.total_layers} layers on GPU")
+        elif self.model_buffers_mib and all(not k.upper().startswith(("CUDA", "METAL", "MTL", "VULKAN", "ROCM"))
+                                            for k in self.model_buffers_mib):
+            parts.append("all layers on CPU")
+        if self.model_buffers_mib:
+            parts.append("weights " + ", ".join(f"{k} {v:,.0f} MiB" for k, v in self.model_buffers_mib.items()))
+        if self.kv_cache_mib:
+            parts.append(f"KV cache {self.kv_cache_mib:,.0f} MiB")
+        if self.n_ctx:
+            slot = f" ({self.n_slots} slots of {self.n_ctx_slot})" if self.n_slots else ""
+            parts.append(f"context {self.n_ctx:,}{slot}")
+        return "; ".join(parts)
+
+
+def parse_loaded(lines: list[str]) -> LoadedReport:
+    r = LoadedReport()
+    for line in lines:
+        if m := _PATTERNS["offloaded"].search(line):
+            r.gpu_layers, r.total_layers = int(m[1]), int(m[2])
+        elif m := _PATTERNS["model_buffer"].search(line):
+            r.model_buffers_mib[m[1]] = r.model_buffers_mib.get(m[1], 0.0) + float(m[2])
+        elif m := _PATTERNS["kv_size"].search(line):
+            r.kv_cache_mib += float(m[1])
+        elif m := _PATTERNS["compute_buffer"].search(line):
+            r.compute_buffers_mib[m[1]] = float(m[2])
+        elif m := _PATTERNS["n_ctx"].search(line):
+            r.n_ctx = int(m[1])
+        elif m := _PATTERNS["n_ctx_slot"].search(line):
+            r.n_slots, r.n_ctx_slot = int(m[1]), int(m[2])
+        elif m := _PATTERNS["n_ctx_train"].search(line):
+            r.n_ctx_train = int(m[1])
+    return r

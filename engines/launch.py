@@ -1,0 +1,95 @@
+"""From "run this model" to a ready engine: plan (pure, shown before launch), then start.
+
+The CLI and the desktop both call :func:`plan` and :func:`start`, so what the
+launch dialog shows is exactly what the command line does.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from . import hardware, models, selection, supervisor
+from .backends import LABELS, availability, installed_engines
+from .fit import FitEstimate
+from .hardware import HardwareProfile
+from .models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class PlanError(RuntimeError):
+    """No engine can run this model here; carries the reasons and the install command."""
+
+    def __init__(self, model: str, reasons: dict[str, str], engine: str | None = None,
+                 install_command: str | None = None):
+        self.model, self.reasons, self.engine, self.install_command = model, reasons, engine, install_command
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        if self.engine and self.install_command:
+            return (f"{self.model} needs the {LABELS[self.engine]} engine, which is not installed. "
+                    f"Install it with: {self.install_command}")
+        why = "\n".join(f"  - {LABELS[e]}: {r}" for e, r in self.reasons.items())
+        return f"No engine can run {self.model} on this computer:\n{why}"
+
+
+@dataclass
+class LaunchPlan:
+    model: ModelSpec
+    engine: str
+    params: dict[str, object]             # what the engine gets (user values + Ember defaults)
+    user_params: dict[str, object]        # what the user set
+    hardware: HardwareProfile
+    selection: selection.Selection
+    fit: FitEstimate | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def with_changes(self, changes: dict[str, object]) -> "LaunchPlan":
+        """The same launch with some parameters changed (a diagnosis fix)."""
+        user = dict(self.user_params)
+        user.update(changes)
+        return plan(self.model, self.hardware, self.engine, user)
+
+
+def backend(engine: str):
+    return importlib.import_module(f"engines.backends.{engine}")
+
+
+def plan(model: ModelSpec | str, hw: HardwareProfile | None = None, engine: str | None = None,
+         overrides: dict[str, object] | list[str] | None = None) -> LaunchPlan:
+    """Choose the engine, validate parameters, estimate GPU layers. Raises PlanError / ParamError."""
+    spec = models.resolve(model) if isinstance(model, str) else model
+    hw = hw or hardware.detect()
+    sel = selection.select(spec, hw, engine, installed_engines())
+    if sel.engine is None:
+        if engine and engine in sel.eligible or (not engine and sel.eligible):
+            wanted = engine or sel.eligible[0]
+            raise PlanError(spec.name, sel.reasons, wanted, availability(wanted).install_command)
+        raise PlanError(spec.name, sel.reasons)
+    if not spec.is_local:
+        raise models.ModelError(spec.name, "is not downloaded yet; get it with: ember pull " + spec.name,
+                                "not_downloaded")
+    mod = backend(sel.engine)
+    user = mod.validate(overrides or {})
+    values, estimate, warnings = mod.prepare(spec, hw, user)
+    if sel.warning:
+        warnings.insert(0, sel.warning)
+    return LaunchPlan(spec, sel.engine, values, user, hw, sel, estimate, warnings)
+
+
+def start(p: LaunchPlan, timeout: float = 300.0, cancel: threading.Event | None = None,
+          host: str = "127.0.0.1") -> supervisor.EngineProcess:
+    """Spawn the engine of a plan and wait until it answers. Raises EngineStartError."""
+    mod = backend(p.engine)
+    api_key = supervisor.new_api_key()
+    port = supervisor.free_port(host)
+    cmd = mod.command(p.model, p.params, host, port, api_key)
+    proc = supervisor.EngineProcess(cmd, p.model.name, p.engine, host, port, api_key,
+                                    supervisor.launch_log_path(p.model.name, p.engine),
+                                    meta={"params": p.params})
+    proc.spawn()
+    proc.wait_ready(timeout=timeout, cancel=cancel)
+    return proc
