@@ -1,0 +1,355 @@
+"""The ``ember`` command: the same core functions the desktop app calls.
+
+``ember`` with no arguments starts the desktop app.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from importlib import metadata
+
+from . import hardware, launch, models, params as P, selection, supervisor
+from .backends import ENGINES, LABELS, availability
+
+log = logging.getLogger(__name__)
+
+CUDA_INSTALL = ("pip install --force-reinstall xllamacpp "
+                "--index-url https://xorbitsai.github.io/xllamacpp/whl/cu128")
+
+
+def version() -> str:
+    try:
+        return metadata.version("ember")
+    except metadata.PackageNotFoundError:
+        from . import _version
+        return _version.VERSION
+
+
+def _hardware(args) -> hardware.HardwareProfile:
+    if getattr(args, "hardware", None):
+        return hardware.HardwareProfile.load(args.hardware)
+    return hardware.detect()
+
+
+def _gib(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1024 ** 3:,.1f} GiB"
+
+
+# -- doctor -------------------------------------------------------------------
+
+def doctor_report(hw: hardware.HardwareProfile) -> dict:
+    engines = {}
+    for e in ENGINES:
+        a = availability(e)
+        engines[e] = {"label": LABELS[e], "installed": a.installed, "version": a.version,
+                      "install_command": None if a.installed else a.install_command,
+                      "interpreter": sys.executable if a.installed else None}
+    gpus = []
+    for g in hw.gpus:
+        note = None
+        if not g.usable_by_llamacpp:
+            note = (f"the installed llama.cpp build ({hw.llamacpp_build}) cannot use this GPU"
+                    + (f"; install the CUDA build: {CUDA_INSTALL}" if g.backend == "cuda" else ""))
+        gpus.append({"name": g.name, "llamacpp_can_use": g.usable_by_llamacpp, "note": note})
+    return {"version": version(), "hardware": hw.to_dict(), "engines": engines, "gpus": gpus}
+
+
+def cmd_doctor(args) -> int:
+    hw = _hardware(args)
+    report = doctor_report(hw)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"Ember {report['version']}")
+    print(f"System: {hw.os} {hw.arch}, {hw.cpu_name or 'CPU'} ({hw.cpu_cores} cores), "
+          f"RAM {_gib(hw.ram_available_bytes)} free of {_gib(hw.ram_total_bytes)}")
+    if not hw.gpus:
+        print("GPUs: none found; models run on the CPU")
+    for g, info in zip(hw.gpus, report["gpus"]):
+        print(f"GPU: {g.name} ({g.backend}), {_gib(g.memory_free_bytes)} free of {_gib(g.memory_total_bytes)}")
+        if info["note"]:
+            print(f"     {info['note']}")
+    print(f"llama.cpp build: {hw.llamacpp_build}")
+    print("Engines:")
+    for e, info in report["engines"].items():
+        state = f"installed ({info['version']})" if info["installed"] else f"not installed: {info['install_command']}"
+        print(f"  {info['label']:<13} {state}")
+    return 0
+
+
+# -- models -------------------------------------------------------------------
+
+def model_rows(hw: hardware.HardwareProfile) -> list[dict]:
+    """Every known model with its engine and fit on ``hw``; the catalog adds its entries when present."""
+    try:
+        from . import catalog
+        return catalog.rows(hw)
+    except ImportError:
+        pass
+    rows = []
+    for spec in models.local_models():
+        rows.append(_local_row(spec, hw))
+    return rows
+
+
+def _local_row(spec: models.ModelSpec, hw: hardware.HardwareProfile) -> dict:
+    from . import fit as F
+    sel = selection.select(spec, hw, installed={e: availability(e).installed for e in ENGINES})
+    row = {"name": spec.name, "display_name": spec.display_name, "format": spec.format,
+           "quantization": spec.quantization, "architecture": spec.architecture, "engine": sel.engine,
+           "fit": "unavailable", "gpu_layers": 0, "total_layers": (spec.block_count or 0) + 1,
+           "reason": sel.reason, "size_bytes": spec.size_bytes, "local": spec.is_local, "source": spec.source}
+    if sel.engine == "llamacpp" and spec.is_local:
+        est = F.auto_ngl(spec.path, hw, min(4096, spec.context_length or 4096))
+        row.update(fit=est.fit, gpu_layers=est.gpu_layers, total_layers=est.total_layers,
+                   reason=f"{sel.reason}; {est.summary()}")
+        if est.total_bytes > hw.ram_total_bytes + sum(g.memory_free_bytes for g in hw.llamacpp_gpus()):
+            row["fit"] = "none"
+    return row
+
+
+def cmd_models(args) -> int:
+    hw = _hardware(args)
+    rows = model_rows(hw)
+    if getattr(args, "fits", False):
+        rows = [r for r in rows if r["fit"] in ("gpu", "partial", "cpu")]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    badge = {"gpu": "fits on GPU", "partial": "partly on GPU", "cpu": "CPU only", "none": "does not fit",
+             "unavailable": "no engine"}
+    for r in rows:
+        layers = f" {r['gpu_layers']}/{r['total_layers']} layers" if r["fit"] == "partial" else ""
+        print(f"{r['name']:<40} {r['format']:<8} {r['quantization']:<8} {LABELS.get(r['engine'], '-'):<12} "
+              f"{badge.get(r['fit'], r['fit'])}{layers}")
+    return 0
+
+
+# -- serve / chat -------------------------------------------------------------
+
+def _plan_from_args(args) -> launch.LaunchPlan:
+    return launch.plan(args.model, _hardware(args), args.engine, args.set or [])
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"ember: {message}", file=sys.stderr)
+    return code
+
+
+def _explain(exc: BaseException, args, proc=None, plan=None) -> int:
+    """Print a failure: the diagnosis when available, the error's own message otherwise."""
+    try:
+        from . import diagnosis
+    except ImportError:
+        diagnosis = None
+    if diagnosis is not None:
+        d = diagnosis.diagnose_exception(exc, proc=proc, plan=plan)
+        if d is not None:
+            if getattr(args, "json", False):
+                print(json.dumps(d.to_dict(), indent=2), file=sys.stderr)
+            else:
+                print(d.render_text(), file=sys.stderr)
+            return 1
+    msg = getattr(exc, "message", None) or str(exc)
+    return _fail(msg)
+
+
+def _start(args):
+    try:
+        plan = _plan_from_args(args)
+    except (P.ParamError, launch.PlanError, models.ModelError, ValueError) as exc:
+        return None, None, _explain(exc, args)
+    for w in plan.warnings:
+        print(f"ember: warning: {w}", file=sys.stderr)
+    if plan.fit is not None and plan.fit.devices and not getattr(args, "quiet", False):
+        print(f"ember: {plan.fit.summary()}", file=sys.stderr)
+    try:
+        proc = launch.start(plan)
+    except supervisor.EngineStartError as exc:
+        return None, plan, _explain(exc, args, plan=plan)
+    return proc, plan, 0
+
+
+def cmd_serve(args) -> int:
+    proc, plan, code = _start(args)
+    if proc is None:
+        return code
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(json.dumps({"base_url": proc.base_url, "api_key": proc.api_key, "model": plan.model.name,
+                      "engine": plan.engine, "pid": proc.pid}), flush=True)
+    try:
+        while not stop.wait(0.5):
+            status = proc.exit_status()
+            if status is not None:
+                return _explain(supervisor.EngineStartError(
+                    f"The {plan.engine} engine {status.sentence}.", status, proc.log_tail(), proc.log_path),
+                    args, proc, plan)
+    finally:
+        proc.stop()
+    return 0
+
+
+def _chat_once(proc, plan, messages, args) -> tuple[str | None, int]:
+    from .client import ChatStream, Delta, Finished
+    stream = ChatStream(proc.base_url, messages, proc.api_key, max_tokens=args.max_tokens,
+                        temperature=args.temperature)
+    text = ""
+    try:
+        for ev in stream:
+            if isinstance(ev, Delta):
+                if not ev.reasoning:
+                    text += ev.text
+                    sys.stdout.write(ev.text)
+                    sys.stdout.flush()
+            elif isinstance(ev, Finished):
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+                try:
+                    from . import diagnosis
+                    d = diagnosis.diagnose_finish(ev, plan=plan)
+                    if d is not None:
+                        print(d.render_text(), file=sys.stderr)
+                except ImportError:
+                    pass
+    except KeyboardInterrupt:
+        stream.cancel()
+        sys.stdout.write("\n")
+        return text, 0
+    except Exception as exc:  # client errors go through diagnosis
+        return None, _explain(exc, args, proc, plan)
+    return text, 0
+
+
+def cmd_chat(args) -> int:
+    proc, plan, code = _start(args)
+    if proc is None:
+        return code
+    try:
+        messages: list[dict] = []
+        if args.system:
+            messages.append({"role": "system", "content": args.system})
+        if args.prompt:
+            messages.append({"role": "user", "content": " ".join(args.prompt)})
+            _, code = _chat_once(proc, plan, messages, args)
+            return code
+        print(f"Chatting with {plan.model.display_name or plan.model.name} ({LABELS[plan.engine]}). "
+              "Empty line or Ctrl-D to quit.", file=sys.stderr)
+        while True:
+            try:
+                line = input("> ")
+            except (EOFError, KeyboardInterrupt):
+                print(file=sys.stderr)
+                return 0
+            if not line.strip():
+                return 0
+            messages.append({"role": "user", "content": line})
+            reply, code = _chat_once(proc, plan, messages, args)
+            if reply is None:
+                return code
+            messages.append({"role": "assistant", "content": reply})
+    finally:
+        proc.stop()
+
+
+def cmd_params(args) -> int:
+    schema = launch.backend(args.engine).schema()
+    rows = [{"key": s.key, "type": s.type, "default": s.default, "expects": s.expects} for s in schema.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        for r in rows:
+            print(f"{r['key']:<40} {r['type']:<6} default {r['default']!r}")
+    return 0
+
+
+def cmd_gui(args) -> int:
+    try:
+        from desktop import app
+    except ImportError as exc:
+        return _fail(f"the desktop app is not available ({exc}); try `ember --help`")
+    return app.main(getattr(args, "qt_args", []))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ember", description="Run large language models on this computer.")
+    p.add_argument("--version", action="version", version=f"ember {version()}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what Ember does")
+    sub = p.add_subparsers(dest="command")
+
+    def hw_opt(sp):
+        sp.add_argument("--hardware", metavar="FILE", help="use a hardware profile (JSON) instead of detecting")
+
+    d = sub.add_parser("doctor", help="hardware, engines, and what can use the GPU")
+    d.add_argument("--json", action="store_true")
+    hw_opt(d)
+    d.set_defaults(func=cmd_doctor)
+
+    m = sub.add_parser("models", help="models with the engine and fit on this computer")
+    m.add_argument("--json", action="store_true")
+    m.add_argument("--fits", action="store_true", help="only models that can run here")
+    hw_opt(m)
+    m.set_defaults(func=cmd_models)
+
+    def launch_opts(sp):
+        sp.add_argument("model", help="a name from `ember models`, or a path to a model file or folder")
+        sp.add_argument("--engine", choices=ENGINES, help="override the engine the rules would choose")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="engine parameter, nested keys in dot notation (sampling.top_k=40); repeatable")
+        sp.add_argument("--json", action="store_true", help="print a failure's diagnosis as JSON")
+        sp.add_argument("-q", "--quiet", action="store_true")
+        hw_opt(sp)
+
+    s = sub.add_parser("serve", help="run a model as an OpenAI-compatible server until Ctrl-C")
+    launch_opts(s)
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("chat", help="chat with a model in the terminal")
+    launch_opts(c)
+    c.add_argument("prompt", nargs="*", help="a single prompt; without it, an interactive session")
+    c.add_argument("--system", help="system prompt")
+    c.add_argument("--max-tokens", type=int, default=512)
+    c.add_argument("--temperature", type=float, default=None)
+    c.set_defaults(func=cmd_chat)
+
+    pa = sub.add_parser("params", help="list an engine's parameters")
+    pa.add_argument("--engine", choices=ENGINES, default="llamacpp")
+    pa.add_argument("--json", action="store_true")
+    pa.set_defaults(func=cmd_params)
+
+    g = sub.add_parser("gui", help="start the desktop app (the default)")
+    g.set_defaults(func=cmd_gui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["engine-worker"]:  # the frozen app re-invokes itself for the engine child
+        from . import worker
+        return worker.main(argv[1:])
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # a prompt after --set options: argparse leaves it over
+        if getattr(args, "command", None) == "chat" and not any(e.startswith("-") for e in extra):
+            args.prompt = list(args.prompt or []) + extra
+        else:
+            parser.error("unrecognized arguments: " + " ".join(extra))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not getattr(args, "func", None):
+        return cmd_gui(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (models.ModelError, P.ParamError, launch.PlanError, ValueError) as exc:
+        return _explain(exc, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
