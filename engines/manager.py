@@ -1,0 +1,185 @@
+"""The engines Ember is running right now, shared by the tray, the chat window and the CLI.
+
+Qt-free and thread-safe: the desktop calls :meth:`EngineManager.launch` from a
+worker thread and learns about changes through the listener callbacks (the
+desktop's bridge turns them into Qt signals). Idle unload lives here too: a
+model unused for ``idle_timeout`` seconds is stopped and remembered, and
+:meth:`ensure_running` relaunches it with the same plan when needed.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import launch, supervisor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Endpoint:
+    """Something the chat can talk to: a local engine Ember started, or a remote server."""
+
+    name: str
+    base_url: str
+    api_key: str | None
+    kind: str = "local"          # local | remote
+    model_id: str | None = None  # the model name to send, for servers with several models
+    engine: str | None = None
+
+
+@dataclass
+class Running:
+    plan: launch.LaunchPlan
+    proc: supervisor.EngineProcess
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.plan.model.name, self.proc.base_url, self.proc.api_key, "local",
+                        None, self.plan.engine)
+
+
+Listener = Callable[[str, str, object], None]  # (event, model name, payload)
+# events: "loading" (plan), "ready" (Running), "failed" (exception), "stopped" (reason str), "unloaded" (plan)
+
+
+class EngineManager:
+    def __init__(self, idle_timeout: float | None = 30 * 60):
+        self.idle_timeout = idle_timeout  # seconds; None = never unload
+        self._running: dict[str, Running] = {}
+        self._unloaded: dict[str, launch.LaunchPlan] = {}
+        self._loading: dict[str, threading.Event] = {}
+        self._lock = threading.RLock()
+        self._listeners: list[Listener] = []
+
+    # -- events -------------------------------------------------------------------
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self, event: str, name: str, payload: object = None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event, name, payload)
+            except Exception:
+                log.exception("listener failed for %s %s", event, name)
+
+    # -- state --------------------------------------------------------------------
+    def running(self) -> list[Running]:
+        with self._lock:
+            return list(self._running.values())
+
+    def get(self, name: str) -> Running | None:
+        with self._lock:
+            return self._running.get(name)
+
+    def unloaded(self) -> dict[str, launch.LaunchPlan]:
+        with self._lock:
+            return dict(self._unloaded)
+
+    def is_loading(self, name: str) -> bool:
+        with self._lock:
+            return name in self._loading
+
+    def endpoints(self) -> list[Endpoint]:
+        """Local engines (running or idle-unloaded) and configured remote endpoints."""
+        with self._lock:
+            eps = [r.endpoint for r in self._running.values()]
+            eps += [Endpoint(n, "", None, "unloaded", None, p.engine) for n, p in self._unloaded.items()]
+        try:
+            from . import remotes
+            eps += remotes.endpoints()
+        except ImportError:
+            pass
+        return eps
+
+    # -- launch / stop ------------------------------------------------------------
+    def launch(self, plan: launch.LaunchPlan, timeout: float = 300.0) -> Running:
+        """Start (or restart with a new plan) a model; blocks until ready. Raises on failure."""
+        name = plan.model.name
+        cancel = threading.Event()
+        with self._lock:
+            old = self._running.pop(name, None)
+            self._unloaded.pop(name, None)
+            self._loading[name] = cancel
+        if old:
+            old.proc.stop()
+        self._emit("loading", name, plan)
+        try:
+            proc = launch.start(plan, timeout=timeout, cancel=cancel)
+        except BaseException as exc:
+            with self._lock:
+                self._loading.pop(name, None)
+            self._emit("failed", name, exc)
+            raise
+        run = Running(plan, proc)
+        with self._lock:
+            self._loading.pop(name, None)
+            self._running[name] = run
+        self._emit("ready", name, run)
+        return run
+
+    def cancel_loading(self, name: str) -> None:
+        with self._lock:
+            ev = self._loading.get(name)
+        if ev:
+            ev.set()
+
+    def stop(self, name: str, reason: str = "stopped") -> supervisor.Stop:
+        with self._lock:
+            run = self._running.pop(name, None)
+            self._unloaded.pop(name, None)
+        if run is None:
+            return supervisor.Stop.NOT_RUNNING
+        result = run.proc.stop()
+        self._emit("stopped", name, reason)
+        return result
+
+    def stop_all(self) -> None:
+        for name in [r.plan.model.name for r in self.running()]:
+            self.stop(name, "quit")
+        for name in list(self._loading):
+            self.cancel_loading(name)
+
+    def touch(self, name: str) -> None:
+        with self._lock:
+            run = self._running.get(name)
+            if run:
+                run.last_used = time.monotonic()
+
+    def ensure_running(self, name: str, timeout: float = 300.0) -> Running:
+        """The running engine for ``name``, relaunching it if it was unloaded for idleness."""
+        with self._lock:
+            run = self._running.get(name)
+            plan = self._unloaded.get(name)
+        if run is not None and run.proc.running:
+            self.touch(name)
+            return run
+        if run is not None:  # it died: forget it, the caller diagnoses
+            with self._lock:
+                self._running.pop(name, None)
+            plan = run.plan
+        if plan is None:
+            raise KeyError(name)
+        return self.launch(plan, timeout)
+
+    def unload_idle(self, now: float | None = None) -> list[str]:
+        """Stop models unused for longer than ``idle_timeout``; returns their names."""
+        if self.idle_timeout is None:
+            return []
+        now = time.monotonic() if now is None else now
+        victims = [r for r in self.running() if now - r.last_used >= self.idle_timeout]
+        for r in victims:
+            name = r.plan.model.name
+            with self._lock:
+                if self._running.get(name) is not r:
+                    continue
+                self._running.pop(name)
+                self._unloaded[name] = r.plan
+            r.proc.stop()
+            log.info("unloaded %s after %.0f s idle", name, now - r.last_used)
+            self._emit("unloaded", name, r.plan)
+        return [r.plan.model.name for r in victims]
