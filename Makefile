@@ -1,0 +1,59 @@
+# Ember: the README's two commands, and the rest.
+#   make run    - set up .venv with Ember and the starter model, start the tray app
+#   make test   - install the test extras and system packages, run the whole suite
+#   make bench  - speed ratios against the raw engine
+#   make package - the PyInstaller bundle and Linux packages
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Caches live inside the checkout (ignored by git), so CI's fresh clone reuses them within one run.
+export PIP_CACHE_DIR := $(CURDIR)/.cache/pip
+export EMBER_TEST_CACHE := $(CURDIR)/.cache/test
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && { [ "$$(id -u)" = 0 ] || echo sudo; })
+
+# Debian packages: Qt's xcb platform needs these to show windows; the tests add a virtual
+# screen (xvfb), a tray host (trayer), window tools and packaging checks.
+APT_RUN := libxcb-cursor0 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 \
+	libxcb-render-util0 libxcb-image0 libgl1 libfontconfig1 libdbus-1-3 fonts-dejavu-core
+APT_TEST := $(APT_RUN) xvfb trayer x11-utils xdotool imagemagick desktop-file-utils binutils squashfs-tools
+
+.PHONY: run test bench package sysdeps-run sysdeps-test clean
+
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "Installing system packages: $$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+sysdeps-run:
+	$(call apt_install,$(APT_RUN))
+
+sysdeps-test:
+	$(call apt_install,$(APT_TEST))
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip wheel
+
+$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[starter,nvidia]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,package]'
+	touch $@ $(VENV)/.run-installed
+
+run: sysdeps-run $(VENV)/.run-installed
+	$(BIN)/ember
+
+test: sysdeps-test $(VENV)/.test-installed
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.test-installed
+	$(BIN)/python bench/streaming.py
+
+clean:
+	rm -rf build dist .pytest_cache
