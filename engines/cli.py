@@ -84,32 +84,8 @@ def cmd_doctor(args) -> int:
 # -- models -------------------------------------------------------------------
 
 def model_rows(hw: hardware.HardwareProfile) -> list[dict]:
-    """Every known model with its engine and fit on ``hw``; the catalog adds its entries when present."""
-    try:
-        from . import catalog
-        return catalog.rows(hw)
-    except ImportError:
-        pass
-    rows = []
-    for spec in models.local_models():
-        rows.append(_local_row(spec, hw))
-    return rows
-
-
-def _local_row(spec: models.ModelSpec, hw: hardware.HardwareProfile) -> dict:
-    from . import fit as F
-    sel = selection.select(spec, hw, installed={e: availability(e).installed for e in ENGINES})
-    row = {"name": spec.name, "display_name": spec.display_name, "format": spec.format,
-           "quantization": spec.quantization, "architecture": spec.architecture, "engine": sel.engine,
-           "fit": "unavailable", "gpu_layers": 0, "total_layers": (spec.block_count or 0) + 1,
-           "reason": sel.reason, "size_bytes": spec.size_bytes, "local": spec.is_local, "source": spec.source}
-    if sel.engine == "llamacpp" and spec.is_local:
-        est = F.auto_ngl(spec.path, hw, min(4096, spec.context_length or 4096))
-        row.update(fit=est.fit, gpu_layers=est.gpu_layers, total_layers=est.total_layers,
-                   reason=f"{sel.reason}; {est.summary()}")
-        if est.total_bytes > hw.ram_total_bytes + sum(g.memory_free_bytes for g in hw.llamacpp_gpus()):
-            row["fit"] = "none"
-    return row
+    from . import catalog
+    return catalog.rows(hw)
 
 
 def cmd_models(args) -> int:
