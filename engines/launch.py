@@ -81,11 +81,13 @@ def plan(model: ModelSpec | str, hw: HardwareProfile | None = None, engine: str 
 
 
 def start(p: LaunchPlan, timeout: float = 300.0, cancel: threading.Event | None = None,
-          host: str = "127.0.0.1") -> supervisor.EngineProcess:
-    """Spawn the engine of a plan and wait until it answers. Raises EngineStartError."""
+          host: str = "127.0.0.1", port: int | None = None) -> supervisor.EngineProcess:
+    """Spawn the engine of a plan and wait until it answers. Raises EngineStartError.
+
+    ``port`` forces a port (tests of the "port in use" diagnosis); normally a free one is picked."""
     mod = backend(p.engine)
     api_key = supervisor.new_api_key()
-    port = supervisor.free_port(host)
+    port = port or supervisor.free_port(host)
     cmd = mod.command(p.model, p.params, host, port, api_key)
     proc = supervisor.EngineProcess(cmd, p.model.name, p.engine, host, port, api_key,
                                     supervisor.launch_log_path(p.model.name, p.engine),
