@@ -32,10 +32,23 @@ class Availability:
     installed: bool
     version: str | None
     install_command: str
+    interpreter: str | None = None   # the Python that runs it (None: frozen build, no Python)
+    problem: str | None = None       # why a configured interpreter cannot run it
 
 
 def availability(engine: str) -> Availability:
+    """Installed or not, judged by the interpreter that would run the engine.
+
+    An interpreter set for the engine (``engine_python.<engine>``) is asked in a child
+    process (cached); otherwise Ember's own environment is looked at without importing.
+    """
     module, dist, cmd = _PACKAGES[engine]
+    from .. import engine_env
+    if engine != "llamacpp":  # llama.cpp runs inside Ember's own worker
+        configured = engine_env.check(engine)
+        if configured is not None:
+            return Availability(engine, configured.installed, configured.version, cmd,
+                                configured.interpreter, configured.problem)
     installed = importlib.util.find_spec(module) is not None
     if engine == "transformers":
         installed = installed and importlib.util.find_spec("torch") is not None
@@ -45,7 +58,7 @@ def availability(engine: str) -> Availability:
             version = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
-    return Availability(engine, installed, version, cmd)
+    return Availability(engine, installed, version, cmd, engine_env.own_python())
 
 
 def installed_engines() -> dict[str, bool]:

@@ -1,0 +1,120 @@
+"""What the engines with their own server (transformers, MLX, vLLM, SGLang) share.
+
+Each of them is an OpenAI-compatible server program run by our worker in
+``exec`` mode, so it never outlives Ember. Their parameters are a table of
+:class:`Arg` (Ember's key = the engine's own argument name in snake case, the
+command-line flag, a range check), validated the same way as llama.cpp's.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import engine_env, params as P
+from ..supervisor import Command, worker_argv
+from . import LABELS, availability
+
+#: Keys Ember sets itself for these engines.
+OWNED = {
+    "model": "the model is chosen by name or path", "model_path": "the model is chosen by name or path",
+    "host": "engines listen on 127.0.0.1 only", "port": "Ember picks a free port",
+    "api_key": "Ember creates a fresh API key for each launch",
+}
+
+
+@dataclass(frozen=True)
+class Arg:
+    spec: P.ParamSpec
+    flag: str | None                       # command-line flag; None: Ember uses it itself
+    help: str = ""
+    check: Callable[[object], str | None] | None = None   # None when fine, else the problem
+    store_true: bool = False               # a flag without a value (only written when true)
+
+
+def arg(key: str, type_: str, default=None, flag: str | None = "", help: str = "", check=None,
+        choices: tuple[str, ...] = (), store_true: bool = False) -> Arg:
+    if flag == "":
+        flag = "--" + key.replace("_", "-")
+    return Arg(P.ParamSpec(key, type_, default, tuple(choices)), flag, help, check, store_true)
+
+
+def between(lo: float, hi: float, what: str = "") -> Callable[[object], str | None]:
+    def check(v):
+        return None if lo <= v <= hi else f"must be between {lo:g} and {hi:g}{what}, got {v}"
+    return check
+
+
+def at_least(lo: int) -> Callable[[object], str | None]:
+    return lambda v: None if v >= lo else f"must be at least {lo}, got {v}"
+
+
+def validate(engine: str, pairs, table: dict[str, Arg]) -> dict[str, object]:
+    """``key=value`` pairs checked against an engine's table; ParamError on the first bad one."""
+    if isinstance(pairs, (list, tuple)):
+        pairs = dict(P.parse_assignment(p) for p in pairs)
+    out: dict[str, object] = {}
+    for raw_key, raw in pairs.items():
+        key = raw_key.strip().lstrip("-").replace("-", "_")
+        if key in OWNED:
+            raise P.ParamError(key, f"cannot be set: {OWNED[key]}", raw)
+        a = table.get(key)
+        if a is None:
+            raise P.ParamError(key, f"is not a {LABELS[engine]} parameter", raw, P.suggest(key, tuple(table)))
+        value = P.coerce(a.spec, raw)
+        if a.check is not None and (problem := a.check(value)):
+            raise P.ParamError(key, problem, value)
+        out[key] = value
+    return out
+
+
+def flags(values: dict[str, object], table: dict[str, Arg]) -> list[str]:
+    """The engine's command-line arguments for validated values (None values left out)."""
+    out: list[str] = []
+    for key, value in values.items():
+        a = table.get(key)
+        if a is None or a.flag is None or value is None:
+            continue
+        if a.store_true:
+            if value:
+                out.append(a.flag)
+        elif a.spec.type == "bool":
+            out += [a.flag, "true" if value else "false"]
+        elif a.spec.type in ("list", "set"):
+            out += [a.flag, *[str(v) for v in value]]
+        else:
+            out += [a.flag, str(value)]
+    return out
+
+
+def interpreter(engine: str) -> str:
+    """The Python that runs ``engine`` (the configured one, else Ember's own)."""
+    python = engine_env.python_for(engine)
+    if python is None:
+        a = availability(engine)
+        raise P.ParamError("", f"{LABELS[engine]} needs a Python environment with it installed; "
+                               f"set one in Settings > Engines ({a.install_command})")
+    return python
+
+
+_SECRET = re.compile(r"(--api-key\s+)\S+")
+
+
+def exec_command(engine: str, program: list[str], env: dict[str, str] | None = None,
+                 health_path: str = "/health", secret: str | None = None) -> Command:
+    """Run ``program`` (the engine's own server) as our worker's child."""
+    argv = worker_argv("exec", "--", *program)
+    shown = " ".join("'<bootstrap script>'" if "\n" in a else a for a in argv)
+    if secret:
+        shown = shown.replace(secret, "***")
+    return Command(argv=argv, env=dict(env or {}), health_path=health_path, display=shown)
+
+
+@dataclass
+class LogPattern:
+    """One known log line of an engine: what it means, and the parameters that fix it."""
+
+    regex: str
+    kind: str
+    summary: str = ""
+    fixes: list[str] = field(default_factory=list)

@@ -1,0 +1,105 @@
+"""MLX through ``mlx_lm``'s own OpenAI-compatible server.
+
+Chosen by the rules only on Apple silicon for MLX-format models; elsewhere only
+when asked for (its CPU build runs safetensors folders on Linux, slowly).
+
+Two things about ``mlx_lm.server`` (checked on mlx-lm 0.32) shape the command:
+its ``/health`` answers 200 as soon as its generation thread runs, *before* the
+model is loaded (and a model that fails to load leaves a server answering 503
+forever); and it has no API key. So the server is started through a few lines
+(:data:`BOOTSTRAP`) that hold the HTTP server back until the model has loaded
+and exit with an error if loading failed, so "ready" means ready and a broken
+model is a failed start. If a future mlx_lm renames those hooks, the bootstrap
+falls back to the plain server. The engine listens on 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+from .. import params as P
+from ..hardware import HardwareProfile
+from ..models import ModelSpec
+from ..supervisor import Command
+from . import _server as S
+
+NAME = "mlx"
+
+BOOTSTRAP = r"""
+import sys, threading, logging
+import mlx_lm.server as s
+loaded, failed = threading.Event(), []
+MP, RG = getattr(s, "ModelProvider", None), getattr(s, "ResponseGenerator", None)
+if MP is not None and hasattr(MP, "load_default") and hasattr(s, "_run_http_server"):
+    _load_default = MP.load_default
+    def load_default(self):
+        try:
+            _load_default(self)
+        except BaseException as exc:
+            failed.append(exc)
+            raise
+        finally:
+            loaded.set()
+    MP.load_default = load_default
+    _run = s._run_http_server
+    def run_http(host, port, generator, *a, **k):
+        while not loaded.wait(0.2):
+            if hasattr(generator, "is_healthy") and not generator.is_healthy:
+                break
+        if failed or (hasattr(generator, "is_healthy") and not generator.is_healthy):
+            print("ember-mlx: the model failed to load", file=sys.stderr, flush=True)
+            import os; os._exit(1)
+        print("ember-mlx: model loaded", file=sys.stderr, flush=True)
+        return _run(host, port, generator, *a, **k)
+    s._run_http_server = run_http
+sys.argv = ["mlx_lm.server"] + sys.argv[1:]
+s.main()
+"""
+
+TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
+    S.arg("max_tokens", "int", 512, check=S.at_least(1), help="answer length when the request sets none"),
+    S.arg("temp", "float", 0.0, check=S.between(0, 5), help="default sampling temperature"),
+    S.arg("top_p", "float", 1.0, check=S.between(0, 1)),
+    S.arg("top_k", "int", 0, check=S.at_least(0)),
+    S.arg("min_p", "float", 0.0, check=S.between(0, 1)),
+    S.arg("prompt_cache_size", "int", None, check=S.at_least(0), help="prompt caches kept between requests"),
+    S.arg("kv_bits", "int", None, check=S.between(1, 8), help="quantize the KV cache to this many bits"),
+    S.arg("chat_template_args", "str", None, help="JSON for the tokenizer's apply_chat_template"),
+    S.arg("use_default_chat_template", "bool", False, store_true=True),
+    S.arg("trust_remote_code", "bool", False, store_true=True),
+    S.arg("log_level", "enum", "INFO", choices=("debug", "info", "warning", "error", "critical")),
+)}
+
+#: (regex, kind[, facts]) in the shape of ``engines.diagnosis_patterns``.
+LOG_PATTERNS: list[tuple] = [
+    (r"kIOGPUCommandBufferCallbackErrorOutOfMemory|Command buffer execution failed: Insufficient Memory",
+     "oom_load", {"memory": "gpu"}),
+    (r"\[(?:malloc_or_wait|metal::malloc)\] Unable to allocate|std::bad_alloc", "oom_load", {"memory": "ram"}),
+    (r"Model type (?P<architecture>\S+) not supported", "invalid_model", {"problem": "unknown_architecture"}),
+    (r"No safetensors found in|config\.json.*(?:not found|No such file)", "invalid_model", {"problem": "missing"}),
+    (r"No module named '?(?P<module>mlx_lm|mlx)'?", "startup_failed", {"problem": "engine_missing"}),
+    (r"ember-mlx: the model failed to load", "startup_failed"),
+]
+
+FIXES = {"gpu": ["kv_bits"], "ram": ["kv_bits"]}
+
+
+def schema() -> dict[str, P.ParamSpec]:
+    return {k: a.spec for k, a in TABLE.items()}
+
+
+def validate(pairs) -> dict[str, object]:
+    out = S.validate(NAME, pairs, TABLE)
+    if "log_level" in out:
+        out["log_level"] = str(out["log_level"]).upper()
+    return out
+
+
+def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
+            ) -> tuple[dict[str, object], None, list[str]]:
+    return dict(values), None, []
+
+
+def command(spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
+    python = S.interpreter(NAME)
+    program = [python, "-c", BOOTSTRAP, "--model", str(spec.path), "--host", host, "--port", str(port),
+               *S.flags(values, TABLE)]
+    # mlx_lm.server has no API key: the key is unused; the server listens on loopback only.
+    return S.exec_command(NAME, program, health_path="/health")

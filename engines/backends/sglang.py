@@ -1,0 +1,88 @@
+"""SGLang through its own OpenAI-compatible server (``python -m sglang.launch_server``).
+
+Chosen only when asked for (the seed's rules). Like vLLM it usually lives in an
+environment of its own (``engine_python.sglang``). SGLang takes its API key
+only as ``--api-key`` (no environment variable), so the key is on the command
+line of a loopback-only server and is masked in Ember's logs. ``/health``
+answers 200 once the scheduler is up.
+
+Parameters are SGLang's server arguments in snake case (``context_length``,
+``mem_fraction_static``, ``tp_size``...); the common ones are documented here.
+"""
+from __future__ import annotations
+
+from .. import params as P
+from ..hardware import HardwareProfile
+from ..models import ModelSpec
+from ..supervisor import Command
+from . import _server as S
+
+NAME = "sglang"
+DEFAULT_CTX = 4096
+
+TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
+    S.arg("context_length", "int", None, check=S.at_least(16), help="context length in tokens"),
+    S.arg("mem_fraction_static", "float", None, check=S.between(0.05, 0.99),
+          help="fraction of GPU memory for weights + KV cache (SGLang picks one by GPU size when unset)"),
+    S.arg("tp_size", "int", 1, check=S.at_least(1), help="split the model over this many GPUs"),
+    S.arg("dp_size", "int", 1, check=S.at_least(1)),
+    S.arg("max_running_requests", "int", None, check=S.at_least(1)),
+    S.arg("max_total_tokens", "int", None, check=S.at_least(16)),
+    S.arg("chunked_prefill_size", "int", None),
+    S.arg("dtype", "enum", "auto", choices=("auto", "half", "float16", "bfloat16", "float", "float32")),
+    S.arg("quantization", "str", None),
+    S.arg("kv_cache_dtype", "enum", "auto", choices=("auto", "fp8_e5m2", "fp8_e4m3")),
+    S.arg("attention_backend", "str", None),
+    S.arg("disable_cuda_graph", "bool", False, store_true=True, help="less memory at start, slower"),
+    S.arg("trust_remote_code", "bool", False, store_true=True),
+    S.arg("random_seed", "int", None),
+    S.arg("log_level", "enum", "info", choices=("debug", "info", "warning", "error")),
+)}
+
+LOG_PATTERNS: list[tuple] = [
+    (r"Not enough memory\. Please try to increase --mem-fraction-static", "oom_load",
+     {"memory": "gpu", "cause": "kv_cache"}),
+    (r"max_total_tokens=\d+ is larger than the profiled value (?P<profiled>-\d+)", "oom_load",
+     {"memory": "gpu", "cause": "kv_cache"}),
+    (r"CUDA out of memory\. Tried to allocate (?P<alloc>[\d.]+ [KMG]iB)", "oom_load", {"memory": "gpu"}),
+    (r"torch\.OutOfMemoryError|CUDA error: out of memory", "oom_load", {"memory": "gpu"}),
+    (r"context_length \((?P<context_length>\d+)\) is (?:greater|larger) than the derived context_length",
+     "bad_parameter", {"parameter": "context_length"}),
+    (r"No module named '?sglang'?", "startup_failed", {"problem": "engine_missing"}),
+    (r"Scheduler hit an exception|Initialization failed\. .*", "startup_failed"),
+]
+
+FIXES = {
+    "kv_cache": ["mem_fraction_static", "context_length", "tp_size"],
+    "gpu": ["mem_fraction_static", "context_length", "tp_size", "disable_cuda_graph"],
+}
+
+
+def schema() -> dict[str, P.ParamSpec]:
+    return {k: a.spec for k, a in TABLE.items()}
+
+
+def validate(pairs) -> dict[str, object]:
+    return S.validate(NAME, pairs, TABLE)
+
+
+def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
+            ) -> tuple[dict[str, object], None, list[str]]:
+    out = dict(values)
+    warnings: list[str] = []
+    trained = spec.context_length or DEFAULT_CTX
+    out.setdefault("context_length", min(DEFAULT_CTX, trained))
+    n_gpus = sum(1 for g in hw.gpus if g.backend == "cuda")
+    tp = int(out.get("tp_size", 1))
+    if n_gpus and tp > n_gpus:
+        warnings.append(f"tp_size {tp} asks for more GPUs than this computer has ({n_gpus})")
+    return out, None, warnings
+
+
+def command(spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
+    python = S.interpreter(NAME)
+    program = [python, "-m", "sglang.launch_server", "--model-path", str(spec.path),
+               "--served-model-name", spec.name, "--host", host, "--port", str(port), "--api-key", api_key,
+               *S.flags(values, TABLE)]
+    return S.exec_command(NAME, program, {"SGLANG_DISABLE_USAGE_STATS": "1"}, health_path="/health",
+                          secret=api_key)

@@ -1,0 +1,80 @@
+"""transformers: the default engine for PyTorch-format models.
+
+Served by Ember's own thin OpenAI-compatible worker (:mod:`engines.hf_server`)
+because ``transformers serve`` needs FastAPI/Uvicorn, loads models on demand and
+has no API key. The server is started with the engine's interpreter (settings
+``engine_python.transformers``, else Ember's own) and the key in its
+environment, never on the command line.
+"""
+from __future__ import annotations
+
+from .. import engine_env, params as P
+from ..hardware import HardwareProfile
+from ..models import ModelSpec
+from ..supervisor import Command
+from . import _server as S
+
+NAME = "transformers"
+DEFAULT_CTX = 4096
+
+TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
+    S.arg("device", "enum", "auto", choices=("auto", "cpu", "cuda", "mps"),
+          help="where the model runs; auto: CUDA, then Apple MPS, then the CPU"),
+    S.arg("dtype", "enum", "auto", choices=("auto", "float32", "bfloat16", "float16"),
+          help="weights' precision; auto: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on the CPU"),
+    S.arg("max_model_len", "int", None, check=S.at_least(16), help="context length in tokens"),
+    S.arg("max_new_tokens", "int", 512, check=S.at_least(1), help="answer length when the request sets none"),
+    S.arg("temperature", "float", 0.7, check=S.between(0, 5), help="default sampling temperature (0: greedy)"),
+    S.arg("top_p", "float", 1.0, check=S.between(0, 1), help="default nucleus sampling"),
+    S.arg("top_k", "int", 50, check=S.at_least(0), help="default top-k sampling (0: off)"),
+    S.arg("trust_remote_code", "bool", False, store_true=True, help="run the model folder's own Python code"),
+)}
+
+#: (regex, kind[, facts]) in the shape of ``engines.diagnosis_patterns``; most specific first.
+LOG_PATTERNS: list[tuple] = [
+    (r"CUDA out of memory\. Tried to allocate (?P<alloc>[\d.]+ [KMG]iB)", "oom_load", {"memory": "gpu"}),
+    (r"torch\.OutOfMemoryError|CUDA error: out of memory|MPS backend out of memory", "oom_load", {"memory": "gpu"}),
+    (r"DefaultCPUAllocator: can't allocate memory|not enough memory: you tried to allocate", "oom_load",
+     {"memory": "ram"}),
+    (r"Unrecognized configuration class|does not recognize this architecture", "invalid_model",
+     {"problem": "unknown_architecture"}),
+    (r"does not appear to have a file named|Error no file named", "invalid_model", {"problem": "missing"}),
+    (r"SafetensorError|Error while deserializing header", "invalid_model", {"problem": "corrupt"}),
+    (r"No module named '?(?P<module>torch|transformers)'?", "startup_failed", {"problem": "engine_missing"}),
+]
+
+#: what fixes each cause (keys this module's validate accepts).
+FIXES = {"gpu": ["max_model_len", "dtype", "device"], "ram": ["max_model_len", "dtype"]}
+
+
+def schema() -> dict[str, P.ParamSpec]:
+    return {k: a.spec for k, a in TABLE.items()}
+
+
+def validate(pairs) -> dict[str, object]:
+    return S.validate(NAME, pairs, TABLE)
+
+
+def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
+            ) -> tuple[dict[str, object], None, list[str]]:
+    out = dict(values)
+    warnings: list[str] = []
+    trained = spec.context_length or DEFAULT_CTX
+    out.setdefault("max_model_len", min(DEFAULT_CTX, trained))
+    if out["max_model_len"] > trained:
+        warnings.append(f"max_model_len {out['max_model_len']:,} is larger than the context the model was "
+                        f"trained on ({trained:,}); answers past that length may degrade")
+    device = out.get("device", "auto")
+    if device == "cuda" and not hw.has_cuda:
+        warnings.append("device=cuda was asked for but no NVIDIA GPU was found; the engine will fail to start")
+    if device == "auto" and not hw.has_cuda and not hw.is_mac_arm:
+        warnings.append("Transformers runs on the CPU here, slowly")
+    return out, None, warnings
+
+
+def command(spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
+    python = S.interpreter(NAME)
+    program = [python, "-m", "engines.hf_server", "--model", str(spec.path), "--host", host, "--port", str(port),
+               "--served-model-name", spec.name, *S.flags(values, TABLE)]
+    env = {"EMBER_API_KEY": api_key, **engine_env.child_env(python)}
+    return S.exec_command(NAME, program, env, health_path="/health")

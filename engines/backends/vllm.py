@@ -1,0 +1,170 @@
+"""vLLM through its own OpenAI-compatible server (``vllm serve``).
+
+vLLM pins its own torch and CUDA, so it usually lives in an environment of its
+own (setting ``engine_python.vllm``); it is started as
+``<python> -m vllm.entrypoints.openai.api_server`` under our worker. The API key
+goes through ``VLLM_API_KEY`` in the environment, not the command line. vLLM
+opens its port only when the engine is ready, so ``/health`` answering 200 is
+readiness.
+
+Parameters are vLLM's own engine arguments in snake case (``max_model_len``,
+``gpu_memory_utilization``, ``tensor_parallel_size``...): the common ones below
+are documented and range-checked here, and when the vLLM interpreter can be
+asked (:func:`introspect`) every other ``EngineArgs`` field is accepted too.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import subprocess
+
+from .. import engine_env, params as P
+from ..hardware import HardwareProfile
+from ..models import ModelSpec
+from ..supervisor import Command
+from . import _server as S
+
+log = logging.getLogger(__name__)
+
+NAME = "vllm"
+DEFAULT_CTX = 4096
+
+COMMON: dict[str, S.Arg] = {a.spec.key: a for a in (
+    S.arg("max_model_len", "int", None, check=S.at_least(16),
+          help="context length in tokens; the KV cache must hold at least one sequence this long"),
+    S.arg("gpu_memory_utilization", "float", 0.9, check=S.between(0.05, 1.0),
+          help="fraction of each GPU's memory vLLM may take (weights + KV cache)"),
+    S.arg("tensor_parallel_size", "int", 1, check=S.at_least(1), help="split the model over this many GPUs"),
+    S.arg("pipeline_parallel_size", "int", 1, check=S.at_least(1)),
+    S.arg("max_num_seqs", "int", 256, check=S.at_least(1), help="requests batched together at most"),
+    S.arg("max_num_batched_tokens", "int", None, check=S.at_least(1)),
+    S.arg("dtype", "enum", "auto", choices=("auto", "half", "float16", "bfloat16", "float", "float32")),
+    S.arg("quantization", "str", None, help="awq, gptq, fp8, ... (usually read from the model)"),
+    S.arg("kv_cache_dtype", "enum", "auto", choices=("auto", "fp8", "fp8_e4m3", "fp8_e5m2")),
+    S.arg("enforce_eager", "bool", False, store_true=True, help="no CUDA graphs: less memory, slower"),
+    S.arg("enable_prefix_caching", "bool", None, store_true=True),
+    S.arg("swap_space", "float", None, check=S.between(0, 1024), help="CPU swap space per GPU, GiB"),
+    S.arg("seed", "int", None),
+    S.arg("trust_remote_code", "bool", False, store_true=True),
+)}
+
+#: (regex, kind[, facts]) in the shape of ``engines.diagnosis_patterns``; most specific first.
+LOG_PATTERNS: list[tuple] = [
+    (r"To serve at least one request with the models?'s max seq len \((?P<max_model_len>\d+)\), "
+     r"\((?P<needed_gib>[\d.]+) GiB KV cache is needed, which is larger than the available KV cache memory "
+     r"\((?P<available_gib>[\d.]+) GiB\)(?:\. Based on the available memory, the estimated maximum model length "
+     r"is (?P<estimated_max_len>\d+))?", "oom_load", {"memory": "gpu", "cause": "max_model_len"}),
+    (r"The model's max seq len \((?P<max_model_len>\d+)\) is larger than the maximum number of tokens that can "
+     r"be stored in KV cache \((?P<kv_tokens>\d+)\)", "oom_load", {"memory": "gpu", "cause": "max_model_len"}),
+    (r"No available memory for the cache blocks", "oom_load", {"memory": "gpu", "cause": "kv_cache"}),
+    (r"Free memory on device \((?P<free_gib>[\d.]+)/(?P<total_gib>[\d.]+) GiB\) on startup is less than desired "
+     r"GPU memory utilization \((?P<gpu_memory_utilization>[\d.]+), (?P<wanted_gib>[\d.]+) GiB\)",
+     "oom_load", {"memory": "gpu", "cause": "gpu_busy"}),
+    (r"CUDA out of memory\. Tried to allocate (?P<alloc>[\d.]+ [KMG]iB)", "oom_load", {"memory": "gpu"}),
+    (r"torch\.OutOfMemoryError|CUDA error: out of memory", "oom_load", {"memory": "gpu"}),
+    (r"Total number of attention heads \((?P<heads>\d+)\) must be divisible by tensor parallel size "
+     r"\((?P<tensor_parallel_size>\d+)\)", "bad_parameter", {"parameter": "tensor_parallel_size"}),
+    (r"Bfloat16 is only supported on GPUs with compute capability of at least 8\.0", "bad_parameter",
+     {"parameter": "dtype"}),
+    (r"Model architectures \[(?P<architecture>[^\]]*)\] are not supported", "invalid_model",
+     {"problem": "unknown_architecture"}),
+    (r"No CUDA GPUs are available|Failed to infer device type", "startup_failed", {"problem": "no_gpu"}),
+    (r"No module named '?vllm'?", "startup_failed", {"problem": "engine_missing"}),
+    (r"Engine core initialization failed|EngineCore failed to start", "startup_failed"),
+]
+
+#: what fixes each cause (keys this module's validate accepts); the diagnosis computes values.
+FIXES = {
+    "max_model_len": ["max_model_len", "gpu_memory_utilization", "tensor_parallel_size"],
+    "kv_cache": ["gpu_memory_utilization", "max_model_len", "tensor_parallel_size"],
+    "gpu_busy": ["gpu_memory_utilization"],
+    "gpu": ["max_model_len", "tensor_parallel_size", "enforce_eager"],
+}
+
+
+_INTROSPECT = (
+    "import dataclasses, json\n"
+    "from vllm.engine.arg_utils import EngineArgs\n"
+    "out = []\n"
+    "for f in dataclasses.fields(EngineArgs):\n"
+    "    d = f.default if isinstance(f.default, (bool, int, float, str, type(None))) else None\n"
+    "    out.append([f.name, str(f.type), d])\n"
+    "print('EMBER-ARGS ' + json.dumps(out))\n"
+)
+
+
+def _type_of(annotation: str, default) -> str:
+    a = annotation.lower()
+    if isinstance(default, bool) or a.startswith("bool"):
+        return "bool"
+    if a.startswith(("int", "optional[int]", "int |")):
+        return "int"
+    if a.startswith(("float", "optional[float]", "float |")):
+        return "float"
+    return "str"
+
+
+@functools.lru_cache(maxsize=8)
+def introspect(python: str) -> dict[str, S.Arg]:
+    """vLLM's ``EngineArgs`` fields, read by the vLLM interpreter (slow: imports vLLM; cached)."""
+    try:
+        out = subprocess.run([python, "-c", _INTROSPECT], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.info("cannot introspect vLLM with %s: %s", python, exc)
+        return {}
+    line = next((l for l in out.stdout.splitlines() if l.startswith("EMBER-ARGS ")), None)
+    if line is None:
+        return {}
+    found: dict[str, S.Arg] = {}
+    for name, annotation, default in json.loads(line[len("EMBER-ARGS "):]):
+        if name in S.OWNED or name in ("model", "served_model_name", "tokenizer"):
+            continue
+        t = _type_of(annotation, default)
+        found[name] = S.arg(name, t, default, store_true=(t == "bool"))
+    return found
+
+
+def table() -> dict[str, S.Arg]:
+    """The documented arguments, plus every ``EngineArgs`` field when vLLM can be asked."""
+    python = engine_env.configured_python(NAME)
+    extra = {}
+    from . import availability
+    if python or availability(NAME).installed:
+        extra = introspect(python or engine_env.own_python() or "")
+    return {**extra, **COMMON}
+
+
+def schema() -> dict[str, P.ParamSpec]:
+    return {k: a.spec for k, a in table().items()}
+
+
+def validate(pairs) -> dict[str, object]:
+    return S.validate(NAME, pairs, table())
+
+
+def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
+            ) -> tuple[dict[str, object], None, list[str]]:
+    """Ember's defaults: a context of at most 4096 tokens (vLLM's default, the model's full
+    context, often does not fit the KV cache), one GPU per model unless asked."""
+    out = dict(values)
+    warnings: list[str] = []
+    trained = spec.context_length or DEFAULT_CTX
+    out.setdefault("max_model_len", min(DEFAULT_CTX, trained))
+    if out["max_model_len"] > trained:
+        warnings.append(f"max_model_len {out['max_model_len']:,} is larger than the model's trained context "
+                        f"({trained:,}); vLLM refuses that unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1")
+    n_gpus = sum(1 for g in hw.gpus if g.backend == "cuda")
+    tp = int(out.get("tensor_parallel_size", 1))
+    if n_gpus and tp > n_gpus:
+        warnings.append(f"tensor_parallel_size {tp} asks for more GPUs than this computer has ({n_gpus})")
+    return out, None, warnings
+
+
+def command(spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
+    python = S.interpreter(NAME)
+    program = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(spec.path),
+               "--served-model-name", spec.name, "--host", host, "--port", str(port),
+               *S.flags(values, table())]
+    env = {"VLLM_API_KEY": api_key, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    return S.exec_command(NAME, program, env, health_path="/health")

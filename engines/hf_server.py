@@ -1,0 +1,337 @@
+"""A thin OpenAI-compatible server for one transformers model (the transformers engine).
+
+Why our own: ``transformers serve`` (5.x) needs FastAPI and Uvicorn
+(``transformers[serving]``), loads models on demand behind a timeout and has no
+API key; Ember needs one model loaded before "ready", a Bearer key and a
+readiness answer. This file depends only on the standard library, torch and
+transformers, so it runs under any interpreter the user picked for the
+transformers engine (``engine_python.transformers``); the launcher puts Ember's
+folder on ``PYTHONPATH``.
+
+Endpoints: ``GET /health`` (200 once the model is loaded; the port is not even
+open before), ``GET /v1/models``, ``POST /v1/chat/completions`` (streaming SSE
+or one JSON answer). The API key comes from the environment (``EMBER_API_KEY``),
+never the command line. One generation runs at a time; a client that goes away
+stops its generation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+log = logging.getLogger("engines.hf_server")
+
+PREFIX = "ember-hf:"
+
+
+def say(text: str) -> None:
+    print(f"{PREFIX} {text}", file=sys.stderr, flush=True)
+
+
+def pick_device(requested: str = "auto") -> str:
+    import torch
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str, requested: str = "auto"):
+    """bf16 on GPUs that have it, fp16 on other GPUs, fp32 on the CPU (bf16 matmuls are slow there)."""
+    import torch
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def plain_prompt(messages: list[dict]) -> str:
+    """For models without a chat template (base models): role-labelled lines."""
+    lines = [f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages]
+    return "\n".join(lines) + "\nassistant:"
+
+
+def _text_content(content) -> str:
+    if isinstance(content, list):  # OpenAI content parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+class Engine:
+    def __init__(self, args):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.args = args
+        self.device = pick_device(args.device)
+        self.dtype = pick_dtype(self.device, args.dtype)
+        say(f"loading {args.model} on {self.device} ({str(self.dtype).replace('torch.', '')})")
+        started = time.monotonic()
+        self.tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(args.model, dtype=self.dtype,
+                                                          trust_remote_code=args.trust_remote_code)
+        self.model.to(self.device)
+        self.model.eval()
+        torch.set_grad_enabled(False)
+        cfg = self.model.config
+        trained = getattr(getattr(cfg, "text_config", cfg), "max_position_embeddings", None) or 4096
+        self.max_model_len = args.max_model_len or min(trained, 4096)
+        self.model_id = args.served_model_name or os.path.basename(os.path.normpath(args.model))
+        self.lock = threading.Lock()
+        say(f"loaded in {time.monotonic() - started:.1f} s; context {self.max_model_len} tokens")
+
+    def prompt_ids(self, messages: list[dict]):
+        msgs = [{"role": m.get("role", "user"), "content": _text_content(m.get("content"))} for m in messages]
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        else:
+            ids = self.tokenizer(plain_prompt(msgs), return_tensors="pt").input_ids
+        return ids
+
+    def generate(self, body: dict, cancel: threading.Event, out: "queue.Queue"):
+        """Run one generation, putting text pieces then ("done", usage, finish) on ``out``."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return cancel.is_set()
+
+        ids = self.prompt_ids(body.get("messages") or [])
+        n_prompt = int(ids.shape[-1])
+        a = self.args
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or a.max_new_tokens
+        max_tokens = max(1, min(int(max_tokens), self.max_model_len - n_prompt))
+        temperature = body.get("temperature", a.temperature)
+        temperature = a.temperature if temperature is None else float(temperature)
+        kwargs = dict(max_new_tokens=max_tokens, do_sample=temperature > 0,
+                      stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        if temperature > 0:
+            kwargs["temperature"] = temperature
+            kwargs["top_p"] = float(body.get("top_p") or a.top_p)
+            top_k = body.get("top_k", a.top_k)
+            kwargs["top_k"] = int(top_k) if top_k is not None else 0
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if body.get("seed") is not None:
+            torch.manual_seed(int(body["seed"]))
+        stops = body.get("stop") or []
+        stops = [stops] if isinstance(stops, str) else list(stops)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        result: dict = {}
+
+        def run():
+            try:
+                with self.lock:
+                    seq = self.model.generate(ids.to(self.device), attention_mask=torch.ones_like(ids).to(self.device),
+                                              streamer=streamer, **kwargs)
+                result["n"] = int(seq.shape[-1]) - n_prompt
+            except BaseException as exc:  # reaches the client as an error event, and the log
+                log.exception("generation failed")
+                result["error"] = exc
+                streamer.on_finalized_text("", stream_end=True)
+
+        worker = threading.Thread(target=run, name="generate", daemon=True)
+        worker.start()
+        text, stopped = "", False
+        for piece in streamer:
+            if not piece or stopped:
+                continue
+            text += piece
+            hit = next((s for s in stops if s and s in text), None)
+            if hit:
+                piece = piece[: max(0, len(piece) - (len(text) - text.index(hit)))]
+                stopped = True
+                cancel.set()
+            if piece:
+                out.put(piece)
+        worker.join()
+        if "error" in result:
+            out.put(("error", result["error"]))
+            return
+        n = result.get("n", 0)
+        finish = "stop" if stopped or n < max_tokens else "length"
+        out.put(("done", {"prompt_tokens": n_prompt, "completion_tokens": n,
+                          "total_tokens": n_prompt + n}, finish))
+
+
+def make_handler(engine: Engine, api_key: str | None):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "ember-hf"
+
+        def log_message(self, fmt, *args):  # one short line per request in the engine log
+            say(f"{self.command} {self.path} -> {fmt % args}")
+
+        def _json(self, status: int, payload: dict) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(self, status: int, message: str, type_: str, **fields) -> None:
+            self._json(status, {"error": {"message": message, "type": type_, "code": status, **fields}})
+
+        def _authorized(self) -> bool:
+            if not api_key:
+                return True
+            if self.headers.get("Authorization", "") == f"Bearer {api_key}":
+                return True
+            self._error(401, "Invalid API key", "authentication_error")
+            return False
+
+        def do_GET(self):
+            path = self.path.split("?", 1)[0]
+            if path == "/health":
+                self._json(200, {"status": "ok"})
+            elif path in ("/v1/models", "/models"):
+                if self._authorized():
+                    self._json(200, {"object": "list", "data": [
+                        {"id": engine.model_id, "object": "model", "owned_by": "ember",
+                         "max_model_len": engine.max_model_len}]})
+            else:
+                self._error(404, f"no route {path}", "not_found_error")
+
+        def do_POST(self):
+            path = self.path.split("?", 1)[0]
+            if path not in ("/v1/chat/completions", "/chat/completions"):
+                self._error(404, f"no route {path}", "not_found_error")
+                return
+            if not self._authorized():
+                return
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if not isinstance(body.get("messages"), list) or not body["messages"]:
+                    raise ValueError("'messages' must be a non-empty list")
+            except ValueError as exc:
+                self._error(400, f"bad request: {exc}", "invalid_request_error")
+                return
+            n_prompt = int(engine.prompt_ids(body["messages"]).shape[-1])
+            if n_prompt >= engine.max_model_len:
+                self._error(400, f"request ({n_prompt} tokens) exceeds the available context size "
+                            f"({engine.max_model_len} tokens), try increasing it", "exceed_context_size_error",
+                            n_prompt_tokens=n_prompt, n_ctx=engine.max_model_len)
+                return
+            cancel, out = threading.Event(), queue.Queue()
+            threading.Thread(target=engine.generate, args=(body, cancel, out), daemon=True).start()
+            rid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+            if body.get("stream"):
+                self._stream(body, rid, created, cancel, out)
+            else:
+                self._whole(rid, created, out)
+
+        def _chunk(self, rid, created, delta=None, finish=None, usage=None) -> bytes:
+            event = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": engine.model_id,
+                     "choices": [] if delta is None and finish is None else
+                     [{"index": 0, "delta": delta or {}, "finish_reason": finish}]}
+            if usage is not None:
+                event["usage"] = usage
+            return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+        def _send_chunk(self, data: bytes) -> None:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
+        def _stream(self, body, rid, created, cancel, out) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            try:
+                self._send_chunk(self._chunk(rid, created, {"role": "assistant", "content": ""}))
+                while True:
+                    item = out.get()
+                    if isinstance(item, str):
+                        self._send_chunk(self._chunk(rid, created, {"content": item}))
+                        continue
+                    if item[0] == "error":
+                        err = {"error": {"message": f"{type(item[1]).__name__}: {item[1]}", "type": "server_error",
+                                         "code": 500}}
+                        self._send_chunk(b"data: " + json.dumps(err).encode() + b"\n\n")
+                        break
+                    _, usage, finish = item
+                    self._send_chunk(self._chunk(rid, created, {}, finish))
+                    if include_usage:
+                        self._send_chunk(self._chunk(rid, created, usage=usage))
+                    self._send_chunk(b"data: [DONE]\n\n")
+                    break
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                cancel.set()  # the client left: stop generating for it
+                self.close_connection = True
+
+        def _whole(self, rid, created, out) -> None:
+            text = ""
+            while True:
+                item = out.get()
+                if isinstance(item, str):
+                    text += item
+                    continue
+                if item[0] == "error":
+                    self._error(500, f"{type(item[1]).__name__}: {item[1]}", "server_error")
+                    return
+                _, usage, finish = item
+                self._json(200, {"id": rid, "object": "chat.completion", "created": created, "model": engine.model_id,
+                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                              "finish_reason": finish}], "usage": usage})
+                return
+
+    return Handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hf_server", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="a Hugging Face model folder")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-model-len", type=int, default=0, help="context length (0: the model's, at most 4096)")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="default answer length")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--served-model-name", default="")
+    p.add_argument("--trust-remote-code", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"{PREFIX} %(levelname)s %(message)s")
+    api_key = os.environ.pop("EMBER_API_KEY", None) or None
+    engine = Engine(args)
+    server = ThreadingHTTPServer((args.host, args.port), make_handler(engine, api_key))
+    server.daemon_threads = True
+    say(f"ready on http://{args.host}:{args.port}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
