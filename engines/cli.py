@@ -47,7 +47,8 @@ def doctor_report(hw: hardware.HardwareProfile) -> dict:
         a = availability(e)
         engines[e] = {"label": LABELS[e], "installed": a.installed, "version": a.version,
                       "install_command": None if a.installed else a.install_command,
-                      "interpreter": sys.executable if a.installed else None}
+                      "interpreter": getattr(a, "interpreter", None) or sys.executable,
+                      "problem": getattr(a, "problem", None)}
     gpus = []
     for g in hw.gpus:
         note = None
@@ -78,19 +79,22 @@ def cmd_doctor(args) -> int:
     for e, info in report["engines"].items():
         state = f"installed ({info['version']})" if info["installed"] else f"not installed: {info['install_command']}"
         print(f"  {info['label']:<13} {state}")
+        if e != "llamacpp" and (info["installed"] or info.get("problem")):
+            print(f"  {'':<13} Python: {info['interpreter']}" + (f" ({info['problem']})" if info.get("problem") else ""))
     return 0
 
 
 # -- models -------------------------------------------------------------------
 
-def model_rows(hw: hardware.HardwareProfile) -> list[dict]:
+def model_rows(hw: hardware.HardwareProfile, rules_only: bool = False) -> list[dict]:
+    """``rules_only``: judge engines by the rules alone (a profile of another machine)."""
     from . import catalog
-    return catalog.rows(hw)
+    return catalog.rows(hw, installed=None) if rules_only else catalog.rows(hw)
 
 
 def cmd_models(args) -> int:
     hw = _hardware(args)
-    rows = model_rows(hw)
+    rows = model_rows(hw, rules_only=bool(getattr(args, "hardware", None)))
     if getattr(args, "fits", False):
         rows = [r for r in rows if r["fit"] in ("gpu", "partial", "cpu")]
     if args.json:
@@ -102,6 +106,60 @@ def cmd_models(args) -> int:
         layers = f" {r['gpu_layers']}/{r['total_layers']} layers" if r["fit"] == "partial" else ""
         print(f"{r['name']:<40} {r['format']:<8} {r['quantization']:<8} {LABELS.get(r['engine'], '-'):<12} "
               f"{badge.get(r['fit'], r['fit'])}{layers}")
+    return 0
+
+
+# -- pull ---------------------------------------------------------------------
+
+def _bar(pr, width: int = 30) -> str:
+    mb = 1e6
+    frac = pr.fraction
+    eta = "--:--" if pr.eta_s is None else f"{int(pr.eta_s) // 60:02d}:{int(pr.eta_s) % 60:02d}"
+    filled = int(frac * width)
+    return (f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:5.1f}% {pr.done_bytes / mb:,.1f}/"
+            f"{pr.total_bytes / mb:,.1f} MB  {pr.speed_bps / mb:,.1f} MB/s  ETA {eta}")
+
+
+def cmd_pull(args) -> int:
+    """Download with a progress bar on a terminal, plain lines otherwise; Ctrl-C pauses (rerun resumes)."""
+    import signal
+    from . import downloads
+    tty = sys.stdout.isatty()
+    stop = {"why": None}
+    last = {"t": 0.0, "pct": -1}
+
+    def on_sigint(signum, frame):
+        stop["why"] = "pause"
+
+    def listener(pr) -> None:
+        if pr.state != "downloading":
+            return
+        if tty:
+            print("\r" + _bar(pr), end="", flush=True)
+        else:
+            pct = int(pr.fraction * 10) * 10
+            if pct != last["pct"]:
+                last["pct"] = pct
+                print(f"{pr.name}: {pr.done_bytes:,} of {pr.total_bytes:,} bytes ({pct}%)", flush=True)
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        pr = downloads.download(args.model, listener, lambda: stop["why"])
+    except downloads.DownloadError as exc:
+        if tty:
+            print()
+        if getattr(args, "json", False):
+            print(json.dumps(exc.to_dict(), indent=2))
+        return _fail(exc.message)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if tty:
+        print()
+    if pr.state == "paused":
+        print(f"Paused at {pr.done_bytes:,} of {pr.total_bytes:,} bytes; the partial file is kept. "
+              f"Run `ember pull {args.model}` again to resume.")
+        return 130
+    print(f"{pr.name} is ready (verified): {downloads.ready_path(pr.name) or pr.filename}")
     return 0
 
 
@@ -244,6 +302,63 @@ def cmd_params(args) -> int:
     return 0
 
 
+# -- remote endpoints -----------------------------------------------------------
+
+def cmd_remote(args) -> int:
+    from . import remotes
+    action = args.remote_action
+    try:
+        if action == "add":
+            key = sys.stdin.readline().strip() if args.key_stdin else None
+            r = remotes.add(args.name, args.url, key=key or None, key_env=args.key_env)
+            where = {"keyring": "the API key is in the system keyring",
+                     "env": f"the API key is read from ${r.key_env}", "none": "no API key"}[r.key_source]
+            print(f"Added {r.name}: {r.url} ({where})")
+            try:
+                ids = remotes.models(r, use_cache=False)
+                print(f"  models: {', '.join(ids) if ids else 'none listed'}")
+            except Exception as exc:
+                return _explain(exc, args)
+        elif action == "list":
+            rows = []
+            for r in remotes.list_remotes():
+                try:
+                    state = ", ".join(remotes.models(r)) or "no models"
+                except Exception as exc:
+                    state = f"not answering ({type(exc).__name__}: {getattr(exc, 'error_message', exc)})"
+                rows.append({"name": r.name, "url": r.url, "key": r.key_source, "key_env": r.key_env,
+                             "models": state})
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            for row in [] if args.json else rows:
+                print(f"{row['name']:<20} {row['url']:<40} key: {row['key']:<8} {row['models']}")
+        elif action == "remove":
+            if not remotes.remove(args.name):
+                return _fail(f"no remote named {args.name}")
+            print(f"Removed {args.name}")
+        elif action == "chat":
+            return _remote_chat(args, remotes)
+    except remotes.RemoteError as exc:
+        return _fail(exc.message)
+    return 0
+
+
+def _remote_chat(args, remotes) -> int:
+    from .client import ChatStream, Delta
+    ep = remotes.endpoint(args.name, args.model)
+    stream = ChatStream(ep.base_url, [{"role": "user", "content": " ".join(args.prompt)}], ep.api_key,
+                        model=ep.model_id, max_tokens=args.max_tokens)
+    try:
+        for ev in stream:
+            if isinstance(ev, Delta) and not ev.reasoning:
+                sys.stdout.write(ev.text)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+    except Exception as exc:
+        return _explain(exc, args)
+    return 0
+
+
 def cmd_gui(args) -> int:
     try:
         from desktop import app
@@ -297,6 +412,32 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--engine", choices=ENGINES, default="llamacpp")
     pa.add_argument("--json", action="store_true")
     pa.set_defaults(func=cmd_params)
+
+    pl = sub.add_parser("pull", help="download a model (resumes; Ctrl-C pauses)")
+    pl.add_argument("model", help="a catalog name from `ember models`, or OWNER/REPO:FILE.gguf")
+    pl.add_argument("--json", action="store_true", help="print a failure as JSON")
+    pl.set_defaults(func=cmd_pull)
+
+    r = sub.add_parser("remote", help="remote OpenAI-compatible servers (Xinference, vLLM, SGLang, any URL)")
+    rs = r.add_subparsers(dest="remote_action", required=True)
+    ra = rs.add_parser("add", help="add a server; its models appear beside the local ones")
+    ra.add_argument("name")
+    ra.add_argument("url", help="the server's OpenAI base URL, e.g. http://host:9997/v1")
+    key = ra.add_mutually_exclusive_group()
+    key.add_argument("--key-env", metavar="VAR", help="read the API key from this environment variable")
+    key.add_argument("--key-stdin", action="store_true", help="read the API key from stdin; kept in the keyring")
+    rl = rs.add_parser("list", help="the servers and the models each lists")
+    rl.add_argument("--json", action="store_true")
+    rr = rs.add_parser("remove")
+    rr.add_argument("name")
+    rc = rs.add_parser("chat", help="one prompt through a remote server")
+    rc.add_argument("name")
+    rc.add_argument("prompt", nargs="+")
+    rc.add_argument("--model", help="the model id (default: the first the server lists)")
+    rc.add_argument("--max-tokens", type=int, default=512)
+    rc.add_argument("--json", action="store_true", help="print a failure's diagnosis as JSON")
+    for sp in (ra, rl, rr, rc):
+        sp.set_defaults(func=cmd_remote)
 
     g = sub.add_parser("gui", help="start the desktop app (the default)")
     g.set_defaults(func=cmd_gui)

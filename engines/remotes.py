@@ -1,0 +1,223 @@
+"""Remote OpenAI-compatible endpoints: an Xinference cluster, a vLLM or SGLang server, any URL.
+
+When a model outgrows this computer, Ember talks to a server that already does
+the multi-GPU / multi-node work. A remote is a name, a URL and where its API key
+comes from:
+
+- ``keyring``: the OS keyring (the ``keyring`` package), service ``ember``;
+- ``env``: an environment variable named in the remote's entry (for machines
+  without a keyring, like a headless Linux box);
+- ``none``: the server needs no key.
+
+The key itself is never written to Ember's files. The list lives in
+``config_dir()/remotes.json``. :func:`endpoints` turns each remote into one
+:class:`engines.manager.Endpoint` per model the server lists at ``/v1/models``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from . import paths
+
+log = logging.getLogger(__name__)
+
+SERVICE = "ember"
+LIST_TTL = 30.0  # seconds a server's model list is reused
+
+
+class RemoteError(ValueError):
+    """A remote cannot be added or used, with the fix in words."""
+
+    def __init__(self, name: str, problem: str, kind: str = "invalid"):
+        self.name, self.problem, self.kind = name, problem, kind
+        super().__init__(f"remote {name}: {problem}")
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+@dataclass
+class Remote:
+    name: str
+    url: str                    # the OpenAI base URL, ending in /v1 (or the path the user gave)
+    key_source: str = "none"    # keyring | env | none
+    key_env: str | None = None  # the variable's name when key_source == "env"
+
+
+def _file() -> Path:
+    return paths.config_dir() / "remotes.json"
+
+
+_lock = threading.Lock()
+_models_cache: dict[str, tuple[float, list[str]]] = {}
+
+
+def normalize_url(url: str) -> str:
+    """``http://host:9997`` -> ``http://host:9997/v1``; a URL with a path is kept as given."""
+    url = url.strip()
+    if not re.match(r"^https?://", url):
+        raise RemoteError("", f"{url!r} is not an http:// or https:// URL", "bad_url")
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise RemoteError("", f"{url!r} has no host", "bad_url")
+    path = parts.path.rstrip("/")
+    if not path:
+        path = "/v1"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def _load() -> dict[str, Remote]:
+    try:
+        data = json.loads(_file().read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("remote list %s unreadable (%s); ignoring it", _file(), exc)
+        return {}
+    out = {}
+    for item in data.get("remotes", []) if isinstance(data, dict) else []:
+        try:
+            r = Remote(**item)
+            out[r.name] = r
+        except TypeError:
+            continue
+    return out
+
+
+def _save(remotes: dict[str, Remote]) -> None:
+    paths.atomic_write_text(_file(), json.dumps({"remotes": [asdict(r) for r in remotes.values()]}, indent=2))
+
+
+def keyring_available() -> bool:
+    """True when the OS has a keyring backend that stores secrets (not the 'fail' backend)."""
+    try:
+        import keyring
+        kr = keyring.get_keyring()
+    except Exception:
+        return False
+    return getattr(kr, "priority", 0) > 0 and type(kr).__module__ != "keyring.backends.fail"
+
+
+def _account(name: str) -> str:
+    return f"remote:{name}"
+
+
+def add(name: str, url: str, key: str | None = None, key_env: str | None = None) -> Remote:
+    """Add (or replace) a remote. ``key`` goes to the keyring; without one, use ``key_env``."""
+    name = name.strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise RemoteError(name, "names use letters, digits, '.', '_' and '-' (at most 64)", "bad_name")
+    try:
+        url = normalize_url(url)
+    except RemoteError as exc:
+        raise RemoteError(name, exc.problem, exc.kind) from None
+    if key and key_env:
+        raise RemoteError(name, "give the key or the name of a variable holding it, not both", "bad_key")
+    if key:
+        if not keyring_available():
+            raise RemoteError(name, "there is no keyring on this computer to keep the API key in; put the key in "
+                                    "an environment variable and add the remote with --key-env VARIABLE",
+                              "no_keyring")
+        import keyring
+        keyring.set_password(SERVICE, _account(name), key)
+        remote = Remote(name, url, "keyring")
+    elif key_env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
+            raise RemoteError(name, f"{key_env!r} is not an environment variable name", "bad_key")
+        remote = Remote(name, url, "env", key_env)
+    else:
+        remote = Remote(name, url, "none")
+    with _lock:
+        remotes = _load()
+        remotes[name] = remote
+        _save(remotes)
+        _models_cache.pop(name, None)
+    return remote
+
+
+def remove(name: str) -> bool:
+    with _lock:
+        remotes = _load()
+        remote = remotes.pop(name, None)
+        if remote is None:
+            return False
+        _save(remotes)
+        _models_cache.pop(name, None)
+    if remote.key_source == "keyring" and keyring_available():
+        import keyring
+        try:
+            keyring.delete_password(SERVICE, _account(name))
+        except Exception as exc:  # already gone: nothing to remove
+            log.info("no keyring entry to delete for %s: %s", name, exc)
+    return True
+
+
+def list_remotes() -> list[Remote]:
+    return list(_load().values())
+
+
+def get(name: str) -> Remote:
+    remote = _load().get(name)
+    if remote is None:
+        raise RemoteError(name, "no such remote; add it with: ember remote add NAME URL", "unknown")
+    return remote
+
+
+def api_key(remote: Remote) -> str | None:
+    """The key from where the remote says it lives; None when it needs none or it is missing."""
+    if remote.key_source == "keyring":
+        if not keyring_available():
+            return None
+        import keyring
+        return keyring.get_password(SERVICE, _account(remote.name))
+    if remote.key_source == "env" and remote.key_env:
+        return os.environ.get(remote.key_env) or None
+    return None
+
+
+def models(remote: Remote, timeout: float = 5.0, use_cache: bool = True) -> list[str]:
+    """Model ids the server lists; raises the client's EngineHTTPError / httpx errors."""
+    from .client import list_models
+    cached = _models_cache.get(remote.name)
+    if use_cache and cached and time.monotonic() - cached[0] < LIST_TTL:
+        return cached[1]
+    ids = [m.get("id") for m in list_models(remote.url, api_key(remote), timeout) if m.get("id")]
+    _models_cache[remote.name] = (time.monotonic(), ids)
+    return ids
+
+
+def endpoints(timeout: float = 3.0) -> list:
+    """One Endpoint per model of each reachable remote (an unreachable one is logged and left out)."""
+    from .manager import Endpoint
+    out = []
+    for remote in list_remotes():
+        try:
+            ids = models(remote, timeout)
+        except Exception as exc:
+            log.info("remote %s is not answering: %s", remote.name, exc)
+            continue
+        key = api_key(remote)
+        for model_id in ids:
+            out.append(Endpoint(f"{remote.name}/{model_id}", remote.url, key, "remote", model_id, None))
+    return out
+
+
+def endpoint(name: str, model_id: str | None = None):
+    """The Endpoint for ``name`` (a remote) and a model it serves (its first when not given)."""
+    from .manager import Endpoint
+    remote = get(name)
+    if model_id is None:
+        ids = models(remote)
+        if not ids:
+            raise RemoteError(name, "the server lists no models", "no_models")
+        model_id = ids[0]
+    return Endpoint(f"{remote.name}/{model_id}", remote.url, api_key(remote), "remote", model_id, None)
