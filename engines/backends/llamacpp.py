@@ -41,6 +41,11 @@ def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
         out["n_gpu_layers"] = estimate.n_gpu_layers
         if estimate.fallback and estimate.devices:
             warnings.append(f"auto-NGL could not estimate ({estimate.fallback}); offloading all layers")
+        memory = hw.ram_total_bytes + sum(g.memory_total_bytes or 0 for g in hw.llamacpp_gpus())
+        if memory and estimate.total_bytes > memory:  # it would fail at start-up (see engines.diagnosis)
+            warnings.append(f"n_ctx {n_ctx:,} needs about {estimate.total_bytes / 1024 ** 3:,.1f} GiB "
+                            f"(KV cache {estimate.kv_cache_bytes / 1024 ** 3:,.1f} GiB), more than this computer "
+                            f"has ({memory / 1024 ** 3:,.1f} GiB); lower n_ctx")
     return out, estimate, warnings
 
 
