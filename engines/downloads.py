@@ -1,0 +1,770 @@
+"""Model downloads from the Hugging Face Hub that never lose bytes.
+
+Metadata (file sizes, LFS sha256, the commit) comes from ``huggingface_hub``
+(``HfApi.model_info(files_metadata=True)``), honouring ``HF_ENDPOINT``,
+``HF_TOKEN`` / ``hf auth login``, ``HF_HUB_OFFLINE`` and the standard cache
+(``HF_HUB_CACHE`` / ``HF_HOME``), all read at call time.
+
+The bytes are fetched here, not by ``hf_hub_download``: huggingface_hub 2.x
+writes each attempt to a process-unique temporary file and deletes it on any
+failure, so nothing survives a crash, a Ctrl-C or a full disk. Ember writes
+``blobs/<sha256>.incomplete`` in the same cache layout, resumes it with an
+HTTP range request from its size, hashes as it goes, and only after the
+sha256 (git blob sha1 for small non-LFS files) matches the hub's metadata
+renames it into ``blobs/`` and links ``snapshots/<commit>/<file>``, so the
+file is also where ``hf_hub_download`` would look. A model is "ready" only
+when every file is verified; the record lives in Ember's data folder.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import quote
+
+from . import paths
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+DEFAULT_ENDPOINT = "https://huggingface.co"
+STATES = ("queued", "downloading", "paused", "verifying", "ready", "failed", "cancelled")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+# -- errors --------------------------------------------------------------------------------------------
+
+class DownloadError(Exception):
+    """A download that cannot go on; ``message`` is the sentence for people, written once here."""
+
+    kind = "error"
+
+    def __init__(self, model: str, **fields):
+        self.model = model
+        self.fields = fields
+        for k, v in fields.items():
+            setattr(self, k, v)
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        return f"{self.model}: download failed"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "model": self.model, "message": self.message,
+                **{k: v for k, v in self.fields.items() if isinstance(v, (str, int, float, type(None)))}}
+
+
+class GatedModelError(DownloadError):
+    """401/403: the repository is gated or private. Fields: repo, status, url."""
+
+    kind = "gated"
+
+    @property
+    def message(self) -> str:
+        return (f"{self.repo} is gated (HTTP {self.status}): accept the license at {self.url} "
+                "and log in with `hf auth login` or set HF_TOKEN")
+
+
+class NotFoundError(DownloadError):
+    kind = "not_found"
+
+    @property
+    def message(self) -> str:
+        what = f"{self.filename} in {self.repo}" if self.filename else self.repo
+        return f"{what} was not found on {self.endpoint}"
+
+
+class OfflineError(DownloadError):
+    kind = "offline"
+
+    @property
+    def message(self) -> str:
+        return (f"{self.model} is not downloaded and offline mode is on (HF_HUB_OFFLINE); "
+                "unset HF_HUB_OFFLINE to download it")
+
+
+class NetworkError(DownloadError):
+    kind = "network"
+
+    @property
+    def message(self) -> str:
+        kept = f"; {_gb(self.partial_bytes)} already downloaded are kept, run again to resume" \
+            if self.partial_bytes else ""
+        return f"cannot reach {self.endpoint}: {self.reason}{kept}"
+
+
+class InsufficientSpaceError(DownloadError):
+    """Checked before starting. Fields: needed, free, where."""
+
+    kind = "no_space"
+
+    @property
+    def message(self) -> str:
+        return f"{self.model} needs {_gb(self.needed)}, {_gb(self.free)} free on {self.where}"
+
+
+class DiskFullError(DownloadError):
+    """ENOSPC while writing. Fields: path, partial_bytes, total_bytes, where."""
+
+    kind = "disk_full"
+
+    @property
+    def message(self) -> str:
+        return (f"the disk at {self.where} filled up while downloading {self.model}; the partial file is kept "
+                f"({_gb(self.partial_bytes)} of {_gb(self.total_bytes)}): free some space and run again to resume")
+
+
+class ChecksumError(DownloadError):
+    """The bytes do not match the hub's sha256. Fields: filename, expected, actual."""
+
+    kind = "checksum"
+
+    @property
+    def message(self) -> str:
+        return (f"{self.filename} of {self.model} is corrupted: its sha256 is {self.actual[:16]}..., the hub says "
+                f"{self.expected[:16]}...; the bad file was removed and the model is not marked ready: "
+                "run again to download it afresh")
+
+
+class UnknownModelError(DownloadError):
+    kind = "unknown"
+
+    @property
+    def message(self) -> str:
+        return (f"{self.model} is not in the catalog; give a catalog name from `ember models` "
+                "or OWNER/REPO:FILE.gguf")
+
+
+# -- where things go ---------------------------------------------------------------------------------------
+
+def endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def repo_folder(repo: str) -> Path:
+    return hub_cache() / ("models--" + repo.replace("/", "--"))
+
+
+def _token() -> str | None:
+    try:
+        from huggingface_hub import get_token
+        return get_token()
+    except Exception:  # a broken token file must not stop public downloads
+        return os.environ.get("HF_TOKEN")
+
+
+def _headers() -> dict[str, str]:
+    from huggingface_hub.utils import build_hf_headers
+    return build_hf_headers(token=_token() or False, library_name="ember")
+
+
+# -- what to fetch -----------------------------------------------------------------------------------------
+
+@dataclass
+class RemoteFile:
+    filename: str
+    size: int
+    sha256: str | None     # LFS files
+    blob_id: str | None    # git blob sha1 (small, non-LFS files)
+
+    @property
+    def etag(self) -> str:
+        return self.sha256 or self.blob_id or ""
+
+
+@dataclass
+class Target:
+    """A downloadable model: a catalog variant or OWNER/REPO[:FILE]."""
+
+    name: str
+    repo: str
+    files: list[str]          # empty: the whole repository
+    revision: str = "main"
+    catalog: bool = False
+
+    @property
+    def single_file(self) -> bool:
+        return len(self.files) >= 1 and all(f.endswith(".gguf") for f in self.files)
+
+
+def target(name: str) -> Target:
+    from . import catalog
+    try:
+        spec = catalog.resolve(name)
+        return Target(spec.name, spec.repo or "", list(spec.files), catalog=True)
+    except LookupError:
+        pass
+    if "/" in name and not name.startswith(("/", ".")):
+        repo, _, file = name.partition(":")
+        if repo.count("/") == 1:
+            return Target(name, repo, [file] if file else [])
+    raise UnknownModelError(name)
+
+
+@dataclass
+class Plan:
+    target: Target
+    commit: str
+    files: list[RemoteFile]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def _map_hub_error(exc: Exception, t: Target, filename: str | None = None) -> DownloadError:
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    name = type(exc).__name__
+    if name == "GatedRepoError" or status in (401, 403):
+        return GatedModelError(t.name, repo=t.repo, status=status or 403, url=f"{endpoint()}/{t.repo}")
+    if status == 404 or name in ("RepositoryNotFoundError", "EntryNotFoundError", "RevisionNotFoundError"):
+        return NotFoundError(t.name, repo=t.repo, filename=filename, endpoint=endpoint())
+    return NetworkError(t.name, endpoint=endpoint(), reason=f"{name}: {exc}"[:300], partial_bytes=0)
+
+
+def plan(t: Target) -> Plan:
+    """Sizes and checksums of what ``t`` needs, from the hub."""
+    if offline():
+        raise OfflineError(t.name)
+    from huggingface_hub import HfApi
+    try:
+        info = HfApi(endpoint=endpoint(), token=_token() or False).model_info(
+            t.repo, revision=t.revision, files_metadata=True)
+    except Exception as exc:
+        raise _map_hub_error(exc, t) from exc
+    siblings = {s.rfilename: s for s in info.siblings or []}
+    wanted = t.files or sorted(siblings)
+    files = []
+    for fn in wanted:
+        s = siblings.get(fn)
+        if s is None:
+            raise NotFoundError(t.name, repo=t.repo, filename=fn, endpoint=endpoint())
+        lfs = s.lfs
+        files.append(RemoteFile(fn, int(lfs.size if lfs else (s.size or 0)),
+                                lfs.sha256 if lfs else None, s.blob_id))
+    return Plan(t, info.sha or t.revision, files)
+
+
+# -- the ready records --------------------------------------------------------------------------------------
+
+def _records_path() -> Path:
+    return paths.data_dir() / "downloads" / "ready.json"
+
+
+_records_lock = threading.Lock()
+
+
+def _records() -> dict:
+    try:
+        return json.loads(_records_path().read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _check_record(rec: dict) -> bool:
+    try:
+        return all(Path(f["path"]).stat().st_size == f["size"] for f in rec["files"])
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+def ready_map() -> dict[str, str]:
+    """name -> model path (GGUF file or folder) for every download complete and verified."""
+    return {name: rec["path"] for name, rec in _records().items() if _check_record(rec)}
+
+
+def ready_path(name: str) -> str | None:
+    rec = _records().get(name)
+    return rec["path"] if rec and _check_record(rec) else None
+
+
+def downloaded() -> list[dict]:
+    """Verified downloads with their disk use, for the downloads panel."""
+    out = []
+    for name, rec in sorted(_records().items()):
+        size = sum(f.get("size", 0) for f in rec.get("files", []))
+        out.append({"name": name, "path": rec.get("path"), "bytes": size, "repo": rec.get("repo"),
+                    "ok": _check_record(rec)})
+    return out
+
+
+def delete(name: str) -> int:
+    """Remove a downloaded model's files from the cache (blobs shared with another record stay); bytes freed."""
+    with _records_lock:
+        recs = _records()
+        rec = recs.pop(name, None)
+        if rec is None:
+            return 0
+        keep = {f.get("blob") for r in recs.values() for f in r.get("files", [])}
+        freed = 0
+        for f in rec.get("files", []):
+            for p in (f.get("path"), f.get("blob") if f.get("blob") not in keep else None):
+                if p and os.path.lexists(p):
+                    if not os.path.islink(p):
+                        freed += os.path.getsize(p)
+                    os.unlink(p)
+        paths.atomic_write_text(_records_path(), json.dumps(recs, indent=2))
+    try:
+        from . import models
+        models.remove_local(name)
+    except Exception:
+        pass
+    return freed
+
+
+def _save_record(p: Plan, done: list[tuple[RemoteFile, Path, Path]]) -> str:
+    snap = repo_folder(p.target.repo) / "snapshots" / p.commit
+    path = str(snap / p.files[0].filename) if p.target.single_file else str(snap)
+    rec = {"repo": p.target.repo, "commit": p.commit, "path": path, "verified_at": time.time(),
+           "files": [{"name": f.filename, "size": f.size, "sha256": f.sha256, "path": str(link), "blob": str(blob)}
+                     for f, link, blob in done]}
+    with _records_lock:
+        recs = _records()
+        recs[p.target.name] = rec
+        paths.atomic_write_text(_records_path(), json.dumps(recs, indent=2))
+    return path
+
+
+# -- the transfer -------------------------------------------------------------------------------------------
+
+@dataclass
+class Progress:
+    name: str
+    state: str
+    done_bytes: int = 0
+    total_bytes: int = 0
+    speed_bps: float = 0.0
+    eta_s: float | None = None
+    filename: str = ""
+    error: DownloadError | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.done_bytes / self.total_bytes if self.total_bytes else 0.0
+
+
+class _Stop:
+    """Why a transfer should stop: None, "pause" or "cancel"."""
+
+    def __init__(self):
+        self.why: str | None = None
+
+    def __call__(self) -> str | None:
+        return self.why
+
+
+def partial_bytes(p: Plan) -> int:
+    """Bytes already on disk (verified blobs and partial files) of a plan."""
+    blobs = repo_folder(p.target.repo) / "blobs"
+    total = 0
+    for f in p.files:
+        for q in (blobs / f.etag, blobs / (f.etag + ".incomplete")):
+            if q.exists():
+                total += q.stat().st_size
+                break
+    return total
+
+
+def check_space(p: Plan) -> None:
+    """Refuse to start when the rest of the download does not fit on the disk."""
+    needed = max(0, p.total_bytes - partial_bytes(p))
+    where = hub_cache()
+    probe = where
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise InsufficientSpaceError(p.target.name, needed=needed, free=free, where=str(where))
+
+
+def _verify_hasher(f: RemoteFile):
+    if f.sha256:
+        return hashlib.sha256(), f.sha256
+    if f.blob_id:
+        h = hashlib.sha1()
+        h.update(b"blob %d\0" % f.size)
+        return h, f.blob_id
+    return None, None
+
+
+def _link(snapshot_file: Path, blob: Path) -> None:
+    snapshot_file.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(snapshot_file):
+        os.unlink(snapshot_file)
+    try:
+        os.symlink(os.path.relpath(blob, snapshot_file.parent), snapshot_file)
+    except OSError:  # no symlinks (some Windows setups): the HF cache then holds copies
+        shutil.copy2(blob, snapshot_file)
+
+
+def _fetch_file(p: Plan, f: RemoteFile, base: int, total: int, report: Callable[[int, str], None],
+                stop: Callable[[], str | None]) -> tuple[str, Path, Path]:
+    """Download one file into the cache, resuming its partial; returns (state, snapshot path, blob)."""
+    import httpx
+    folder = repo_folder(p.target.repo)
+    blobs = folder / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    blob = blobs / f.etag
+    snap = folder / "snapshots" / p.commit / f.filename
+    partial = blobs / (f.etag + ".incomplete")
+    hasher, expected = _verify_hasher(f)
+    if blob.exists() and blob.stat().st_size == f.size:
+        _link(snap, blob)
+        return "done", snap, blob
+    have = partial.stat().st_size if partial.exists() else 0
+    if have > f.size:
+        partial.unlink()
+        have = 0
+    if hasher is not None and have:
+        with open(partial, "rb") as fh:
+            for block in iter(lambda: fh.read(CHUNK), b""):
+                hasher.update(block)
+    url = f"{endpoint()}/{p.target.repo}/resolve/{p.commit}/{quote(f.filename)}"
+    headers = _headers()
+    state = "done"
+    if have < f.size:
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        log.info("downloading %s from byte %d of %d", url, have, f.size)
+        try:
+            with httpx.stream("GET", url, headers=headers, follow_redirects=True,
+                              timeout=httpx.Timeout(30.0, read=60.0)) as resp:
+                if resp.status_code in (401, 403):
+                    raise GatedModelError(p.target.name, repo=p.target.repo, status=resp.status_code,
+                                          url=f"{endpoint()}/{p.target.repo}")
+                if resp.status_code == 404:
+                    raise NotFoundError(p.target.name, repo=p.target.repo, filename=f.filename, endpoint=endpoint())
+                if resp.status_code == 416:
+                    pass  # nothing left to send: the partial is complete
+                elif resp.status_code >= 400:
+                    raise NetworkError(p.target.name, endpoint=endpoint(), reason=f"HTTP {resp.status_code}",
+                                       partial_bytes=have)
+                else:
+                    mode = "ab"
+                    if have and resp.status_code == 200:  # the server ignored the range: start over
+                        log.warning("%s ignored the range request; downloading %s from the start", url, f.filename)
+                        have, mode = 0, "wb"
+                        hasher, expected = _verify_hasher(f)
+                    with open(partial, mode, buffering=0) as out:
+                        try:
+                            for chunk in resp.iter_bytes(CHUNK):
+                                view = memoryview(chunk)
+                                while view:
+                                    n = out.write(view)
+                                    view = view[n:]
+                                if hasher is not None:
+                                    hasher.update(chunk)
+                                have += len(chunk)
+                                report(base + have, f.filename)
+                                why = stop()
+                                if why:
+                                    state = why
+                                    break
+                            os.fsync(out.fileno())
+                        except OSError as exc:
+                            if exc.errno == errno.ENOSPC:
+                                kept = partial.stat().st_size
+                                raise DiskFullError(p.target.name, path=str(partial), partial_bytes=kept,
+                                                    total_bytes=total, where=str(hub_cache())) from exc
+                            raise
+        except httpx.HTTPError as exc:
+            kept = partial.stat().st_size if partial.exists() else 0
+            raise NetworkError(p.target.name, endpoint=endpoint(), reason=f"{type(exc).__name__}: {exc}"[:300],
+                               partial_bytes=kept) from exc
+    if state == "cancel":
+        partial.unlink(missing_ok=True)
+        return "cancelled", snap, blob
+    if state == "pause":
+        return "paused", snap, blob
+    size = partial.stat().st_size
+    if size < f.size:
+        raise NetworkError(p.target.name, endpoint=endpoint(), partial_bytes=size,
+                           reason=f"the connection ended after {size:,} of {f.size:,} bytes of {f.filename}")
+    if hasher is not None:
+        actual = hasher.hexdigest()
+        if actual != expected:
+            partial.unlink(missing_ok=True)
+            raise ChecksumError(p.target.name, filename=f.filename, expected=expected, actual=actual)
+    os.replace(partial, blob)
+    _link(snap, blob)
+    (folder / "refs").mkdir(exist_ok=True)
+    paths.atomic_write_text(folder / "refs" / p.target.revision, p.commit)
+    return "done", snap, blob
+
+
+class _Meter:
+    """Speed over the last seconds, and the ETA from it."""
+
+    def __init__(self, start_bytes: int):
+        self.samples: list[tuple[float, int]] = [(time.monotonic(), start_bytes)]
+
+    def add(self, done: int) -> float:
+        now = time.monotonic()
+        self.samples.append((now, done))
+        while len(self.samples) > 2 and now - self.samples[0][0] > 5.0:
+            self.samples.pop(0)
+        t0, b0 = self.samples[0]
+        return (done - b0) / (now - t0) if now > t0 else 0.0
+
+
+def download(name: str, listener: Callable[[Progress], None] | None = None,
+             stop: Callable[[], str | None] | None = None, check_disk: bool = True,
+             min_interval: float = 0.2) -> Progress:
+    """Fetch a model (resuming what is on disk) and verify it; returns the final Progress.
+
+    ``stop()`` returning "pause" keeps the partial file, "cancel" deletes it.
+    Raises a :class:`DownloadError` subclass on failure.
+    """
+    stop = stop or (lambda: None)
+    listener = listener or (lambda pr: None)
+    t = target(name)
+    existing = ready_path(t.name)
+    if existing:
+        pr = Progress(t.name, "ready", 0, 0)
+        listener(pr)
+        return pr
+    p = plan(t)
+    if check_disk:
+        check_space(p)
+    total = p.total_bytes
+    meter = _Meter(partial_bytes(p))
+    last = [0.0]
+
+    def report(done: int, filename: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - last[0] < min_interval:
+            return
+        last[0] = now
+        speed = meter.add(done)
+        eta = (total - done) / speed if speed > 0 else None
+        listener(Progress(t.name, "downloading", done, total, speed, eta, filename))
+
+    base = 0
+    done_files = []
+    report(partial_bytes(p), p.files[0].filename if p.files else "", force=True)
+    for f in p.files:
+        state, snap, blob = _fetch_file(p, f, base, total, report, stop)
+        if state in ("paused", "cancelled"):
+            pr = Progress(t.name, state, partial_bytes(p) if state == "paused" else 0, total, filename=f.filename)
+            listener(pr)
+            return pr
+        done_files.append((f, snap, blob))
+        base += f.size
+    path = _save_record(p, done_files)
+    if not t.catalog and t.single_file:
+        from . import models
+        try:
+            models.add_local(path, _local_name(t))
+        except models.ModelError as exc:
+            log.warning("downloaded %s but it cannot be used: %s", t.name, exc.problem)
+    pr = Progress(t.name, "ready", total, total, filename=path)
+    listener(pr)
+    return pr
+
+
+def _local_name(t: Target) -> str:
+    stem = Path(t.files[0]).stem.lower() if t.files else t.repo.split("/")[-1].lower()
+    return stem
+
+
+# -- the queue ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    name: str
+    state: str = "queued"
+    done_bytes: int = 0
+    total_bytes: int = 0
+    speed_bps: float = 0.0
+    eta_s: float | None = None
+    error: dict | None = None
+    _stop: _Stop = field(default_factory=_Stop, repr=False)
+
+    @property
+    def message(self) -> str:
+        return self.error["message"] if self.error else ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("_stop", None)
+        return d
+
+
+class DownloadManager:
+    """Several downloads, ``max_parallel`` at a time, each in its own thread.
+
+    Listeners get ``(job)`` from worker threads (the desktop forwards them
+    through a Qt signal). The queue is saved, so paused and waiting downloads
+    come back after a restart (paused: their partial files are on disk).
+    """
+
+    def __init__(self, max_parallel: int = 1, check_disk: bool = True, autostart: bool = True):
+        self.max_parallel = max_parallel
+        self.check_disk = check_disk
+        self.autostart = autostart
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.RLock()
+        self._listeners: list[Callable[[Job], None]] = []
+        self._restore()
+
+    # persistence
+    def _queue_path(self) -> Path:
+        return paths.data_dir() / "downloads" / "queue.json"
+
+    def _save(self) -> None:
+        with self._lock:
+            data = [{"name": j.name, "state": j.state, "done_bytes": j.done_bytes, "total_bytes": j.total_bytes}
+                    for j in self._jobs.values() if j.state in ("queued", "downloading", "paused", "failed")]
+        paths.atomic_write_text(self._queue_path(), json.dumps(data, indent=2))
+
+    def _restore(self) -> None:
+        try:
+            data = json.loads(self._queue_path().read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return
+        for d in data:
+            # after a restart nothing is running: what was under way waits, paused, for the user
+            state = "paused" if d.get("state") in ("downloading", "paused") else d.get("state", "queued")
+            self._jobs[d["name"]] = Job(d["name"], "paused" if state == "queued" else state,
+                                        int(d.get("done_bytes", 0)), int(d.get("total_bytes", 0)))
+
+    # listeners
+    def subscribe(self, listener: Callable[[Job], None]) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self, job: Job) -> None:
+        for cb in list(self._listeners):
+            try:
+                cb(job)
+            except Exception:
+                log.exception("download listener failed")
+
+    # API
+    def jobs(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def job(self, name: str) -> Job | None:
+        return self._jobs.get(name)
+
+    def add(self, name: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(name)
+            if job is None or job.state in ("cancelled", "failed", "ready"):
+                job = Job(name)
+                self._jobs[name] = job
+            elif job.state == "paused":
+                job.state = "queued"
+        self._save()
+        self._emit(job)
+        self._pump()
+        return job
+
+    def pause(self, name: str) -> None:
+        with self._lock:
+            job = self._jobs.get(name)
+            if job is None:
+                return
+            if job.state == "downloading":
+                job._stop.why = "pause"
+            elif job.state == "queued":
+                job.state = "paused"
+                self._emit(job)
+        self._save()
+
+    def resume(self, name: str) -> None:
+        self.add(name)
+
+    def cancel(self, name: str) -> None:
+        with self._lock:
+            job = self._jobs.get(name)
+            if job is None:
+                return
+            if job.state == "downloading":
+                job._stop.why = "cancel"
+                return
+            job.state = "cancelled"
+        try:
+            p = plan(target(name))
+            for f in p.files:
+                (repo_folder(p.target.repo) / "blobs" / (f.etag + ".incomplete")).unlink(missing_ok=True)
+        except DownloadError as exc:
+            log.info("could not remove the partial files of %s: %s", name, exc.message)
+        self._save()
+        self._emit(job)
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            job = self._jobs.get(name)
+            if job and job.state not in ("downloading",):
+                del self._jobs[name]
+        self._save()
+
+    def wait(self, timeout: float | None = None) -> None:
+        for t in list(self._threads.values()):
+            t.join(timeout)
+
+    def _pump(self) -> None:
+        with self._lock:
+            running = sum(1 for j in self._jobs.values() if j.state == "downloading")
+            for job in self._jobs.values():
+                if running >= self.max_parallel:
+                    break
+                if job.state == "queued":
+                    job.state = "downloading"
+                    job._stop = _Stop()
+                    th = threading.Thread(target=self._run, args=(job,), name=f"download-{job.name}", daemon=True)
+                    self._threads[job.name] = th
+                    running += 1
+                    th.start()
+
+    def _run(self, job: Job) -> None:
+        job.error = None
+        self._emit(job)
+
+        def on_progress(pr: Progress) -> None:
+            job.done_bytes, job.total_bytes, job.speed_bps, job.eta_s = (
+                pr.done_bytes, pr.total_bytes or job.total_bytes, pr.speed_bps, pr.eta_s)
+            if pr.state in ("downloading",):
+                self._emit(job)
+
+        try:
+            final = download(job.name, on_progress, job._stop, check_disk=self.check_disk)
+            job.state = final.state
+            if final.state == "ready":
+                job.done_bytes = job.total_bytes = final.total_bytes or job.total_bytes
+            job.speed_bps, job.eta_s = 0.0, None
+        except DownloadError as exc:
+            job.state, job.error = "failed", exc.to_dict()
+        except Exception as exc:  # a bug must still reach the user, not vanish in a thread
+            log.exception("download of %s crashed", job.name)
+            job.state, job.error = "failed", {"kind": "bug", "message": f"{type(exc).__name__}: {exc}"}
+        self._save()
+        self._emit(job)
+        self._pump()
