@@ -1,0 +1,539 @@
+"""The models window: this computer's hardware, every model with whether it runs here, and launch.
+
+All facts come from the core (``hardware.detect``, ``catalog.rows``,
+``models.add_local``); this module only lays them out. Detection, the model
+list and stopping an engine run off the GUI thread so the window opens at
+once and never freezes.
+
+For the app (part A): ``ModelsWindow(manager)``; connect ``launch_requested``
+(a :class:`engines.launch.LaunchPlan`) to whatever starts it (``manager.launch``
+off the GUI thread). For downloads: connect ``download_requested`` (a model
+name) and put the download panel in with :meth:`ModelsWindow.add_downloads_panel`;
+call :meth:`ModelsWindow.refresh` when a download finishes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGridLayout, QGroupBox, QHBoxLayout,
+                               QLabel, QProgressBar, QPushButton, QScrollArea, QSizePolicy, QToolButton,
+                               QVBoxLayout, QWidget)
+
+from engines import catalog, hardware as H, models
+from engines.backends import LABELS
+from engines.launch import LaunchPlan
+from engines.manager import EngineManager
+
+from .launch_dialog import LaunchDialog
+from .widgets import (ACCENT, ERROR, FIT_ORDER, FitBadge, error_label, human_bytes, human_gib, muted_label,
+                      primary_button, run_in_pool)
+
+log = logging.getLogger(__name__)
+
+RUNS_HERE = ("gpu", "partial", "cpu")
+SORTS = {"Best fit first": "fit", "Name": "name", "Size": "size"}
+
+
+def _numbers_line(row: dict) -> str:
+    """The technical line under the badge: the estimate's numbers and the file size."""
+    reason = str(row.get("reason") or "")
+    why_engine = (row.get("reasons") or {}).get(row.get("engine") or "", "")
+    detail = reason[len(why_engine):].lstrip("; ") if why_engine and reason.startswith(why_engine) else ""
+    if row.get("fit") == "partial" and not detail:
+        detail = f"{row.get('gpu_layers')} of {row.get('total_layers')} layers on the GPU"
+    size = human_bytes(row.get("size_bytes")) if row.get("size_bytes") else ""
+    if row.get("engine") is None:
+        detail = ""
+    return " \u00b7 ".join(x for x in (detail, size) if x)
+
+
+def _engine_line(row: dict) -> str:
+    engine = row.get("engine")
+    if engine is None:
+        if row.get("install_command"):
+            return f"Needs an engine that is not installed. Install it with: {row['install_command']}"
+        return "No engine can run it on this computer (see why below)"
+    why = (row.get("reasons") or {}).get(engine, "")
+    return f"Runs with {LABELS.get(engine, engine)}" + (f": {why}" if why else "")
+
+
+def _why_not_lines(row: dict) -> list[str]:
+    engine = row.get("engine")
+    return [f"{LABELS.get(e, e)}: {r}" for e, r in (row.get("reasons") or {}).items() if e != engine]
+
+
+class ModelRow(QFrame):
+    """One model: name, fit badge in words, numbers below, engine and why, actions."""
+
+    launch_clicked = Signal(str)
+    stop_clicked = Signal(str)
+    remove_clicked = Signal(str)
+    download_clicked = Signal(str)
+
+    def __init__(self, row: dict, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.row = row
+        self.name = row["name"]
+        self.setFrameShape(QFrame.StyledPanel)
+        self.setObjectName("modelRow")
+        self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)
+        grid = QGridLayout(self)
+        grid.setContentsMargins(12, 10, 12, 10)
+        grid.setHorizontalSpacing(12)
+        grid.setVerticalSpacing(4)
+
+        title_line = QHBoxLayout()
+        title_line.setSpacing(10)
+        self.title = QLabel(row.get("display_name") or self.name)
+        f = self.title.font()
+        f.setBold(True)
+        f.setPointSizeF(f.pointSizeF() * 1.1)
+        self.title.setFont(f)
+        self.title.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        facts = [row.get("format", "").upper(), row.get("quantization") or "",
+                 {"starter": "comes with Ember", "local": "your file", "catalog": "catalog"}.get(row.get("source"), "")]
+        if row.get("source") == "catalog" and not row.get("local"):
+            facts[-1] = "not downloaded"
+        self.facts = muted_label(" \u00b7 ".join(x for x in facts if x), wrap=False)
+        title_line.addWidget(self.title)
+        title_line.addWidget(self.facts)
+        title_line.addStretch(1)
+        self.running_label = QLabel()
+        self.running_label.setStyleSheet(f"QLabel {{ color: {ACCENT}; font-weight: 600; }}")
+        self.running_label.hide()
+        title_line.addWidget(self.running_label)
+        grid.addLayout(title_line, 0, 0)
+
+        badge_line = QHBoxLayout()
+        self.badge = FitBadge(row)
+        badge_line.addWidget(self.badge)
+        badge_line.addStretch(1)
+        grid.addLayout(badge_line, 1, 0)
+        self.numbers = muted_label(_numbers_line(row))
+        self.numbers.setAccessibleName("Fit details")
+        grid.addWidget(self.numbers, 2, 0)
+        self.engine_label = QLabel(_engine_line(row))
+        self.engine_label.setWordWrap(True)
+        self.engine_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        grid.addWidget(self.engine_label, 3, 0)
+
+        why_not = _why_not_lines(row)
+        self.why_toggle = QToolButton()
+        self.why_toggle.setText("Why not the other engines")
+        self.why_toggle.setCheckable(True)
+        self.why_toggle.setAutoRaise(True)
+        self.why_toggle.setArrowType(Qt.RightArrow)
+        self.why_toggle.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.why_label = muted_label("\n".join(f"\u2022 {line}" for line in why_not))
+        self.why_label.hide()
+        self.why_toggle.toggled.connect(self._toggle_why)
+        if why_not:
+            grid.addWidget(self.why_toggle, 4, 0, Qt.AlignLeft)
+            grid.addWidget(self.why_label, 5, 0)
+
+        actions = QVBoxLayout()
+        actions.setSpacing(6)
+        self.launch_button = primary_button("Launch\u2026")
+        self.launch_button.setAccessibleName(f"Launch {self.title.text()}")
+        self.launch_button.clicked.connect(lambda: self.launch_clicked.emit(self.name))
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setAccessibleName(f"Stop {self.title.text()}")
+        self.stop_button.clicked.connect(lambda: self.stop_clicked.emit(self.name))
+        self.stop_button.hide()
+        self.download_button = QPushButton("Download\u2026")
+        self.download_button.setAccessibleName(f"Download {self.title.text()}")
+        self.download_button.clicked.connect(lambda: self.download_clicked.emit(self.name))
+        self.remove_button = QPushButton("Remove")
+        self.remove_button.setAccessibleName(f"Remove {self.title.text()} from the list")
+        self.remove_button.setToolTip("Removes it from Ember's list; the file itself stays where it is")
+        self.remove_button.clicked.connect(lambda: self.remove_clicked.emit(self.name))
+        for b in (self.launch_button, self.stop_button, self.download_button, self.remove_button):
+            actions.addWidget(b)
+        actions.addStretch(1)
+        grid.addLayout(actions, 0, 1, 6, 1)
+        grid.setColumnStretch(0, 1)
+
+        runnable = row.get("engine") is not None and row.get("fit") != "none"
+        downloaded = bool(row.get("local"))
+        self.launch_button.setVisible(downloaded or row.get("source") != "catalog")
+        self.launch_button.setEnabled(runnable and downloaded)
+        if not runnable:
+            self.launch_button.setToolTip("This model cannot run on this computer; see why below")
+        self.download_button.setVisible(row.get("source") == "catalog" and not downloaded)
+        self.remove_button.setVisible(row.get("source") == "local")
+        self.state: str | None = None
+
+    def _toggle_why(self, on: bool) -> None:
+        self.why_toggle.setArrowType(Qt.DownArrow if on else Qt.RightArrow)
+        self.why_label.setVisible(on)
+
+    def set_state(self, state: str | None) -> None:
+        """None, "loading", "running" or "stopping"."""
+        self.state = state
+        text = {"loading": "Loading\u2026", "running": "\u25cf Running", "stopping": "Stopping\u2026"}.get(state or "")
+        self.running_label.setText(text or "")
+        self.running_label.setVisible(bool(text))
+        self.stop_button.setVisible(state in ("running", "loading", "stopping"))
+        self.stop_button.setEnabled(state in ("running", "loading"))
+        self.stop_button.setText("Cancel" if state == "loading" else "Stop")
+
+
+class ModelsWindow(QWidget):
+    """Hardware summary, the model list with fit badges, and Launch."""
+
+    launch_requested = Signal(object)    # engines.launch.LaunchPlan
+    download_requested = Signal(str)     # a catalog model's name (the downloads engineer connects it)
+    models_loaded = Signal()             # the list is on screen (tests and the app may wait for it)
+    _engine_event = Signal(str, str)     # from the manager's threads to the GUI thread
+
+    def __init__(self, manager: EngineManager, parent: QWidget | None = None,
+                 hardware: H.HardwareProfile | None = None):
+        super().__init__(parent)
+        self.manager = manager
+        self._injected_hw = hardware
+        self.hw: H.HardwareProfile | None = hardware
+        self.rows: list[dict] = []
+        self._order: dict[str, int] = {}
+        self.row_widgets: dict[str, ModelRow] = {}
+        self._loading = False
+        self._alive = True
+        self.setWindowTitle("Ember \u2014 Models")
+        self.resize(880, 720)
+
+        root = QVBoxLayout(self)
+        root.setSpacing(10)
+
+        # -- this computer
+        self.hw_box = QGroupBox("This computer")
+        hw_layout = QVBoxLayout(self.hw_box)
+        hw_layout.setSpacing(3)
+        self.hw_busy = QProgressBar()
+        self.hw_busy.setRange(0, 0)
+        self.hw_busy.setTextVisible(False)
+        self.hw_busy.setMaximumHeight(8)
+        self.hw_busy.setAccessibleName("Checking your hardware")
+        self.hw_status = muted_label("Checking your hardware\u2026")
+        self.cpu_label = QLabel()
+        self.ram_label = QLabel()
+        self.gpu_labels = QVBoxLayout()
+        self.gpu_labels.setSpacing(3)
+        self.gpu_note = QLabel()
+        self.gpu_note.setWordWrap(True)
+        self.gpu_note.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.gpu_note.hide()
+        for w in (self.cpu_label, self.ram_label):
+            w.setTextInteractionFlags(Qt.TextSelectableByMouse)
+            w.setWordWrap(True)
+        hw_layout.addWidget(self.hw_status)
+        hw_layout.addWidget(self.hw_busy)
+        hw_layout.addWidget(self.cpu_label)
+        hw_layout.addWidget(self.ram_label)
+        hw_layout.addLayout(self.gpu_labels)
+        hw_layout.addWidget(self.gpu_note)
+        root.addWidget(self.hw_box)
+
+        # -- messages (an added file, a refused file, a stop)
+        self.notice = QFrame()
+        self.notice.setFrameShape(QFrame.StyledPanel)
+        notice_line = QHBoxLayout(self.notice)
+        notice_line.setContentsMargins(10, 6, 6, 6)
+        self.notice_label = QLabel()
+        self.notice_label.setWordWrap(True)
+        self.notice_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.notice_close = QToolButton()
+        self.notice_close.setText("\u2715")
+        self.notice_close.setAccessibleName("Dismiss this message")
+        self.notice_close.setToolTip("Dismiss")
+        self.notice_close.clicked.connect(self.notice.hide)
+        notice_line.addWidget(self.notice_label, 1)
+        notice_line.addWidget(self.notice_close, 0, Qt.AlignTop)
+        self.notice.hide()
+        root.addWidget(self.notice)
+
+        # -- toolbar
+        bar = QHBoxLayout()
+        self.only_runnable = QCheckBox("Only models that run here")
+        self.only_runnable.toggled.connect(self._apply_view)
+        self.sort_combo = QComboBox()
+        self.sort_combo.addItems(list(SORTS))
+        self.sort_combo.setAccessibleName("Sort models by")
+        self.sort_combo.currentIndexChanged.connect(self._apply_view)
+        sort_label = QLabel("&Sort by")
+        sort_label.setBuddy(self.sort_combo)
+        self.count_label = muted_label(wrap=False)
+        self.add_file_button = QPushButton("Add model file\u2026")
+        self.add_file_button.setToolTip("Add a GGUF file you already have; it is checked first and never moved")
+        self.add_file_button.clicked.connect(self.add_model_file)
+        self.add_folder_button = QPushButton("Add model folder\u2026")
+        self.add_folder_button.setToolTip("Add a Hugging Face model folder (config.json + safetensors)")
+        self.add_folder_button.clicked.connect(self.add_model_folder)
+        bar.addWidget(self.only_runnable)
+        bar.addSpacing(12)
+        bar.addWidget(sort_label)
+        bar.addWidget(self.sort_combo)
+        bar.addSpacing(12)
+        bar.addWidget(self.count_label)
+        bar.addStretch(1)
+        bar.addWidget(self.add_file_button)
+        bar.addWidget(self.add_folder_button)
+        root.addLayout(bar)
+
+        # -- the models
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.NoFrame)
+        self.list_widget = QWidget()
+        self.list_layout = QVBoxLayout(self.list_widget)
+        self.list_layout.setContentsMargins(0, 0, 0, 0)
+        self.list_layout.setSpacing(8)
+        self.placeholder = muted_label("Looking for models\u2026")
+        self.list_layout.addWidget(self.placeholder)
+        self.list_layout.addStretch(1)
+        self.scroll.setWidget(self.list_widget)
+        root.addWidget(self.scroll, 1)
+
+        # -- the downloads panel goes here (see add_downloads_panel)
+        self.downloads_slot = QVBoxLayout()
+        root.addLayout(self.downloads_slot)
+
+        self._engine_event.connect(self._on_engine_event)
+        manager.subscribe(self._manager_listener)
+        self.refresh()
+
+    # -- public API -----------------------------------------------------------------------
+    def add_downloads_panel(self, widget: QWidget) -> None:
+        """Place the downloads panel under the model list (one call; the panel manages itself)."""
+        self.downloads_slot.addWidget(widget)
+
+    def refresh(self, redetect: bool = True) -> None:
+        """Re-read hardware (unless one was injected) and the model list, off the GUI thread."""
+        if self._loading:
+            return
+        self._loading = True
+        self.hw_busy.show()
+        self.hw_status.setText("Checking your hardware\u2026" if redetect and self._injected_hw is None
+                               else "Reading the model list\u2026")
+        self.hw_status.show()
+        injected = self._injected_hw
+        hw_now = self.hw if not redetect else None
+        run_in_pool(self, lambda: injected or hw_now or H.detect(), self._hardware_ready, self._load_failed)
+
+    def set_hardware(self, hw: H.HardwareProfile | None) -> None:
+        """Judge the models against another profile (None: this computer again)."""
+        self._injected_hw = hw
+        self.refresh()
+
+    def row_widget(self, name: str) -> ModelRow | None:
+        return self.row_widgets.get(name)
+
+    def open_launch_dialog(self, name: str) -> LaunchDialog | None:
+        """Open the launch dialog for a model (window-modal, not blocking); emits launch_requested on Launch."""
+        if self.hw is None:
+            return None
+        try:
+            spec = models.resolve(name)
+        except models.ModelError as exc:
+            self.show_notice(f"{exc.name}: {exc.problem}", error=True)
+            return None
+        dlg = LaunchDialog(spec, self.hw, self)
+        dlg.setAttribute(Qt.WA_DeleteOnClose)
+        dlg.accepted.connect(lambda: self._launch_accepted(dlg))
+        dlg.open()
+        return dlg
+
+    def import_path(self, path: str | os.PathLike) -> models.ModelSpec | None:
+        """Check and add a model file or folder; the core's reason is shown when it is refused."""
+        label = Path(path).name
+        try:
+            spec = models.add_local(path)
+        except models.ModelError as exc:
+            self.show_notice(f"{label} was not added: {exc.problem}", error=True)
+            return None
+        except OSError as exc:
+            self.show_notice(f"{label} was not added: {exc.strerror or exc}", error=True)
+            return None
+        self.show_notice(f"Added {spec.display_name or spec.name} ({human_bytes(spec.size_bytes)}) "
+                         f"as \u201c{spec.name}\u201d. The file stays where it is.")
+        self.refresh(redetect=False)
+        return spec
+
+    def remove_model(self, name: str) -> None:
+        """Forget a user-added model; the file itself is never deleted."""
+        row = next((r for r in self.rows if r["name"] == name), {})
+        try:
+            where = models.resolve(name).path
+        except models.ModelError:
+            where = None
+        if models.remove_local(name):
+            self.show_notice(f"Removed {row.get('display_name') or name} from Ember's list. The file itself "
+                             f"was not deleted" + (f" and is still at {where}." if where else "."))
+        self.refresh(redetect=False)
+
+    def show_notice(self, text: str, error: bool = False) -> None:
+        self.notice_label.setText(text)
+        self.notice_label.setStyleSheet(f"QLabel {{ color: {ERROR}; }}" if error else "")
+        self.notice_label.setAccessibleName("Error" if error else "Message")
+        self.notice.show()
+
+    # -- file dialogs -----------------------------------------------------------------------
+    def add_model_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Add a model file", str(Path.home()),
+                                              "GGUF models (*.gguf);;All files (*)")
+        if path:
+            self.import_path(path)
+
+    def add_model_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Add a model folder", str(Path.home()))
+        if path:
+            self.import_path(path)
+
+    # -- loading ------------------------------------------------------------------------------
+    def _hardware_ready(self, hw: H.HardwareProfile) -> None:
+        self.hw = hw
+        self._show_hardware(hw)
+        self.hw_status.setText("Checking which models run here\u2026")
+        run_in_pool(self, lambda: catalog.rows(hw), self._rows_ready, self._load_failed)
+
+    def _load_failed(self, exc: BaseException) -> None:
+        self._loading = False
+        self.hw_busy.hide()
+        self.hw_status.hide()
+        self.show_notice(f"Ember could not read the model list: {getattr(exc, 'problem', None) or exc}", error=True)
+
+    def _rows_ready(self, rows: list[dict]) -> None:
+        self._loading = False
+        self.hw_busy.hide()
+        self.hw_status.hide()
+        self.rows = rows
+        self._order = {r["name"]: i for i, r in enumerate(rows)}
+        for w in self.row_widgets.values():
+            self.list_layout.removeWidget(w)
+            w.deleteLater()
+        self.row_widgets = {}
+        for r in rows:
+            w = ModelRow(r)
+            w.launch_clicked.connect(self.open_launch_dialog)
+            w.stop_clicked.connect(self.stop_model)
+            w.remove_clicked.connect(self.remove_model)
+            w.download_clicked.connect(self.download_requested)
+            self.row_widgets[r["name"]] = w
+        self.placeholder.setVisible(not rows)
+        self.placeholder.setText("No models yet. Add a GGUF file you have with \u201cAdd model file\u2026\u201d.")
+        self._update_states()
+        self._apply_view()
+        self.models_loaded.emit()
+
+    def _show_hardware(self, hw: H.HardwareProfile) -> None:
+        cores = f"{hw.cpu_cores} core{'s' if hw.cpu_cores != 1 else ''}"
+        self.cpu_label.setText(f"<b>CPU</b>&nbsp;&nbsp;{hw.cpu_name or hw.arch} \u00b7 {cores}")
+        self.ram_label.setText(f"<b>Memory</b>&nbsp;&nbsp;{human_gib(hw.ram_available_bytes)} free "
+                               f"of {human_gib(hw.ram_total_bytes)}")
+        while self.gpu_labels.count():
+            item = self.gpu_labels.takeAt(0)
+            if item.widget():
+                item.widget().deleteLater()
+        if not hw.gpus:
+            lab = QLabel("<b>GPU</b>&nbsp;&nbsp;none found: models run on the CPU")
+            self.gpu_labels.addWidget(lab)
+        for g in hw.gpus:
+            lab = QLabel(f"<b>GPU</b>&nbsp;&nbsp;{g.name} \u00b7 {human_gib(g.memory_free_bytes)} free of "
+                         f"{human_gib(g.memory_total_bytes)}"
+                         + (f" <span style='color: palette(placeholder-text)'>({g.llamacpp_device})</span>"
+                            if g.llamacpp_device else ""))
+            lab.setTextInteractionFlags(Qt.TextSelectableByMouse)
+            self.gpu_labels.addWidget(lab)
+        unusable = [g for g in hw.gpus if not g.usable_by_llamacpp]
+        if unusable:
+            names = ", ".join(g.name for g in unusable)
+            build = hw.llamacpp_build if hw.llamacpp_build not in ("unknown", "") else "installed"
+            self.gpu_note.setText(
+                f"\u26a0 llama.cpp cannot use {names}: the {build} build of xllamacpp is installed, so GGUF "
+                f"models run on the CPU. Install the xllamacpp build for {unusable[0].backend.upper()} "
+                "to use this GPU.")
+            self.gpu_note.show()
+        else:
+            self.gpu_note.hide()
+
+    # -- view -----------------------------------------------------------------------------------
+    def _sort_key(self, row: dict):
+        mode = SORTS[self.sort_combo.currentText()]
+        name = (row.get("display_name") or row["name"]).lower()
+        if mode == "name":
+            return (name,)
+        if mode == "size":
+            return (row.get("size_bytes") or 0, name)
+        return (FIT_ORDER.get(row.get("fit"), 9), 0 if row.get("local") else 1, self._order.get(row["name"], 0))
+
+    def _apply_view(self, *_args) -> None:
+        only = self.only_runnable.isChecked()
+        ordered = sorted(self.rows, key=self._sort_key)
+        shown = 0
+        for i, r in enumerate(ordered):
+            w = self.row_widgets.get(r["name"])
+            if w is None:
+                continue
+            self.list_layout.removeWidget(w)
+            self.list_layout.insertWidget(i + 1, w)  # after the placeholder
+            visible = not only or r.get("fit") in RUNS_HERE
+            w.setVisible(visible)
+            shown += visible
+        total = len(self.rows)
+        self.count_label.setText(f"{shown} of {total} models" if shown != total else
+                                 f"{total} model{'s' if total != 1 else ''}")
+        # Tab order follows the visual order.
+        prev = self.add_folder_button
+        for r in ordered:
+            w = self.row_widgets.get(r["name"])
+            if w is not None:
+                for b in (w.launch_button, w.stop_button, w.download_button, w.remove_button, w.why_toggle):
+                    QWidget.setTabOrder(prev, b)
+                    prev = b
+
+    # -- engines ----------------------------------------------------------------------------------
+    def _manager_listener(self, event: str, name: str, payload: object) -> None:
+        """Called on the manager's threads: hand over to the GUI thread."""
+        if not self._alive:
+            return
+        try:
+            self._engine_event.emit(event, name)
+        except RuntimeError:  # the window is gone
+            self._alive = False
+
+    @Slot(str, str)
+    def _on_engine_event(self, event: str, name: str) -> None:
+        self._update_states()
+        if event == "failed":
+            w = self.row_widgets.get(name)
+            if w is not None:
+                w.set_state(None)
+
+    def _update_states(self) -> None:
+        running = {r.plan.model.name for r in self.manager.running()}
+        for name, w in self.row_widgets.items():
+            if w.state == "stopping" and name in running:
+                continue
+            if name in running:
+                w.set_state("running")
+            elif self.manager.is_loading(name):
+                w.set_state("loading")
+            else:
+                w.set_state(None)
+
+    def stop_model(self, name: str) -> None:
+        """Stop (or cancel loading) off the GUI thread; the row says so meanwhile."""
+        w = self.row_widgets.get(name)
+        if self.manager.is_loading(name):
+            self.manager.cancel_loading(name)
+            return
+        if w is not None:
+            w.set_state("stopping")
+        run_in_pool(self, lambda: self.manager.stop(name), lambda _r: self._update_states(),
+                    lambda exc: self.show_notice(f"Stopping {name} failed: {exc}", error=True))
+
+    def _launch_accepted(self, dlg: LaunchDialog) -> None:
+        plan = dlg.plan()
+        if isinstance(plan, LaunchPlan):
+            self.launch_requested.emit(plan)
