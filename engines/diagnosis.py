@@ -419,11 +419,7 @@ def _context_exceeded(plan, n_prompt: int | None, slot_ctx: int | None, message:
             if not ok:
                 note += " This may not fit in this computer's memory."
             facts["suggested_n_ctx"] = new_ctx
-            fix = Fix(f"Raise the context to {_n(new_ctx)} tokens", {"n_ctx": new_ctx}, note)
-            if ok:
-                fixes.insert(0, fix)
-            else:
-                fixes.append(fix)
+            fixes.append(Fix(f"Raise the context to {_n(new_ctx)} tokens", {"n_ctx": new_ctx}, note))
     fixes.append(Fix("Start a new conversation", {}, "Or shorten the message, or delete earlier turns.",
                      action="new_conversation"))
     if message:
