@@ -1,0 +1,270 @@
+"""transformers, MLX, vLLM and SGLang backends: parameters, commands, selection, log classification.
+
+Pure functions only (no engine is started here); the readiness tests against fake
+vLLM/SGLang server processes are in test_backends_fake_servers.py.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from engines import params as P, selection
+from engines.backends import mlx, sglang, transformers, vllm
+from engines.hardware import GPU, HardwareProfile
+from engines.models import ModelSpec
+
+BACKENDS = (transformers, mlx, vllm, sglang)
+
+
+def cuda_hw(n_gpus: int = 1) -> HardwareProfile:
+    gpus = [GPU(f"NVIDIA GeForce RTX 4090 #{i}", "nvidia", "cuda", 24 * 2**30, 23 * 2**30, f"CUDA{i}")
+            for i in range(n_gpus)]
+    return HardwareProfile("linux", "x86_64", 16, 64 * 2**30, 60 * 2**30, gpus, "AMD Ryzen", False, "cuda")
+
+
+def cpu_hw() -> HardwareProfile:
+    return HardwareProfile("linux", "x86_64", 2, 24 * 2**30, 22 * 2**30, [], "AMD EPYC", False, "cpu")
+
+
+def mac_hw() -> HardwareProfile:
+    return HardwareProfile("darwin", "arm64", 8, 16 * 2**30, 12 * 2**30, [], "Apple M2", True, "metal")
+
+
+def pytorch_spec(arch: str = "Qwen2ForCausalLM", ctx: int = 32768, fmt: str = "pytorch", quant: str = "none"):
+    return ModelSpec(name="qwen2.5-0.5b", format=fmt, quantization=quant, architecture=arch,
+                     path="/models/qwen2.5-0.5b", context_length=ctx)
+
+
+# -- parameters ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mod,pairs,expected", [
+    (vllm, ["max_model_len=2048", "gpu_memory_utilization=0.8", "tensor_parallel_size=2"],
+     {"max_model_len": 2048, "gpu_memory_utilization": 0.8, "tensor_parallel_size": 2}),
+    (vllm, ["--max-model-len=1024", "enforce_eager=true"], {"max_model_len": 1024, "enforce_eager": True}),
+    (sglang, ["context_length=8192", "mem_fraction_static=0.7", "tp_size=4"],
+     {"context_length": 8192, "mem_fraction_static": 0.7, "tp_size": 4}),
+    (transformers, ["dtype=bfloat16", "max_model_len=512", "temperature=0"],
+     {"dtype": "bfloat16", "max_model_len": 512, "temperature": 0.0}),
+    (mlx, ["max_tokens=64", "temp=0.2"], {"max_tokens": 64, "temp": 0.2}),
+])
+def test_validate_types_values(mod, pairs, expected):
+    assert mod.validate(pairs) == expected
+
+
+@pytest.mark.parametrize("mod,pair,words", [
+    (vllm, "gpu_memory_utilization=1.5", "between 0.05 and 1"),
+    (vllm, "tensor_parallel_size=0", "at least 1"),
+    (vllm, "max_model_len=lots", "expects an integer"),
+    (sglang, "mem_fraction_static=0", "between 0.05 and 0.99"),
+    (transformers, "dtype=int8", "expects one of auto, float32, bfloat16, float16"),
+    (vllm, "port=8000", "cannot be set: Ember picks a free port"),
+    (sglang, "api_key=abc", "cannot be set"),
+])
+def test_validate_refuses_with_reason(mod, pair, words):
+    with pytest.raises(P.ParamError) as err:
+        mod.validate([pair])
+    assert words in err.value.message
+
+
+def test_unknown_key_suggests_the_engines_own_name():
+    with pytest.raises(P.ParamError) as err:
+        vllm.validate(["max_model_length=4096"])
+    assert "is not a vLLM parameter" in err.value.message
+    assert "max_model_len" in err.value.suggestions
+    with pytest.raises(P.ParamError) as err:
+        sglang.validate(["mem_fraction=0.8"])
+    assert "mem_fraction_static" in err.value.suggestions
+
+
+def test_fix_parameters_are_keys_validate_accepts():
+    """The diagnosis offers these as one-click fixes: each must pass the backend's validate."""
+    for mod in BACKENDS:
+        keys = {k for ks in mod.FIXES.values() for k in (ks if isinstance(ks, list) else [])}
+        keys |= {k for ks in mod.FIXES.values() for d in ks if isinstance(d, dict) for k in d}
+        schema = mod.schema()
+        for key in keys:
+            if isinstance(key, str):
+                assert key in schema, f"{mod.NAME}: fix parameter {key} unknown"
+
+
+# -- commands --------------------------------------------------------------------------
+
+def test_vllm_command_maps_params_and_keeps_key_off_the_command_line():
+    spec = pytorch_spec()
+    values, _, warnings = vllm.prepare(spec, cuda_hw(2), vllm.validate(
+        ["gpu_memory_utilization=0.75", "tensor_parallel_size=2"]))
+    assert values["max_model_len"] == 4096  # Ember's default: at most 4096, not the model's 32768
+    cmd = vllm.command(spec, values, "127.0.0.1", 8123, "ember-secret-key")
+    argv = cmd.argv
+    i = argv.index("--")
+    program = argv[i + 1:]
+    assert program[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert argv[:i] [-2:] == ["engines.worker", "exec"] or "engine-worker" in argv
+    pairs = dict(zip(program[3::2], program[4::2]))
+    assert pairs["--model"] == spec.path and pairs["--host"] == "127.0.0.1" and pairs["--port"] == "8123"
+    assert pairs["--max-model-len"] == "4096"
+    assert pairs["--gpu-memory-utilization"] == "0.75"
+    assert pairs["--tensor-parallel-size"] == "2"
+    assert pairs["--served-model-name"] == spec.name
+    assert "ember-secret-key" not in " ".join(argv) and "ember-secret-key" not in cmd.display
+    assert cmd.env["VLLM_API_KEY"] == "ember-secret-key"
+    assert cmd.health_path == "/health"
+    assert warnings == []
+
+
+def test_vllm_warns_about_more_gpus_than_present():
+    _, _, warnings = vllm.prepare(pytorch_spec(), cuda_hw(1), {"tensor_parallel_size": 4})
+    assert warnings == ["tensor_parallel_size 4 asks for more GPUs than this computer has (1)"]
+
+
+def test_sglang_command_masks_the_key_in_the_log():
+    spec = pytorch_spec()
+    values, _, _ = sglang.prepare(spec, cuda_hw(), sglang.validate(["mem_fraction_static=0.8", "tp_size=1"]))
+    cmd = sglang.command(spec, values, "127.0.0.1", 30123, "ember-secret-key")
+    program = cmd.argv[cmd.argv.index("--") + 1:]
+    assert program[1:3] == ["-m", "sglang.launch_server"]
+    assert program[program.index("--model-path") + 1] == spec.path
+    assert program[program.index("--context-length") + 1] == "4096"
+    assert program[program.index("--mem-fraction-static") + 1] == "0.8"
+    assert program[program.index("--tp-size") + 1] == "1"
+    assert program[program.index("--api-key") + 1] == "ember-secret-key"  # SGLang reads it nowhere else
+    assert "ember-secret-key" not in cmd.display and "--api-key ***" in cmd.display
+
+
+def test_transformers_command_uses_our_server_with_key_in_environment(tmp_path):
+    spec = ModelSpec(name="tiny", format="pytorch", quantization="none", path=str(tmp_path), context_length=32768)
+    values, _, warnings = transformers.prepare(spec, cpu_hw(), transformers.validate(["temperature=0"]))
+    cmd = transformers.command(spec, values, "127.0.0.1", 9000, "k-123")
+    program = cmd.argv[cmd.argv.index("--") + 1:]
+    assert program[1:3] == ["-m", "engines.hf_server"]
+    assert program[program.index("--max-model-len") + 1] == "4096"
+    assert program[program.index("--temperature") + 1] == "0.0"
+    assert "k-123" not in " ".join(cmd.argv) and cmd.env["EMBER_API_KEY"] == "k-123"
+    assert warnings == ["Transformers runs on the CPU here, slowly"]
+
+
+def test_mlx_command_has_a_bootstrap_that_waits_for_the_model(tmp_path):
+    spec = ModelSpec(name="tiny", format="mlx", quantization="4bit", path=str(tmp_path))
+    cmd = mlx.command(spec, mlx.validate(["max_tokens=32"]), "127.0.0.1", 9001, "unused")
+    program = cmd.argv[cmd.argv.index("--") + 1:]
+    assert program[1] == "-c" and "mlx_lm.server" in program[2]
+    assert program[3:] == ["--model", str(tmp_path), "--host", "127.0.0.1", "--port", "9001", "--max-tokens", "32"]
+    assert "<bootstrap script>" in cmd.display and "\n" not in cmd.display
+
+
+# -- selection (the seed's rules stay; overrides only where conditions hold) -----------
+
+def test_vllm_chosen_on_linux_cuda_for_a_supported_architecture():
+    sel = selection.select(pytorch_spec(), cuda_hw(), installed={"vllm": True, "transformers": True})
+    assert sel.engine == "vllm"
+    assert "sglang" in sel.eligible
+
+
+def test_transformers_when_vllm_is_not_installed_and_sglang_only_on_request():
+    installed = {"vllm": False, "transformers": True, "sglang": True}
+    sel = selection.select(pytorch_spec(), cuda_hw(), installed=installed)
+    assert sel.engine == "transformers"
+    assert sel.reasons["vllm"] == "vLLM would run it but is not installed"
+    assert selection.select(pytorch_spec(), cuda_hw(), "sglang", installed).engine == "sglang"
+
+
+def test_vllm_and_sglang_refused_without_cuda():
+    sel = selection.select(pytorch_spec(), cpu_hw(), "vllm", {"vllm": True})
+    assert sel.engine is None
+    assert sel.reasons["vllm"] == "vLLM needs an NVIDIA GPU with CUDA; none was found"
+    sel = selection.select(pytorch_spec(), cpu_hw(), "sglang", {"sglang": True})
+    assert sel.engine is None
+
+
+def test_mlx_chosen_on_apple_silicon_and_only_asked_for_elsewhere():
+    spec = ModelSpec(name="m", format="mlx", quantization="4bit", path="/m")
+    assert selection.select(spec, mac_hw(), installed={"mlx": True}).engine == "mlx"
+    assert selection.select(spec, cpu_hw(), installed={"mlx": True}).engine is None
+    forced = selection.select(pytorch_spec(), cpu_hw(), "mlx", {"mlx": True, "transformers": True})
+    assert forced.engine == "mlx" and "slowly" in forced.warning
+
+
+# -- log classification on real lines --------------------------------------------------
+
+def classify(mod, lines: list[str]):
+    """The first (table-order) pattern of the backend that matches any line: (kind, facts)."""
+    for entry in mod.LOG_PATTERNS:
+        rx = re.compile(entry[0], re.IGNORECASE)
+        for line in lines:
+            m = rx.search(line)
+            if m:
+                facts = dict(entry[2]) if len(entry) > 2 else {}
+                facts.update({k: v for k, v in m.groupdict().items() if v is not None})
+                return entry[1], facts
+    return None, {}
+
+
+# Lines as vLLM, SGLang, torch and mlx print them (from the engines' issue trackers).
+REAL_LINES = [
+    (vllm, "(EngineCore_DP0 pid=6880) ValueError: To serve at least one request with the models's max seq len "
+           "(131072), (4.54 GiB KV cache is needed, which is larger than the available KV cache memory (1.71 GiB). "
+           "Based on the available memory, the estimated maximum model length is 49152. Try increasing "
+           "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.",
+     "oom_load", {"cause": "max_model_len", "max_model_len": "131072", "estimated_max_len": "49152",
+                  "available_gib": "1.71"}),
+    (vllm, "ValueError: The model's max seq len (4096) is larger than the maximum number of tokens that can be "
+           "stored in KV cache (3664). Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when "
+           "initializing the engine.",
+     "oom_load", {"cause": "max_model_len", "max_model_len": "4096", "kv_tokens": "3664"}),
+    (vllm, "ERROR 11-18 18:07:28 engine.py:366] ValueError: No available memory for the cache blocks. Try "
+           "increasing `gpu_memory_utilization` when initializing the engine.",
+     "oom_load", {"cause": "kv_cache", "memory": "gpu"}),
+    (vllm, "(EngineCore_0 pid=1810465) ERROR 09-03 11:03:37 [core.py:712] ValueError: Free memory on device "
+           "(7.34/139.72 GiB) on startup is less than desired GPU memory utilization (0.9, 125.75 GiB). Decrease "
+           "GPU memory utilization or reduce GPU memory used by other processes.",
+     "oom_load", {"cause": "gpu_busy", "free_gib": "7.34", "gpu_memory_utilization": "0.9"}),
+    (vllm, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 224.00 MiB. GPU 0 has a total capacity "
+           "of 79.19 GiB of which 10.81 MiB is free.",
+     "oom_load", {"memory": "gpu", "alloc": "224.00 MiB"}),
+    (vllm, "ValueError: Total number of attention heads (14) must be divisible by tensor parallel size (4).",
+     "bad_parameter", {"parameter": "tensor_parallel_size", "tensor_parallel_size": "4"}),
+    (sglang, "RuntimeError: Not enough memory. Please try to increase --mem-fraction-static.",
+     "oom_load", {"cause": "kv_cache"}),
+    (sglang, "[2025-07-02 07:41:59 DP0 TP0] max_total_tokens=131072 is larger than the profiled value -561981. "
+             "Use the profiled value instead.",
+     "oom_load", {"cause": "kv_cache"}),
+    (sglang, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.50 GiB.", "oom_load",
+     {"memory": "gpu"}),
+    (transformers, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total "
+                   "capacity of 7.79 GiB of which 3.31 MiB is free.", "oom_load", {"memory": "gpu"}),
+    (transformers, "RuntimeError: [enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+                   "memory: you tried to allocate 17179869184 bytes. Error code 12 (Cannot allocate memory)",
+     "oom_load", {"memory": "ram"}),
+    (mlx, "libc++abi: terminating due to uncaught exception of type std::runtime_error: [METAL] Command buffer "
+          "execution failed: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)",
+     "oom_load", {"memory": "gpu"}),
+    (mlx, "ValueError: Model type foobar not supported.", "invalid_model", {"architecture": "foobar"}),
+]
+
+
+@pytest.mark.parametrize("mod,line,kind,facts", REAL_LINES, ids=[f"{m.NAME}-{i}" for i, (m, *_) in
+                                                                   enumerate(REAL_LINES)])
+def test_real_log_lines_are_classified(mod, line, kind, facts):
+    got_kind, got_facts = classify(mod, ["INFO some unrelated start-up line", line])
+    assert got_kind == kind
+    for k, v in facts.items():
+        assert got_facts.get(k) == v, (k, got_facts)
+
+
+def test_plain_startup_lines_are_not_errors():
+    lines = ["INFO 11-25 13:01:02 [__init__.py:244] Automatically detected platform cuda.",
+             "INFO 11-25 13:01:09 [gpu_model_runner.py:1067] Model loading took 0.5124 GiB and 1.977005 seconds",
+             "[2026-11-25 13:01:05 TP0] Load weight begin. avail mem=23.20 GB"]
+    for mod in BACKENDS:
+        assert classify(mod, lines) == (None, {})
+
+
+def test_patterns_have_the_diagnosis_shape():
+    for mod in BACKENDS:
+        for entry in mod.LOG_PATTERNS:
+            assert isinstance(entry[0], str) and isinstance(entry[1], str) and len(entry) in (2, 3)
+            re.compile(entry[0])
+            if len(entry) == 3:
+                json.dumps(entry[2])

@@ -1,0 +1,128 @@
+"""vLLM and SGLang launched for real, against FAKE servers (this machine has no GPU).
+
+A fake engine environment (tests/fixtures/fake_engines: ``vllm`` and ``sglang``
+packages whose servers print real-shaped log lines) is reached through an
+interpreter set for the engine, exactly as a user's separate vLLM environment
+would be (setting ``engine_python.vllm``). This checks the interpreter probe,
+the plan, the command the engine receives, readiness, the API key, chat, and a
+start-up out-of-memory classified from the engine's own log.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from engines import engine_env, launch, supervisor
+from engines.backends import availability
+from engines.client import ChatStream, Delta, EngineHTTPError, Finished
+
+from .test_backends_engines import classify, cuda_hw
+
+FAKES = Path(__file__).resolve().parent.parent / "fixtures" / "fake_engines"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBER_HOME", str(tmp_path / "home"))
+    engine_env.probe.cache_clear()
+    yield tmp_path
+    engine_env.probe.cache_clear()
+
+
+def fake_python(tmp_path: Path) -> str:
+    """An 'interpreter' of a separate environment holding the fake engines."""
+    script = tmp_path / "fake-env-python"
+    script.write_text(f'#!/bin/sh\nPYTHONPATH="{FAKES}${{PYTHONPATH:+:$PYTHONPATH}}" exec "{sys.executable}" "$@"\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script)
+
+
+def model_folder(tmp_path: Path, mode: str = "ok", delay: float = 0.3) -> Path:
+    folder = tmp_path / f"qwen-{mode}"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 24, "num_attention_heads": 14,
+        "num_key_value_heads": 2, "hidden_size": 896, "max_position_embeddings": 32768}))
+    (folder / "model.safetensors").write_bytes(b"\0" * 16)
+    (folder / "ember_fake.json").write_text(json.dumps({"mode": mode, "delay": delay}))
+    return folder
+
+
+def test_interpreter_setting_is_probed_for_the_engine(home):
+    assert not availability("vllm").installed  # not in Ember's own environment
+    python = fake_python(home)
+    engine_env.set_python("vllm", python)
+    a = availability("vllm")
+    assert (a.installed, a.version, a.interpreter) == (True, "0.0.0+fake", python)
+    engine_env.set_python("sglang", str(home / "no-such-python"))
+    a = availability("sglang")
+    assert not a.installed and "does not exist" in a.problem
+    assert a.install_command.startswith("pip install 'sglang[all]'")
+
+
+def test_doctor_shows_each_engines_interpreter(home):
+    from engines import cli, hardware
+    python = fake_python(home)
+    engine_env.set_python("vllm", python)
+    report = cli.doctor_report(hardware.HardwareProfile.from_dict(cuda_hw().to_dict()))
+    assert report["engines"]["vllm"]["interpreter"] == python
+    assert report["engines"]["vllm"]["version"] == "0.0.0+fake"
+    assert report["engines"]["sglang"]["install_command"]  # not installed: how to install is shown
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_fake_server_ready_then_chat_with_key(home, engine):
+    engine_env.set_python(engine, fake_python(home))
+    plan = launch.plan(str(model_folder(home)), cuda_hw(), engine, ["tensor_parallel_size=1"] if engine == "vllm"
+                       else ["tp_size=1"])
+    assert plan.engine == engine
+    proc = launch.start(plan, timeout=30)
+    try:
+        log_text = "\n".join(proc.log_lines())
+        argv = json.loads(re.search(r"FAKE \w+ argv: (.*)", log_text).group(1))
+        assert argv[argv.index("--host") + 1] == "127.0.0.1"
+        assert argv[argv.index("--max-model-len" if engine == "vllm" else "--context-length") + 1] == "4096"
+        stream = ChatStream(proc.base_url, [{"role": "user", "content": "hi"}], proc.api_key)
+        events = list(stream)
+        assert "".join(e.text for e in events if isinstance(e, Delta)) == f"Hello from a fake {engine}"
+        assert isinstance(events[-1], Finished) and events[-1].finish_reason == "stop"
+        with pytest.raises(EngineHTTPError) as err:
+            list(ChatStream(proc.base_url, [{"role": "user", "content": "hi"}], "wrong-key"))
+        assert err.value.status == 401
+    finally:
+        assert proc.stop() == supervisor.Stop.OK
+
+
+@pytest.mark.parametrize("engine,mode,cause", [("vllm", "kv", "max_model_len"), ("vllm", "oom", None),
+                                               ("sglang", "oom", "kv_cache")])
+def test_startup_oom_is_a_failed_start_classified_from_the_log(home, engine, mode, cause):
+    engine_env.set_python(engine, fake_python(home))
+    plan = launch.plan(str(model_folder(home, mode)), cuda_hw(), engine)
+    with pytest.raises(supervisor.EngineStartError) as err:
+        launch.start(plan, timeout=30)
+    exc = err.value
+    assert not exc.timed_out and exc.status.code == 1
+    kind, facts = classify(launch.backend(engine), exc.log_tail)
+    assert kind == "oom_load" and facts.get("memory") == "gpu"
+    assert facts.get("cause") == cause
+    try:
+        from engines import diagnosis
+    except ImportError:
+        return
+    d = diagnosis.diagnose_exception(exc, plan=plan)
+    assert d is not None and d.kind in ("oom_load", "kv_cache_full")
+
+
+def test_a_server_that_never_answers_times_out_and_is_stopped(home):
+    engine_env.set_python("vllm", fake_python(home))
+    plan = launch.plan(str(model_folder(home, "hang")), cuda_hw(), "vllm")
+    with pytest.raises(supervisor.EngineStartError) as err:
+        launch.start(plan, timeout=2)
+    assert err.value.timed_out
+    assert "Initializing a V1 LLM engine" in "\n".join(err.value.log_tail)
