@@ -1,0 +1,153 @@
+"""Fit tables: the catalog on FAKE hardware profiles (tests/fixtures/hardware/*.json, real shapes).
+
+Engines are judged by the rules alone (installed=None), as for another machine's profile.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from engines import catalog, fit as F, hardware
+from tests.conftest import ember_cmd
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "hardware"
+
+
+def _hw(name: str) -> hardware.HardwareProfile:
+    return hardware.HardwareProfile.load(FIX / f"{name}.json")
+
+
+@pytest.fixture(scope="module")
+def tables() -> dict[str, dict[str, dict]]:
+    out = {}
+    for name in ("cpu_laptop_8gb", "nvidia_24gb", "nvidia_2x12gb", "apple_m2_16gb"):
+        out[name] = {r["name"]: r for r in catalog.catalog_rows(_hw(name), installed=None)}
+    return out
+
+
+def test_every_catalog_variant_is_served(tables):
+    n = sum(len(m["variants"]) for m in json.loads(
+        (Path(catalog.__file__).parents[1] / "resources" / "models.json").read_text())["models"])
+    for rows in tables.values():
+        assert len(rows) == n
+        assert all(r["fit"] in catalog.FITS for r in rows.values())
+
+
+def _expected_layers(variant: str, hw: hardware.HardwareProfile) -> int:
+    spec = catalog.resolve(variant)
+    info, _ = catalog.synthetic_info(spec)
+    return F.estimate(info, hw, catalog.default_context(spec)).gpu_layers
+
+
+@pytest.mark.parametrize("profile", ["nvidia_24gb", "nvidia_2x12gb"])
+def test_70b_q4_is_partial_on_24gb_with_the_estimates_layer_count(tables, profile):
+    r = tables[profile]["llama-3.3-70b-instruct-q4_k_m"]
+    assert r["engine"] == "llamacpp" and r["fit"] == "partial"
+    assert r["total_layers"] == 81
+    assert r["gpu_layers"] == _expected_layers("llama-3.3-70b-instruct-q4_k_m", _hw(profile))
+    assert 20 < r["gpu_layers"] < 60  # ~43 GB of weights, ~22 GB of GPU memory
+    assert f"{r['gpu_layers']} of 81 layers on GPU" in r["reason"]
+    assert r["badge"] == f"Partly on the GPU ({r['gpu_layers']} of 81 layers)"
+    # the numbers behind it
+    assert 40e9 < r["weights_bytes"] < 46e9 and r["weights_source"].startswith("estimated")
+    assert r["kv_cache_bytes"] == 80 * 4096 * 8 * (128 + 128) * 2  # f16 K+V, every layer, 4096 tokens
+
+
+def test_two_gpus_split_the_layers(tables):
+    est = tables["nvidia_2x12gb"]["llama-3.3-70b-instruct-q4_k_m"]["estimate"]
+    assert len(est["gpu_bytes"]) == 2 and all(b > 0 for b in est["gpu_bytes"])
+
+
+def test_70b_does_not_fit_the_8gb_laptop(tables):
+    r = tables["cpu_laptop_8gb"]["llama-3.3-70b-instruct-q4_k_m"]
+    assert r["engine"] == "llamacpp" and r["fit"] == "none"
+    assert "this computer has 8.2 GB of RAM and GPU memory together" in r["reason"]
+    assert r["badge"] == "Does not fit in memory"
+
+
+def test_small_gguf_runs_on_the_laptop_cpu_and_fully_on_gpus(tables):
+    assert tables["cpu_laptop_8gb"]["qwen3-8b-q4_k_m"]["fit"] == "cpu"
+    for profile in ("nvidia_24gb", "nvidia_2x12gb", "apple_m2_16gb"):
+        r = tables[profile]["qwen3-8b-q4_k_m"]
+        assert r["fit"] == "gpu" and r["gpu_layers"] == r["total_layers"] == 37, profile
+
+
+def test_mlx_picks_mlx_only_on_apple_silicon(tables):
+    for profile, rows in tables.items():
+        r = rows["llama-3.1-8b-instruct-mlx-4bit"]
+        if profile == "apple_m2_16gb":
+            assert r["engine"] == "mlx" and r["fit"] == "gpu"
+        else:
+            assert r["engine"] is None and r["fit"] == "unavailable"
+            assert "MLX is chosen on Apple silicon Macs" in r["reasons"]["mlx"]
+
+
+def test_awq_qwen2_picks_vllm_only_on_linux_with_cuda(tables):
+    for profile, rows in tables.items():
+        r = rows["qwen2.5-7b-instruct-awq-int4"]
+        assert r["architecture"] == "Qwen2ForCausalLM"
+        if profile in ("nvidia_24gb", "nvidia_2x12gb"):
+            assert r["engine"] == "vllm" and r["fit"] == "gpu"
+        else:
+            assert r["engine"] is None and r["fit"] == "unavailable"
+    assert "vLLM needs Linux; this is darwin" in tables["apple_m2_16gb"]["qwen2.5-7b-instruct-awq-int4"]["reasons"]["vllm"]
+
+
+def test_vllm_refuses_what_does_not_fit_in_vram(tables):
+    r = tables["nvidia_24gb"]["qwen2.5-72b-instruct-pytorch"]
+    assert r["engine"] == "vllm" and r["fit"] == "none"
+    assert "vLLM keeps the whole model on the GPU" in r["reason"]
+
+
+def test_missing_facts_say_unknown_not_a_guess(tables):
+    r = tables["nvidia_24gb"]["gemma-3-4b-it-q4_k_m"]  # the catalog has no parameter count for Gemma 3
+    assert r["fit"] == "unknown" and r["weights_bytes"] is None
+    assert "parameter count is not in the catalog" in r["reason"]
+
+
+def test_sorted_and_filtered_by_fit():
+    rows = catalog.rows(_hw("nvidia_24gb"), installed=None, fits=True)
+    assert rows and all(r["fit"] in ("gpu", "partial", "cpu") for r in rows)
+    order = ["gpu", "partial", "cpu"]
+    ranks = [order.index(r["fit"]) for r in rows]
+    assert ranks == sorted(ranks)
+
+
+def test_resolve_gives_a_catalog_spec():
+    spec = catalog.resolve("llama-3.3-70b-instruct-q4_k_m")
+    assert spec.source == "catalog" and spec.format == "gguf" and spec.block_count == 80
+    assert spec.repo and spec.files and spec.path is None
+    assert catalog.resolve("qwen3-8b").name == "qwen3-8b-q4_k_m"
+    with pytest.raises(LookupError):
+        catalog.resolve("no-such-model")
+
+
+def test_fit_of_the_whole_catalog_is_fast_after_the_first_time():
+    """Printed, not asserted (speed targets live in bench/catalog_fit.py)."""
+    catalog.clear_cache()
+    hw = _hw("nvidia_2x12gb")
+    t0 = time.perf_counter()
+    catalog.catalog_rows(hw, installed=None)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rows = catalog.catalog_rows(hw, installed=None)
+    again = time.perf_counter() - t0
+    print(f"\ncatalog fit: {len(rows)} variants, first {first * 1000:.1f} ms, cached {again * 1000:.2f} ms")
+    assert len(rows) > 200
+
+
+def test_cli_models_json_on_a_profile():
+    out = subprocess.run(ember_cmd("models", "--json", "--hardware", str(FIX / "nvidia_24gb.json")),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    r = rows["llama-3.3-70b-instruct-q4_k_m"]
+    for key in ("name", "format", "quantization", "architecture", "engine", "fit", "gpu_layers", "total_layers",
+                "reason"):
+        assert key in r
+    assert r["fit"] == "partial" and r["engine"] == "llamacpp"
+    assert rows["qwen2.5-7b-instruct-awq-int4"]["engine"] == "vllm"
