@@ -1,0 +1,11 @@
+"""PyInstaller's entry script: the frozen ``ember`` executable.
+
+The same executable is the desktop app, the CLI and (``ember engine-worker ...``)
+the engine child, so a user needs no Python.
+"""
+import sys
+
+from engines.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
