@@ -525,7 +525,11 @@ def _oom_load(plan, facts_in: dict, predicted: bool = False) -> Diagnosis:
                       "estimated_bytes": est.total_bytes})
         parts.append(f"Estimate for n_ctx {_n(n_ctx)}: weights {_gib(est.weights_bytes)}, "
                      f"KV cache {_gib(est.kv_cache_bytes)}.")
-    if budget:
+    vram = sum((g.memory_free_bytes or 0) for g in plan.hardware.llamacpp_gpus()) if plan is not None else 0
+    if on_gpu and vram:
+        facts["gpu_memory_free_bytes"] = vram
+        parts.append(f"GPU memory free before loading: {_gib(vram)}.")
+    elif budget:
         facts["memory_free_bytes"] = budget
         parts.append(f"Free memory (RAM{' and GPU' if _gpu_in_play(plan) else ''}): {_gib(budget)}.")
     trained = _trained(plan)
