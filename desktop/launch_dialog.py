@@ -152,7 +152,7 @@ class LaunchDialog(QDialog):
         prefs = model_prefs.load(spec.name)
 
         self.setWindowTitle(f"Launch {spec.display_name or spec.name}")
-        self.setMinimumWidth(560)
+        self.setMinimumWidth(600)
         root = QVBoxLayout(self)
         root.setSpacing(10)
 
@@ -168,7 +168,7 @@ class LaunchDialog(QDialog):
         root.addWidget(muted_label(" \u00b7 ".join(x for x in facts if x)))
 
         grid = QGridLayout()
-        grid.setHorizontalSpacing(12)
+        grid.setHorizontalSpacing(16)
         grid.setVerticalSpacing(4)
         grid.setColumnStretch(1, 1)
         self._grid = grid
@@ -228,7 +228,7 @@ class LaunchDialog(QDialog):
         layers_line.addWidget(self.auto_layers)
         layers_line.addWidget(self.layers_spin, 1)
         layers_field.setFocusProxy(self.auto_layers)
-        self.estimate_label = muted_label("Estimating\u2026")
+        self.estimate_label = muted_label("Estimating\u2026", wrap=False)
         self.estimate_label.setAccessibleName("GPU layer estimate")
         add_row(GPU_LAYERS_KEY, "&GPU layers", layers_field, self.estimate_label)
 
@@ -529,7 +529,8 @@ class LaunchDialog(QDialog):
 
     def show_plan(self, p: launch.LaunchPlan) -> None:
         if p.fit is not None:
-            self.estimate_label.setText(p.fit.summary())
+            # One fact a line: wrapped text in a grid cell gets clipped (Qt's height-for-width).
+            self.estimate_label.setText(p.fit.summary().replace("; ", "\n"))
         else:
             self.estimate_label.setText("")
         if p.warnings:

@@ -1,0 +1,157 @@
+"""The launch dialog over the real core: validation as the user types with the core's words,
+the plan it returns, the estimate and warnings, and choices remembered per model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt, QThreadPool
+
+from engines import hardware, model_prefs, models
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "hardware"
+SHOTS = Path(os.environ.get("EMBER_SCREENSHOTS", ROOT / "screenshots"))
+
+
+@pytest.fixture(autouse=True)
+def _drain_pool():
+    yield
+    QThreadPool.globalInstance().waitForDone(60_000)
+
+
+@pytest.fixture
+def spec(fresh_home):
+    return models.resolve("starter")
+
+
+def make_dialog(qtbot, spec, hw):
+    from desktop.launch_dialog import LaunchDialog
+    dlg = LaunchDialog(spec, hw)
+    qtbot.addWidget(dlg)
+    dlg.show()
+    qtbot.waitUntil(lambda: not dlg.is_estimating(), timeout=30_000)
+    return dlg
+
+
+def test_unknown_key_shows_the_suggestion_and_blocks_launch(qtbot, spec, hw):
+    dlg = make_dialog(qtbot, spec, hw)
+    assert dlg.launch_button.isEnabled()
+    row = dlg.rows[0]
+    qtbot.keyClicks(row.key_edit, "sampling.top_kk")
+    qtbot.keyClicks(row.value_edit, "40")
+    assert row.error.isVisible()
+    assert row.error.text() == ("sampling.top_kk is not a llama.cpp parameter; "
+                                "did you mean sampling.top_k or sampling.top_p or sampling.typ_p?")
+    assert not dlg.launch_button.isEnabled()
+    dlg.accept()  # Enter on the dialog must not launch either
+    assert dlg.plan() is None and dlg.isVisible()
+
+    row.key_edit.setText("sampling.top_k")
+    assert not row.error.isVisible()
+    assert dlg.launch_button.isEnabled()
+    row.value_edit.setText("lots")
+    assert row.error.text() == "sampling.top_k expects an integer, got 'lots'"
+    assert not dlg.launch_button.isEnabled()
+    row.value_edit.setText("40")
+    dlg.launch_button.click()
+    assert dlg.plan() is not None and dlg.plan().user_params["sampling.top_k"] == 40
+
+
+def test_typing_key_equals_value_fills_both_boxes(qtbot, spec, hw):
+    dlg = make_dialog(qtbot, spec, hw)
+    row = dlg.rows[0]
+    qtbot.keyClicks(row.key_edit, "sampling.min_p =")
+    assert row.pair() == ("sampling.min_p", ""), "the '=' moves on to the value box"
+    qtbot.keyClicks(row.value_edit, "0.1")
+    assert row.pair() == ("sampling.min_p", "0.1")
+    assert not row.error.isVisible()
+    second = dlg.add_advanced_row()
+    second.key_edit.selectAll()
+    second.key_edit.insert("sampling.top_k = 40")  # what a paste does
+    assert second.pair() == ("sampling.top_k", "40")
+
+
+def test_plan_has_the_chosen_context_and_slots(qtbot, spec, hw):
+    dlg = make_dialog(qtbot, spec, hw)
+    assert dlg.ctx_spin.value() == 4096, "Ember's default: min(4096, trained context)"
+    dlg.ctx_spin.setValue(2048)
+    dlg.parallel_spin.setValue(2)
+    assert dlg.ctx_help.text() == "Each of the 2 slots holds 1,024 tokens"
+    dlg.temp_spin.setValue(0.3)
+    qtbot.mouseClick(dlg.launch_button, Qt.LeftButton)
+    p = dlg.plan()
+    assert p.params["n_ctx"] == 2048 and p.params["n_parallel"] == 2
+    assert p.params["sampling.temp"] == pytest.approx(0.3)
+    assert p.engine == "llamacpp"
+
+
+def test_context_beyond_training_warns_inline(qtbot, spec, hw):
+    dlg = make_dialog(qtbot, spec, hw)
+    assert not dlg.warnings_label.isVisible()
+    dlg.ctx_spin.setValue(65536)
+    qtbot.waitUntil(lambda: dlg.warnings_label.isVisible(), timeout=10_000)
+    assert "larger than the context the model was trained on (32,768)" in dlg.warnings_label.text()
+
+
+def test_auto_gpu_layers_shows_the_estimate(qtbot, spec):
+    gpu = hardware.HardwareProfile.load(FIXTURES / "nvidia_24gb.json")  # a fake GPU machine
+    dlg = make_dialog(qtbot, spec, gpu)
+    assert dlg.auto_layers.isChecked() and not dlg.layers_spin.isEnabled()
+    assert dlg.estimate_label.text().startswith("19 of 19 layers on GPU\nKV cache")
+    before = dlg.estimate_label.text()
+    dlg.ctx_spin.setValue(32768)
+    dlg.parallel_spin.setValue(4)
+    qtbot.waitUntil(lambda: not dlg.is_estimating() and dlg.estimate_label.text() != before, timeout=10_000)
+    assert "KV cache" in dlg.estimate_label.text()
+    dlg.auto_layers.setChecked(False)
+    dlg.layers_spin.setValue(5)
+    dlg.launch_button.click()
+    assert dlg.plan().params["n_gpu_layers"] == 5
+
+
+def test_choices_are_remembered_per_model(qtbot, spec, hw):
+    dlg = make_dialog(qtbot, spec, hw)
+    dlg.ctx_spin.setValue(3072)
+    dlg.parallel_spin.setValue(3)
+    dlg.top_k_spin.setValue(20)
+    dlg.rows[0].key_edit.setText("sampling.min_p")
+    dlg.rows[0].value_edit.setText("0.07")
+    dlg.launch_button.click()
+    assert model_prefs.load("starter") is not None
+
+    again = make_dialog(qtbot, spec, hw)
+    assert again.ctx_spin.value() == 3072
+    assert again.parallel_spin.value() == 3
+    assert again.top_k_spin.value() == 20
+    assert [r.pair() for r in again.rows] == [("sampling.min_p", "0.07")]
+    assert again.advanced_box.isVisible()
+    again.launch_button.click()
+    assert again.plan().user_params["sampling.min_p"] == pytest.approx(0.07)
+    assert model_prefs.load("another-model") is None, "choices belong to one model"
+
+
+def test_broken_prefs_file_is_survived(qtbot, spec, hw):
+    model_prefs.prefs_path().write_text("{not json")
+    dlg = make_dialog(qtbot, spec, hw)
+    assert dlg.ctx_spin.value() == 4096 and dlg.launch_button.isEnabled()
+
+
+def test_screenshot_launch_dialog_with_an_invalid_row(qtbot, spec):
+    gpu = hardware.HardwareProfile.load(FIXTURES / "nvidia_24gb.json")
+    dlg = make_dialog(qtbot, spec, gpu)
+    dlg.rows[0].key_edit.setText("sampling.top_kk")
+    dlg.rows[0].value_edit.setText("40")
+    ok = dlg.add_advanced_row("sampling.min_p", "0.05")
+    assert not ok.error.isVisible()
+    dlg.adjustSize()
+    qtbot.wait(50)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    assert dlg.grab().save(str(SHOTS / "launch_dialog_invalid.png"))
+    dlg.rows[0].key_edit.setText("sampling.top_k")
+    dlg.ctx_spin.setValue(8192)
+    qtbot.waitUntil(lambda: not dlg.is_estimating(), timeout=10_000)
+    dlg.adjustSize()
+    qtbot.wait(50)
+    assert dlg.grab().save(str(SHOTS / "launch_dialog.png"))
