@@ -118,3 +118,40 @@ class LogPattern:
     kind: str
     summary: str = ""
     fixes: list[str] = field(default_factory=list)
+
+
+def match_log(patterns: list[tuple], lines: list[str]) -> tuple[str | None, dict]:
+    """The first pattern (in table order) that matches any line: ``(kind, facts)``; ``(None, {})`` if none.
+
+    The same reading ``engines.diagnosis`` gives a backend's ``LOG_PATTERNS``; here for
+    the backends' own use and their tests.
+    """
+    for entry in patterns:
+        rx = re.compile(entry[0], re.IGNORECASE) if isinstance(entry[0], str) else entry[0]
+        for line in lines:
+            m = rx.search(line)
+            if m:
+                facts = dict(entry[2]) if len(entry) > 2 else {}
+                facts.update({k: v for k, v in m.groupdict().items() if v is not None})
+                return entry[1], facts
+    return None, {}
+
+
+def fix(label: str, changes: dict[str, object], note: str = "") -> dict:
+    """One fix in the shape of ``engines.diagnosis.Fix`` (label, changes, note)."""
+    return {"label": label, "changes": changes, "note": note}
+
+
+def param(plan, key: str, default=None):
+    v = (getattr(plan, "params", None) or {}).get(key) if plan is not None else None
+    return default if v is None else v
+
+
+def cuda_gpus(plan) -> int:
+    hw = getattr(plan, "hardware", None)
+    return sum(1 for g in getattr(hw, "gpus", []) if g.backend == "cuda")
+
+
+def round_len(n: int) -> int:
+    """A context length vLLM/SGLang accept comfortably: a multiple of 256 (at least 256)."""
+    return max(256, int(n) // 256 * 256)

@@ -81,6 +81,12 @@ LOG_PATTERNS: list[tuple] = [
 FIXES = {"gpu": ["kv_bits"], "ram": ["kv_bits"]}
 
 
+def fixes_for(kind: str, facts: dict, plan=None) -> list[dict]:
+    if kind != "oom_load" or S.param(plan, "kv_bits"):
+        return []
+    return [S.fix("Quantize the KV cache to 4 bits", {"kv_bits": 4}, "A quarter of the KV cache's memory.")]
+
+
 def schema() -> dict[str, P.ParamSpec]:
     return {k: a.spec for k, a in TABLE.items()}
 

@@ -54,8 +54,38 @@ LOG_PATTERNS: list[tuple] = [
 
 FIXES = {
     "kv_cache": ["mem_fraction_static", "context_length", "tp_size"],
-    "gpu": ["mem_fraction_static", "context_length", "tp_size", "disable_cuda_graph"],
+    "gpu": ["mem_fraction_static", "disable_cuda_graph", "tp_size"],
 }
+
+
+def fixes_for(kind: str, facts: dict, plan=None) -> list[dict]:
+    """Concrete parameter changes for a diagnosis of this engine (label, changes, note), best first.
+
+    SGLang's two memory failures want opposite moves: at start-up the KV cache does
+    not fit (raise ``mem_fraction_static``); while running, activations do not (lower it).
+    """
+    if kind != "oom_load":
+        return []
+    frac = S.param(plan, "mem_fraction_static")
+    length = int(S.param(plan, "context_length", DEFAULT_CTX))
+    tp = int(S.param(plan, "tp_size", 1))
+    out = []
+    if facts.get("cause") == "kv_cache":
+        new = round(min(0.95, (frac or 0.85) + 0.05), 2)
+        out.append(S.fix(f"Give SGLang more of the GPU ({new:.0%})", {"mem_fraction_static": new},
+                         "More memory for the model and its KV cache."))
+        if length > 512:
+            new_len = S.round_len(length // 2)
+            out.append(S.fix(f"Lower the context to {new_len:,} tokens", {"context_length": new_len}))
+    else:
+        new = round(max(0.3, (frac or 0.85) - 0.1), 2)
+        out.append(S.fix(f"Leave more GPU memory for computing ({new:.0%} for the cache)",
+                         {"mem_fraction_static": new}, "SGLang ran out while computing, not while loading."))
+        if not S.param(plan, "disable_cuda_graph", False):
+            out.append(S.fix("Turn off CUDA graphs", {"disable_cuda_graph": True}, "Saves memory; slower."))
+    if S.cuda_gpus(plan) >= tp * 2:
+        out.append(S.fix(f"Split the model over {tp * 2} GPUs", {"tp_size": tp * 2}))
+    return out
 
 
 def schema() -> dict[str, P.ParamSpec]:

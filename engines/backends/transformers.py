@@ -43,8 +43,23 @@ LOG_PATTERNS: list[tuple] = [
     (r"No module named '?(?P<module>torch|transformers)'?", "startup_failed", {"problem": "engine_missing"}),
 ]
 
-#: what fixes each cause (keys this module's validate accepts).
+#: which parameters fix each memory (all keys :func:`validate` accepts); values come from :func:`fixes_for`.
 FIXES = {"gpu": ["max_model_len", "dtype", "device"], "ram": ["max_model_len", "dtype"]}
+
+
+def fixes_for(kind: str, facts: dict, plan=None) -> list[dict]:
+    if kind != "oom_load":
+        return []
+    length = int(S.param(plan, "max_model_len", DEFAULT_CTX))
+    out = []
+    if length > 512:
+        new = max(512, length // 2)
+        out.append(S.fix(f"Lower the context to {new:,} tokens", {"max_model_len": new}))
+    if S.param(plan, "dtype", "auto") in ("auto", "float32"):
+        out.append(S.fix("Load the weights in half precision", {"dtype": "bfloat16"}, "Half the memory of float32."))
+    if facts.get("memory") == "gpu" and S.param(plan, "device", "auto") != "cpu":
+        out.append(S.fix("Run on the CPU", {"device": "cpu"}, "Slower, but uses the computer's RAM."))
+    return out
 
 
 def schema() -> dict[str, P.ParamSpec]:

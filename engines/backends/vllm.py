@@ -74,13 +74,46 @@ LOG_PATTERNS: list[tuple] = [
     (r"Engine core initialization failed|EngineCore failed to start", "startup_failed"),
 ]
 
-#: what fixes each cause (keys this module's validate accepts); the diagnosis computes values.
+#: which parameters fix each cause (all keys :func:`validate` accepts); values come from :func:`fixes_for`.
 FIXES = {
     "max_model_len": ["max_model_len", "gpu_memory_utilization", "tensor_parallel_size"],
     "kv_cache": ["gpu_memory_utilization", "max_model_len", "tensor_parallel_size"],
     "gpu_busy": ["gpu_memory_utilization"],
-    "gpu": ["max_model_len", "tensor_parallel_size", "enforce_eager"],
+    "gpu": ["max_model_len", "enforce_eager", "tensor_parallel_size"],
 }
+
+
+def fixes_for(kind: str, facts: dict, plan=None) -> list[dict]:
+    """Concrete parameter changes for a diagnosis of this engine (label, changes, note), best first."""
+    if kind != "oom_load":
+        return []
+    cause = facts.get("cause") or "gpu"
+    length = int(S.param(plan, "max_model_len", facts.get("max_model_len") or DEFAULT_CTX))
+    util = float(S.param(plan, "gpu_memory_utilization", 0.9))
+    tp = int(S.param(plan, "tensor_parallel_size", 1))
+    out = []
+    if cause == "gpu_busy":
+        free, total = float(facts.get("free_gib", 0) or 0), float(facts.get("total_gib", 0) or 0)
+        new = round(free / total - 0.03, 2) if free and total else round(util - 0.2, 2)
+        if new >= 0.05:
+            out.append(S.fix(f"Let vLLM use less of the GPU ({new:.0%})", {"gpu_memory_utilization": new},
+                             "Other programs hold part of the GPU's memory."))
+        return out
+    fit_len = facts.get("estimated_max_len") or facts.get("kv_tokens")
+    new_len = S.round_len(int(fit_len)) if fit_len else S.round_len(length // 2)
+    if new_len < length:
+        out.append(S.fix(f"Lower the context to {new_len:,} tokens", {"max_model_len": new_len},
+                         "A shorter context needs a smaller KV cache."))
+    if util < 0.95:
+        new_util = round(min(0.95, util + 0.05), 2)
+        out.append(S.fix(f"Let vLLM use more of the GPU ({new_util:.0%})", {"gpu_memory_utilization": new_util},
+                         "More memory for the KV cache, if nothing else uses the GPU."))
+    if cause == "gpu" and not S.param(plan, "enforce_eager", False):
+        out.append(S.fix("Turn off CUDA graphs", {"enforce_eager": True}, "Saves memory; answers come slower."))
+    if S.cuda_gpus(plan) >= tp * 2:
+        out.append(S.fix(f"Split the model over {tp * 2} GPUs", {"tensor_parallel_size": tp * 2},
+                         "Tensor parallelism spreads weights and KV cache over several GPUs."))
+    return out
 
 
 _INTROSPECT = (

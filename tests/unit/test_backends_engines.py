@@ -11,7 +11,7 @@ import re
 import pytest
 
 from engines import params as P, selection
-from engines.backends import mlx, sglang, transformers, vllm
+from engines.backends import _server as S, mlx, sglang, transformers, vllm
 from engines.hardware import GPU, HardwareProfile
 from engines.models import ModelSpec
 
@@ -190,15 +190,7 @@ def test_mlx_chosen_on_apple_silicon_and_only_asked_for_elsewhere():
 
 def classify(mod, lines: list[str]):
     """The first (table-order) pattern of the backend that matches any line: (kind, facts)."""
-    for entry in mod.LOG_PATTERNS:
-        rx = re.compile(entry[0], re.IGNORECASE)
-        for line in lines:
-            m = rx.search(line)
-            if m:
-                facts = dict(entry[2]) if len(entry) > 2 else {}
-                facts.update({k: v for k, v in m.groupdict().items() if v is not None})
-                return entry[1], facts
-    return None, {}
+    return S.match_log(mod.LOG_PATTERNS, lines)
 
 
 # Lines as vLLM, SGLang, torch and mlx print them (from the engines' issue trackers).
@@ -268,3 +260,32 @@ def test_patterns_have_the_diagnosis_shape():
             re.compile(entry[0])
             if len(entry) == 3:
                 json.dumps(entry[2])
+
+
+@pytest.mark.parametrize("mod,facts,plan_params,first", [
+    (vllm, {"cause": "max_model_len", "max_model_len": "131072", "estimated_max_len": "49152"},
+     {"max_model_len": 131072}, {"max_model_len": 49152}),
+    (vllm, {"cause": "max_model_len", "max_model_len": "4096", "kv_tokens": "3664"}, {"max_model_len": 4096},
+     {"max_model_len": 3584}),
+    (vllm, {"cause": "kv_cache", "memory": "gpu"}, {"max_model_len": 4096}, {"max_model_len": 2048}),
+    (vllm, {"cause": "gpu_busy", "free_gib": "7.34", "total_gib": "139.72"}, {}, {"gpu_memory_utilization": 0.02}),
+    (vllm, {"cause": "gpu_busy", "free_gib": "31.44", "total_gib": "47.38"}, {}, {"gpu_memory_utilization": 0.63}),
+    (vllm, {"memory": "gpu"}, {"max_model_len": 4096}, {"max_model_len": 2048}),
+    (sglang, {"cause": "kv_cache"}, {"mem_fraction_static": 0.8}, {"mem_fraction_static": 0.85}),
+    (sglang, {"memory": "gpu"}, {}, {"mem_fraction_static": 0.75}),
+    (transformers, {"memory": "gpu"}, {"max_model_len": 4096}, {"max_model_len": 2048}),
+    (mlx, {"memory": "gpu"}, {}, {"kv_bits": 4}),
+])
+def test_fixes_are_concrete_and_valid(mod, facts, plan_params, first):
+    class Plan:  # the two LaunchPlan fields fixes_for reads
+        params = plan_params
+        hardware = cuda_hw(4)
+
+    fixes = mod.fixes_for("oom_load", {"memory": "gpu", **facts}, Plan)
+    if first == {"gpu_memory_utilization": 0.02}:  # 7 GiB free of 140: no sensible fraction left
+        assert fixes == []
+        return
+    assert fixes[0]["changes"] == first
+    for f in fixes:
+        assert f["label"]
+        assert mod.validate(f["changes"]) == f["changes"]  # every fix passes the backend's own validation

@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 
 from engines import engine_env, launch, supervisor
-from engines.backends import availability
+from engines.backends import _server as S, availability
 from engines.client import ChatStream, Delta, EngineHTTPError, Finished
-
-from .test_backends_engines import classify, cuda_hw
+from engines.hardware import GPU, HardwareProfile
 
 FAKES = Path(__file__).resolve().parent.parent / "fixtures" / "fake_engines"
 
@@ -33,6 +32,11 @@ def home(tmp_path, monkeypatch):
     engine_env.probe.cache_clear()
     yield tmp_path
     engine_env.probe.cache_clear()
+
+
+def cuda_hw() -> HardwareProfile:
+    gpu = GPU("NVIDIA GeForce RTX 4090", "nvidia", "cuda", 24 * 2**30, 23 * 2**30, "CUDA0")
+    return HardwareProfile("linux", "x86_64", 16, 64 * 2**30, 60 * 2**30, [gpu], "AMD Ryzen", False, "cuda")
 
 
 def fake_python(tmp_path: Path) -> str:
@@ -108,9 +112,15 @@ def test_startup_oom_is_a_failed_start_classified_from_the_log(home, engine, mod
         launch.start(plan, timeout=30)
     exc = err.value
     assert not exc.timed_out and exc.status.code == 1
-    kind, facts = classify(launch.backend(engine), exc.log_tail)
+    mod = launch.backend(engine)
+    kind, facts = S.match_log(mod.LOG_PATTERNS, exc.log_tail)
     assert kind == "oom_load" and facts.get("memory") == "gpu"
     assert facts.get("cause") == cause
+    fixes = mod.fixes_for(kind, facts, plan)
+    assert fixes, "an out-of-memory start must come with a fix"
+    changed = plan.with_changes(fixes[0]["changes"])  # the one-click fix re-plans cleanly
+    for key, value in fixes[0]["changes"].items():
+        assert changed.params[key] == value
     try:
         from engines import diagnosis
     except ImportError:
