@@ -199,6 +199,7 @@ class ModelsWindow(QWidget):
         self._order: dict[str, int] = {}
         self.row_widgets: dict[str, ModelRow] = {}
         self._loading = False
+        self._again: str | None = None  # a refresh asked for while one was running
         self._alive = True
         self.setWindowTitle("Ember \u2014 Models")
         self.resize(880, 720)
@@ -277,6 +278,10 @@ class ModelsWindow(QWidget):
         bar.addSpacing(12)
         bar.addWidget(self.count_label)
         bar.addStretch(1)
+        self.refresh_button = QPushButton("Refresh")
+        self.refresh_button.setToolTip("Check free memory again and re-read the model list")
+        self.refresh_button.clicked.connect(lambda: self.refresh())
+        bar.addWidget(self.refresh_button)
         bar.addWidget(self.add_file_button)
         bar.addWidget(self.add_folder_button)
         root.addLayout(bar)
@@ -311,6 +316,7 @@ class ModelsWindow(QWidget):
     def refresh(self, redetect: bool = True) -> None:
         """Re-read hardware (unless one was injected) and the model list, off the GUI thread."""
         if self._loading:
+            self._again = self._again or ("detect" if redetect else "list")
             return
         self._loading = True
         self.hw_busy.show()
@@ -402,6 +408,7 @@ class ModelsWindow(QWidget):
         self.hw_busy.hide()
         self.hw_status.hide()
         self.show_notice(f"Ember could not read the model list: {getattr(exc, 'problem', None) or exc}", error=True)
+        self._run_pending()
 
     def _rows_ready(self, rows: list[dict]) -> None:
         self._loading = False
@@ -425,6 +432,12 @@ class ModelsWindow(QWidget):
         self._update_states()
         self._apply_view()
         self.models_loaded.emit()
+        self._run_pending()
+
+    def _run_pending(self) -> None:
+        again, self._again = self._again, None
+        if again:
+            self.refresh(redetect=again == "detect")
 
     def _show_hardware(self, hw: H.HardwareProfile) -> None:
         cores = f"{hw.cpu_cores} core{'s' if hw.cpu_cores != 1 else ''}"

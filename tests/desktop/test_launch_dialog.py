@@ -155,3 +155,32 @@ def test_screenshot_launch_dialog_with_an_invalid_row(qtbot, spec):
     dlg.adjustSize()
     qtbot.wait(50)
     assert dlg.grab().save(str(SHOTS / "launch_dialog.png"))
+
+
+def test_other_engines_get_their_own_fields(qtbot, fresh_home, hw):
+    """A safetensors folder runs on Transformers: its schema's fields, not llama.cpp's."""
+    from engines import launch, params as P
+    from engines.backends import availability
+    if not availability("transformers").installed:
+        pytest.skip("transformers is not installed")
+    from tests.fixtures.safetensors_model import ensure
+    spec = models.spec_from_folder(ensure())
+    dlg = make_dialog(qtbot, spec, hw)
+    assert dlg.engine == "transformers"
+    assert dlg.ctx_spin.isVisible(), "max_model_len is the context size"
+    assert not dlg.parallel_spin.isVisible() and not dlg.auto_layers.isVisible(), "llama.cpp-only fields hidden"
+    assert dlg.top_k_spin.isVisible() and dlg.temp_spin.isVisible()
+    assert "Transformers" in dlg.advanced_toggle.text()
+    row = dlg.rows[0]
+    row.key_edit.setText("sampling.top_k")
+    row.value_edit.setText("40")
+    with pytest.raises(P.ParamError) as info:
+        launch.backend("transformers").validate({"sampling.top_k": "40"})
+    assert row.error.text() == info.value.message
+    assert not dlg.launch_button.isEnabled()
+    row.key_edit.setText("")
+    row.value_edit.setText("")
+    dlg.ctx_spin.setValue(1024)
+    dlg.launch_button.click()
+    p = dlg.plan()
+    assert p is not None and p.engine == "transformers" and p.params["max_model_len"] == 1024
