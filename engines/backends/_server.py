@@ -8,6 +8,7 @@ command-line flag, a range check), validated the same way as llama.cpp's.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -100,11 +101,26 @@ def interpreter(engine: str) -> str:
 _SECRET = re.compile(r"(--api-key\s+)\S+")
 
 
+#: Run by the engine's own interpreter before it becomes the engine: on Linux, ask the kernel
+#: to SIGKILL it when its parent (our worker) dies, even by SIGKILL, which the worker cannot
+#: forward. PR_SET_PDEATHSIG survives execv, so the engine itself carries it.
+DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n"
+    "    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n"
+)
+
+
 def exec_command(engine: str, program: list[str], env: dict[str, str] | None = None,
                  health_path: str = "/health", secret: str | None = None) -> Command:
-    """Run ``program`` (the engine's own server) as our worker's child."""
+    """Run ``program`` (the engine's own server; ``program[0]`` is its Python) as our worker's child."""
+    if sys.platform.startswith("linux"):
+        program = [program[0], "-c", DIE_WITH_PARENT, *program]
     argv = worker_argv("exec", "--", *program)
-    shown = " ".join("'<bootstrap script>'" if "\n" in a else a for a in argv)
+    shown = " ".join("'<script>'" if "\n" in a else a for a in argv)
     if secret:
         shown = shown.replace(secret, "***")
     return Command(argv=argv, env=dict(env or {}), health_path=health_path, display=shown)

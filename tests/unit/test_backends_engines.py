@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 
@@ -89,6 +90,15 @@ def test_fix_parameters_are_keys_validate_accepts():
                 assert key in schema, f"{mod.NAME}: fix parameter {key} unknown"
 
 
+def engine_program(cmd) -> list[str]:
+    """The engine's own command line inside the worker's ``exec --`` (without the die-with-parent shim)."""
+    program = cmd.argv[cmd.argv.index("--") + 1:]
+    if sys.platform.startswith("linux"):
+        assert program[1:3] == ["-c", S.DIE_WITH_PARENT] and program[3] == program[0]
+        program = program[3:]
+    return program
+
+
 # -- commands --------------------------------------------------------------------------
 
 def test_vllm_command_maps_params_and_keeps_key_off_the_command_line():
@@ -98,10 +108,9 @@ def test_vllm_command_maps_params_and_keeps_key_off_the_command_line():
     assert values["max_model_len"] == 4096  # Ember's default: at most 4096, not the model's 32768
     cmd = vllm.command(spec, values, "127.0.0.1", 8123, "ember-secret-key")
     argv = cmd.argv
-    i = argv.index("--")
-    program = argv[i + 1:]
+    program = engine_program(cmd)
     assert program[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    assert argv[:i] [-2:] == ["engines.worker", "exec"] or "engine-worker" in argv
+    assert argv[:argv.index("--")][-2:] == ["engines.worker", "exec"]  # never outlives Ember
     pairs = dict(zip(program[3::2], program[4::2]))
     assert pairs["--model"] == spec.path and pairs["--host"] == "127.0.0.1" and pairs["--port"] == "8123"
     assert pairs["--max-model-len"] == "4096"
@@ -123,7 +132,7 @@ def test_sglang_command_masks_the_key_in_the_log():
     spec = pytorch_spec()
     values, _, _ = sglang.prepare(spec, cuda_hw(), sglang.validate(["mem_fraction_static=0.8", "tp_size=1"]))
     cmd = sglang.command(spec, values, "127.0.0.1", 30123, "ember-secret-key")
-    program = cmd.argv[cmd.argv.index("--") + 1:]
+    program = engine_program(cmd)
     assert program[1:3] == ["-m", "sglang.launch_server"]
     assert program[program.index("--model-path") + 1] == spec.path
     assert program[program.index("--context-length") + 1] == "4096"
@@ -137,7 +146,7 @@ def test_transformers_command_uses_our_server_with_key_in_environment(tmp_path):
     spec = ModelSpec(name="tiny", format="pytorch", quantization="none", path=str(tmp_path), context_length=32768)
     values, _, warnings = transformers.prepare(spec, cpu_hw(), transformers.validate(["temperature=0"]))
     cmd = transformers.command(spec, values, "127.0.0.1", 9000, "k-123")
-    program = cmd.argv[cmd.argv.index("--") + 1:]
+    program = engine_program(cmd)
     assert program[1:3] == ["-m", "engines.hf_server"]
     assert program[program.index("--max-model-len") + 1] == "4096"
     assert program[program.index("--temperature") + 1] == "0.0"
@@ -148,10 +157,10 @@ def test_transformers_command_uses_our_server_with_key_in_environment(tmp_path):
 def test_mlx_command_has_a_bootstrap_that_waits_for_the_model(tmp_path):
     spec = ModelSpec(name="tiny", format="mlx", quantization="4bit", path=str(tmp_path))
     cmd = mlx.command(spec, mlx.validate(["max_tokens=32"]), "127.0.0.1", 9001, "unused")
-    program = cmd.argv[cmd.argv.index("--") + 1:]
+    program = engine_program(cmd)
     assert program[1] == "-c" and "mlx_lm.server" in program[2]
     assert program[3:] == ["--model", str(tmp_path), "--host", "127.0.0.1", "--port", "9001", "--max-tokens", "32"]
-    assert "<bootstrap script>" in cmd.display and "\n" not in cmd.display
+    assert "<script>" in cmd.display and "\n" not in cmd.display
 
 
 # -- selection (the seed's rules stay; overrides only where conditions hold) -----------

@@ -136,3 +136,22 @@ def test_a_server_that_never_answers_times_out_and_is_stopped(home):
         launch.start(plan, timeout=2)
     assert err.value.timed_out
     assert "Initializing a V1 LLM engine" in "\n".join(err.value.log_tail)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_engine_server_dies_with_a_killed_worker(home):
+    """SIGKILL of the worker cannot be forwarded; the engine's own parent-death signal ends it."""
+    import signal
+    import time
+
+    import psutil
+    engine_env.set_python("vllm", fake_python(home))
+    proc = launch.start(launch.plan(str(model_folder(home)), cuda_hw(), "vllm"), timeout=30)
+    server = psutil.Process(proc.pid).children()[0]
+    assert "vllm.entrypoints.openai.api_server" in " ".join(server.cmdline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.proc.wait()
+    deadline = time.monotonic() + 5
+    while server.is_running() and server.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
