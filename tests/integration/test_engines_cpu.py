@@ -1,0 +1,116 @@
+"""transformers and MLX for real, on this CPU, with the starter model converted to safetensors.
+
+One engine start per engine for the module's tests (the conversion is cached in
+.cache/test). The CLI tests run the real ``ember chat`` as a subprocess. The last
+test of each engine kills its server mid-answer and checks the diagnosis.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from engines import launch
+from engines.client import ChatStream, Delta, EngineHTTPError, Finished, StreamBroken
+
+ROOT = Path(__file__).resolve().parents[2]
+ENGINES = ["transformers", "mlx"]
+
+
+def _fixture_module():
+    path = ROOT / "tests" / "fixtures" / "safetensors_model.py"
+    spec = importlib.util.spec_from_file_location("ember_test_safetensors_model", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def safetensors_folder(starter_path) -> Path:
+    return _fixture_module().ensure(starter_path)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request, safetensors_folder):
+    plan = launch.plan(str(safetensors_folder), engine=request.param)
+    started = time.monotonic()
+    proc = launch.start(plan, timeout=240)
+    print(f"\n{request.param}: ready in {time.monotonic() - started:.1f} s")
+    yield plan, proc
+    proc.stop()
+
+
+def _chat(proc, text: str, **options) -> tuple[str, Finished]:
+    events = list(ChatStream(proc.base_url, [{"role": "user", "content": text}], proc.api_key, **options))
+    return "".join(e.text for e in events if isinstance(e, Delta)), events[-1]
+
+
+def test_streams_an_answer(engine):
+    plan, proc = engine
+    text, fin = _chat(proc, "Write one sentence about the sea.", max_tokens=16, temperature=0)
+    assert text.strip()
+    assert isinstance(fin, Finished) and fin.finish_reason in ("length", "stop")
+    assert fin.usage.completion_tokens and fin.usage.completion_tokens <= 16
+    print(f"{plan.engine}: {fin.usage.completion_tokens} tokens at {fin.tokens_per_second or 0:.1f} tokens/s")
+
+
+def test_wrong_key_is_refused_and_diagnosed(engine):
+    plan, proc = engine
+    if plan.engine == "mlx":
+        pytest.skip("mlx_lm.server has no API key (it listens on 127.0.0.1 only)")
+    with pytest.raises(EngineHTTPError) as err:
+        list(ChatStream(proc.base_url, [{"role": "user", "content": "hi"}], "wrong-key", max_tokens=2))
+    assert err.value.status == 401
+    from engines import diagnosis
+    assert diagnosis.diagnose_exception(err.value, proc, plan).kind == "auth_failed"
+
+
+def test_prompt_longer_than_the_context_is_diagnosed(engine):
+    plan, proc = engine
+    if plan.engine == "mlx":
+        pytest.skip("mlx_lm.server has no context limit of its own")
+    with pytest.raises(EngineHTTPError) as err:
+        _chat(proc, "word " * 5000, max_tokens=4)
+    assert err.value.status == 400 and err.value.type == "exceed_context_size_error"
+    assert err.value.fields["n_ctx"] == plan.params["max_model_len"] == 4096
+    from engines import diagnosis
+    d = diagnosis.diagnose_exception(err.value, proc, plan)
+    assert d.kind == "context_exceeded"
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_cli_chat_answers(name, safetensors_folder):
+    out = subprocess.run([sys.executable, "-m", "engines.cli", "chat", str(safetensors_folder), "--engine", name,
+                          "--max-tokens", "8", "--temperature", "0", "The capital of France is"],
+                         capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()
+    if name == "mlx":
+        assert "MLX runs on the CPU here, slowly" in out.stderr
+
+
+def test_killed_mid_stream_is_diagnosed_as_a_crash(engine):
+    """Last for each engine: it kills the shared server."""
+    plan, proc = engine
+    server = psutil.Process(proc.pid).children()[0]  # the engine's own server, under our worker
+    stream = ChatStream(proc.base_url, [{"role": "user", "content": "Tell me a long story."}], proc.api_key,
+                        max_tokens=400, temperature=0)
+    got = ""
+    with pytest.raises(StreamBroken) as err:
+        for ev in stream:
+            if isinstance(ev, Delta):
+                got += ev.text
+                if got.strip():
+                    os.kill(server.pid, signal.SIGKILL)
+    assert got.strip()
+    from engines import diagnosis
+    d = diagnosis.diagnose_exception(err.value, proc, plan)
+    assert d.kind == "engine_crashed", d.render_text()
+    assert d.fixes and d.fixes[0].action == "relaunch"
