@@ -92,4 +92,6 @@ def read(repo: str, filename: str, revision: str = "main") -> gguf_info.GGUFInfo
     paths.atomic_write_text(base.with_suffix(".json"), json.dumps({"repo": repo, "file": filename,
                                                                     "revision": revision, "size": size}))
     log.info("read the header of %s/%s (%d bytes of %d)", repo, filename, want, size)
+    from . import catalog
+    catalog.clear_cache()  # the fit of that variant now rests on its real header
     return _parse(base.with_suffix(".header"), size)
