@@ -21,7 +21,7 @@ from engines.backends import LABELS, installed_engines
 from engines.hardware import HardwareProfile
 from engines.models import ModelError, ModelSpec
 
-from .widgets import error_label, human_bytes, muted_label, primary_button, run_in_pool
+from .widgets import apply_style, error_label, human_bytes, muted_label, primary_button, run_in_pool
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ class LaunchDialog(QDialog):
         prefs = model_prefs.load(spec.name)
 
         self.setWindowTitle(f"Launch {spec.display_name or spec.name}")
+        apply_style(self)
         self.setMinimumWidth(600)
         root = QVBoxLayout(self)
         root.setSpacing(10)

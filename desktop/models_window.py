@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGridLayout, QGroupBox, QHBoxLayout,
                                QLabel, QProgressBar, QPushButton, QScrollArea, QSizePolicy, QToolButton,
                                QVBoxLayout, QWidget)
@@ -28,12 +28,13 @@ from engines.launch import LaunchPlan
 from engines.manager import EngineManager
 
 from .launch_dialog import LaunchDialog
-from .widgets import (ACCENT, ERROR, FIT_ORDER, FitBadge, error_label, human_bytes, human_gib, muted_label,
+from .widgets import (FIT_ORDER, apply_style, FitBadge, error_label, human_bytes, human_gib, muted_label,
                       primary_button, run_in_pool)
 
 log = logging.getLogger(__name__)
 
 RUNS_HERE = ("gpu", "partial", "cpu")
+BUILD_CHUNK = 12  # rows built per event-loop turn
 SORTS = {"Best fit first": "fit", "Name": "name", "Size": "size"}
 
 
@@ -102,7 +103,7 @@ class ModelRow(QFrame):
         title_line.addWidget(self.facts)
         title_line.addStretch(1)
         self.running_label = QLabel()
-        self.running_label.setStyleSheet(f"QLabel {{ color: {ACCENT}; font-weight: 600; }}")
+        self.running_label.setProperty("ember", "running")
         self.running_label.hide()
         title_line.addWidget(self.running_label)
         grid.addLayout(title_line, 0, 0)
@@ -197,11 +198,14 @@ class ModelsWindow(QWidget):
         self.hw: H.HardwareProfile | None = hardware
         self.rows: list[dict] = []
         self._order: dict[str, int] = {}
+        self._build_queue: list[dict] = []
+        self._layout_order: list[str] = []
         self.row_widgets: dict[str, ModelRow] = {}
         self._loading = False
         self._again: str | None = None  # a refresh asked for while one was running
         self._alive = True
         self.setWindowTitle("Ember \u2014 Models")
+        apply_style(self)
         self.resize(880, 720)
 
         root = QVBoxLayout(self)
@@ -380,7 +384,9 @@ class ModelsWindow(QWidget):
 
     def show_notice(self, text: str, error: bool = False) -> None:
         self.notice_label.setText(text)
-        self.notice_label.setStyleSheet(f"QLabel {{ color: {ERROR}; }}" if error else "")
+        self.notice_label.setProperty("ember", "error" if error else "")
+        self.notice_label.style().unpolish(self.notice_label)
+        self.notice_label.style().polish(self.notice_label)
         self.notice_label.setAccessibleName("Error" if error else "Message")
         self.notice.show()
 
@@ -411,24 +417,39 @@ class ModelsWindow(QWidget):
         self._run_pending()
 
     def _rows_ready(self, rows: list[dict]) -> None:
-        self._loading = False
-        self.hw_busy.hide()
-        self.hw_status.hide()
+        """Build the rows a chunk per event-loop turn: hundreds of rows never freeze the window."""
         self.rows = rows
         self._order = {r["name"]: i for i, r in enumerate(rows)}
         for w in self.row_widgets.values():
             self.list_layout.removeWidget(w)
             w.deleteLater()
         self.row_widgets = {}
-        for r in rows:
+        self._layout_order: list[str] = []
+        self._build_queue = sorted(rows, key=self._sort_key)
+        self.placeholder.setVisible(not rows)
+        self.placeholder.setText("No models yet. Add a GGUF file you have with \u201cAdd model file\u2026\u201d.")
+        self._build_some()
+
+    def _build_some(self) -> None:
+        only = self.only_runnable.isChecked()
+        for r in self._build_queue[:BUILD_CHUNK]:
             w = ModelRow(r)
             w.launch_clicked.connect(self.open_launch_dialog)
             w.stop_clicked.connect(self.stop_model)
             w.remove_clicked.connect(self.remove_model)
             w.download_clicked.connect(self.download_requested)
+            w.setVisible(not only or r.get("fit") in RUNS_HERE)
             self.row_widgets[r["name"]] = w
-        self.placeholder.setVisible(not rows)
-        self.placeholder.setText("No models yet. Add a GGUF file you have with \u201cAdd model file\u2026\u201d.")
+            self.list_layout.insertWidget(len(self._layout_order) + 1, w)  # after the placeholder
+            self._layout_order.append(r["name"])
+        del self._build_queue[:BUILD_CHUNK]
+        if self._build_queue:
+            self.hw_status.setText(f"Listing models\u2026 {len(self.row_widgets)} of {len(self.rows)}")
+            QTimer.singleShot(0, self, self._build_some)
+            return
+        self._loading = False
+        self.hw_busy.hide()
+        self.hw_status.hide()
         self._update_states()
         self._apply_view()
         self.models_loaded.emit()
@@ -481,29 +502,38 @@ class ModelsWindow(QWidget):
         return (FIT_ORDER.get(row.get("fit"), 9), 0 if row.get("local") else 1, self._order.get(row["name"], 0))
 
     def _apply_view(self, *_args) -> None:
+        if self._build_queue:
+            return  # applied when the last chunk is built
         only = self.only_runnable.isChecked()
-        ordered = sorted(self.rows, key=self._sort_key)
+        ordered = [r["name"] for r in sorted(self.rows, key=self._sort_key) if r["name"] in self.row_widgets]
+        if ordered != self._layout_order:
+            for i, name in enumerate(ordered):
+                w = self.row_widgets[name]
+                self.list_layout.removeWidget(w)
+                self.list_layout.insertWidget(i + 1, w)  # after the placeholder
+            self._layout_order = ordered
+            self._set_tab_order()
+        elif _args == ():
+            self._set_tab_order()
         shown = 0
-        for i, r in enumerate(ordered):
+        for r in self.rows:
             w = self.row_widgets.get(r["name"])
-            if w is None:
-                continue
-            self.list_layout.removeWidget(w)
-            self.list_layout.insertWidget(i + 1, w)  # after the placeholder
-            visible = not only or r.get("fit") in RUNS_HERE
-            w.setVisible(visible)
-            shown += visible
+            if w is not None:
+                visible = not only or r.get("fit") in RUNS_HERE
+                w.setVisible(visible)
+                shown += visible
         total = len(self.rows)
         self.count_label.setText(f"{shown} of {total} models" if shown != total else
                                  f"{total} model{'s' if total != 1 else ''}")
-        # Tab order follows the visual order.
+
+    def _set_tab_order(self) -> None:
+        """Tab follows the visual order of the rows."""
         prev = self.add_folder_button
-        for r in ordered:
-            w = self.row_widgets.get(r["name"])
-            if w is not None:
-                for b in (w.launch_button, w.stop_button, w.download_button, w.remove_button, w.why_toggle):
-                    QWidget.setTabOrder(prev, b)
-                    prev = b
+        for name in self._layout_order:
+            w = self.row_widgets[name]
+            for b in (w.launch_button, w.stop_button, w.download_button, w.remove_button, w.why_toggle):
+                QWidget.setTabOrder(prev, b)
+                prev = b
 
     # -- engines ----------------------------------------------------------------------------------
     def _manager_listener(self, event: str, name: str, payload: object) -> None:
