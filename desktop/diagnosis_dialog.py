@@ -1,0 +1,168 @@
+"""The guided error dialog: what happened, why (with the numbers), and one button per fix.
+
+It only shows an :class:`engines.diagnosis.Diagnosis`; applying a fix is the
+caller's job (the chat window relaunches with ``plan.with_changes(changes)``
+and resends the last message). Clicking a fix emits :attr:`fix_chosen` with the
+fix's changes and :attr:`fix_action` with the whole :class:`Fix`, then accepts.
+"""
+from __future__ import annotations
+
+import logging
+
+from PySide6.QtCore import QMetaMethod, Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QFont
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
+                               QSizePolicy, QVBoxLayout, QWidget)
+
+from engines.diagnosis import Diagnosis, Fix
+
+from .widgets import ACCENT, ACCENT_TEXT
+
+log = logging.getLogger(__name__)
+
+PRIMARY_STYLE = (f"QPushButton {{ background: {ACCENT}; color: {ACCENT_TEXT}; border: 1px solid {ACCENT}; "
+                 "border-radius: 4px; padding: 5px 14px; font-weight: 600; }"
+                 "QPushButton:focus { border: 2px solid palette(highlight); }")
+
+#: facts worth a line below the words, in this order, with their labels
+_FACT_LABELS = [
+    ("n_prompt_tokens", "Message tokens"), ("prompt_tokens", "Message tokens"),
+    ("completion_tokens", "Answer tokens"), ("n_ctx_slot", "Context per slot"), ("n_ctx", "n_ctx"),
+    ("n_parallel", "n_parallel"), ("n_ctx_train", "Trained context"), ("alloc_bytes", "Failed allocation"),
+    ("kv_cache_bytes", "KV cache (estimate)"), ("weights_bytes", "Weights (estimate)"),
+    ("gpu_memory_free_bytes", "GPU memory free"), ("memory_free_bytes", "Memory free"),
+    ("exit_code", "Exit code"), ("signal_name", "Signal"), ("port", "Port"), ("status", "HTTP status"),
+]
+
+
+def _fact_text(key: str, value) -> str:
+    if key.endswith("_bytes") and isinstance(value, (int, float)):
+        return f"{value / 1024 ** 3:,.1f} GiB" if value >= 1024 ** 3 else f"{value / 1024 ** 2:,.0f} MiB"
+    if isinstance(value, int) and not isinstance(value, bool) and key != "port":
+        return f"{value:,}"
+    return str(value)
+
+
+class DiagnosisDialog(QDialog):
+    """Shows one diagnosis; ``fix_chosen(dict)`` when the user picks a fix."""
+
+    fix_chosen = Signal(dict)
+    fix_action = Signal(object)          # the Fix itself (for actions without changes)
+    show_log_requested = Signal(str)     # the engine log's path
+
+    def __init__(self, diagnosis: Diagnosis, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.diagnosis = diagnosis
+        self.chosen: Fix | None = None
+        self.fix_buttons: list[QPushButton] = []
+        self.setWindowTitle("Ember: " + diagnosis.title)
+        self.setMinimumWidth(580)
+        layout = QVBoxLayout(self)
+        layout.setSpacing(10)
+
+        self.title_label = QLabel(diagnosis.title)
+        font = QFont(self.title_label.font())
+        font.setPointSizeF(font.pointSizeF() * 1.25)
+        font.setBold(True)
+        self.title_label.setFont(font)
+        self.title_label.setWordWrap(True)
+        layout.addWidget(self.title_label)
+
+        self.explanation_label = QLabel(diagnosis.explanation)
+        self.explanation_label.setWordWrap(True)
+        self.explanation_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        layout.addWidget(self.explanation_label)
+
+        facts = [(label, _fact_text(k, diagnosis.facts[k])) for k, label in _FACT_LABELS
+                 if diagnosis.facts.get(k) not in (None, "", False)]
+        seen, rows = set(), []
+        for label, text in facts:
+            if label not in seen:
+                seen.add(label)
+                rows.append(f"{label}: {text}")
+        self.facts_label = QLabel("   ·   ".join(rows))
+        self.facts_label.setWordWrap(True)
+        self.facts_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.facts_label.setForegroundRole(self.facts_label.foregroundRole())
+        self.facts_label.setStyleSheet("color: palette(placeholder-text);")
+        self.facts_label.setVisible(bool(rows))
+        layout.addWidget(self.facts_label)
+
+        if diagnosis.fixes:
+            line = QFrame()
+            line.setFrameShape(QFrame.HLine)
+            line.setFrameShadow(QFrame.Sunken)
+            layout.addWidget(line)
+            layout.addWidget(QLabel("<b>What you can do</b>"))
+        for i, fix in enumerate(diagnosis.fixes):
+            layout.addWidget(self._fix_row(fix, primary=(i == 0)))
+
+        self.log_view: QPlainTextEdit | None = None
+        if diagnosis.log_tail:
+            self.log_view = QPlainTextEdit("\n".join(diagnosis.log_tail[-12:]))
+            self.log_view.setReadOnly(True)
+            self.log_view.setLineWrapMode(QPlainTextEdit.NoWrap)
+            mono = QFont("monospace")
+            mono.setStyleHint(QFont.Monospace)
+            mono.setPointSizeF(max(7.0, self.font().pointSizeF() * 0.85))
+            self.log_view.setFont(mono)
+            self.log_view.setMaximumHeight(120)
+            self.log_view.setVisible(False)
+            self.log_view.setAccessibleName("Last lines of the engine log")
+            layout.addWidget(self.log_view)
+
+        buttons = QDialogButtonBox()
+        self.details_button = buttons.addButton("Details", QDialogButtonBox.ActionRole)
+        self.details_button.setCheckable(True)
+        self.details_button.setVisible(self.log_view is not None)
+        self.details_button.toggled.connect(lambda on: self.log_view and self.log_view.setVisible(on))
+        self.log_button = buttons.addButton("Show log", QDialogButtonBox.ActionRole)
+        self.log_button.setEnabled(bool(diagnosis.log_path))
+        self.log_button.clicked.connect(self._show_log)
+        self.close_button = buttons.addButton(QDialogButtonBox.Close)
+        self.close_button.clicked.connect(self.reject)
+        layout.addWidget(buttons)
+        if self.fix_buttons:
+            self.fix_buttons[0].setDefault(True)
+            self.fix_buttons[0].setFocus()
+
+    def _fix_row(self, fix: Fix, primary: bool) -> QWidget:
+        row = QWidget()
+        h = QHBoxLayout(row)
+        h.setContentsMargins(0, 0, 0, 0)
+        button = QPushButton(fix.label)
+        button.setSizePolicy(QSizePolicy.Maximum, QSizePolicy.Fixed)
+        button.setMinimumWidth(220)
+        if primary:
+            button.setStyleSheet(PRIMARY_STYLE)
+        button.setAutoDefault(primary)
+        details = fix.note
+        if fix.changes:
+            change = ", ".join(f"{k} = {v}" for k, v in fix.changes.items())
+            button.setToolTip(f"Relaunch with {change}")
+            details = f"{details}\n{change}" if details else change
+        button.setAccessibleName(fix.label)
+        button.clicked.connect(lambda _=False, f=fix: self.choose(f))
+        h.addWidget(button, 0, Qt.AlignTop)
+        note = QLabel(details)
+        note.setWordWrap(True)
+        note.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        h.addWidget(note, 1)
+        self.fix_buttons.append(button)
+        return row
+
+    def choose(self, fix: Fix) -> None:
+        """Pick a fix (what a click does): emit its changes, then close."""
+        self.chosen = fix
+        self.fix_action.emit(fix)
+        self.fix_chosen.emit(dict(fix.changes))
+        self.accept()
+
+    def _show_log(self) -> None:
+        path = self.diagnosis.log_path
+        if not path:
+            return
+        if self.isSignalConnected(QMetaMethod.fromSignal(self.show_log_requested)):
+            self.show_log_requested.emit(path)
+        else:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(path))
