@@ -22,7 +22,7 @@ DEFAULT_CTX = 4096
 
 TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("context_length", "int", None, check=S.at_least(16), help="context length in tokens"),
-    S.arg("mem_fraction_static", "float", None, check=S.between(0.05, 0.99),
+    S.arg("mem_fraction_static", "float", None, check=S.between(0.01, 0.99),
           help="fraction of GPU memory for weights + KV cache (SGLang picks one by GPU size when unset)"),
     S.arg("tp_size", "int", 1, check=S.at_least(1), help="split the model over this many GPUs"),
     S.arg("dp_size", "int", 1, check=S.at_least(1)),
@@ -36,6 +36,7 @@ TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("disable_cuda_graph", "bool", False, store_true=True, help="less memory at start, slower"),
     S.arg("trust_remote_code", "bool", False, store_true=True),
     S.arg("random_seed", "int", None),
+    S.arg("chat_template", "str", None, help="a chat template file, for models that have none"),
     S.arg("log_level", "enum", "info", choices=("debug", "info", "warning", "error")),
 )}
 

@@ -33,7 +33,7 @@ DEFAULT_CTX = 4096
 COMMON: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("max_model_len", "int", None, check=S.at_least(16),
           help="context length in tokens; the KV cache must hold at least one sequence this long"),
-    S.arg("gpu_memory_utilization", "float", 0.9, check=S.between(0.05, 1.0),
+    S.arg("gpu_memory_utilization", "float", 0.9, check=S.between(0.01, 1.0),
           help="fraction of each GPU's memory vLLM may take (weights + KV cache)"),
     S.arg("tensor_parallel_size", "int", 1, check=S.at_least(1), help="split the model over this many GPUs"),
     S.arg("pipeline_parallel_size", "int", 1, check=S.at_least(1)),
@@ -46,6 +46,7 @@ COMMON: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("enable_prefix_caching", "bool", None, store_true=True),
     S.arg("swap_space", "float", None, check=S.between(0, 1024), help="CPU swap space per GPU, GiB"),
     S.arg("seed", "int", None),
+    S.arg("chat_template", "str", None, help="a Jinja chat template file, for models that have none"),
     S.arg("trust_remote_code", "bool", False, store_true=True),
 )}
 

@@ -55,10 +55,10 @@ def test_validate_types_values(mod, pairs, expected):
 
 
 @pytest.mark.parametrize("mod,pair,words", [
-    (vllm, "gpu_memory_utilization=1.5", "between 0.05 and 1"),
+    (vllm, "gpu_memory_utilization=1.5", "between 0.01 and 1"),
     (vllm, "tensor_parallel_size=0", "at least 1"),
     (vllm, "max_model_len=lots", "expects an integer"),
-    (sglang, "mem_fraction_static=0", "between 0.05 and 0.99"),
+    (sglang, "mem_fraction_static=0", "between 0.01 and 0.99"),
     (transformers, "dtype=int8", "expects one of auto, float32, bfloat16, float16"),
     (vllm, "port=8000", "cannot be set: Ember picks a free port"),
     (sglang, "api_key=abc", "cannot be set"),
