@@ -141,6 +141,7 @@ def add(name: str, url: str, key: str | None = None, key_env: str | None = None)
         remotes[name] = remote
         _save(remotes)
         _models_cache.pop(name, None)
+        _failures.pop(name, None)
     return remote
 
 
@@ -195,15 +196,33 @@ def models(remote: Remote, timeout: float = 5.0, use_cache: bool = True) -> list
     return ids
 
 
+_failures: dict[str, tuple[float, str]] = {}
+
+
+def last_error(name: str) -> str | None:
+    """Why a remote was left out of :func:`endpoints` lately (None when it answered)."""
+    failed = _failures.get(name)
+    return failed[1] if failed else None
+
+
 def endpoints(timeout: float = 3.0) -> list:
-    """One Endpoint per model of each reachable remote (an unreachable one is logged and left out)."""
+    """One Endpoint per model of each reachable remote.
+
+    A remote that does not answer is left out (see :func:`last_error`) and not asked
+    again for ``LIST_TTL`` seconds, so a dead server does not slow every call down.
+    """
     from .manager import Endpoint
     out = []
     for remote in list_remotes():
+        failed = _failures.get(remote.name)
+        if failed and time.monotonic() - failed[0] < LIST_TTL:
+            continue
         try:
             ids = models(remote, timeout)
+            _failures.pop(remote.name, None)
         except Exception as exc:
             log.info("remote %s is not answering: %s", remote.name, exc)
+            _failures[remote.name] = (time.monotonic(), f"{type(exc).__name__}: {exc}")
             continue
         key = api_key(remote)
         for model_id in ids:

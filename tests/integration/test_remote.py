@@ -61,6 +61,7 @@ def served(starter_path):
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBER_HOME", str(tmp_path / "home"))
     remotes._models_cache.clear()
+    remotes._failures.clear()
     return tmp_path / "home"
 
 
@@ -128,6 +129,7 @@ def test_unreachable_host_is_diagnosed(home):
     assert err.value.connect
     assert diagnosis.diagnose_exception(err.value).kind == "unreachable"
     assert remotes.endpoints() == []
+    assert "ConnectError" in remotes.last_error("gone")
 
 
 def test_without_a_keyring_the_key_comes_from_an_environment_variable(home, served, no_keyring, monkeypatch):
