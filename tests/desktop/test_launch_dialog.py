@@ -131,6 +131,11 @@ def test_choices_are_remembered_per_model(qtbot, spec, hw):
     assert again.plan().user_params["sampling.min_p"] == pytest.approx(0.07)
     assert model_prefs.load("another-model") is None, "choices belong to one model"
 
+    third = make_dialog(qtbot, spec, hw)
+    third.reset_button.click()
+    assert third.ctx_spin.value() == 4096 and third.parallel_spin.value() == 1 and third.top_k_spin.value() == 40
+    assert [r.pair() for r in third.rows] == [("", "")]
+
 
 def test_broken_prefs_file_is_survived(qtbot, spec, hw):
     model_prefs.prefs_path().write_text("{not json")
@@ -184,3 +189,32 @@ def test_other_engines_get_their_own_fields(qtbot, fresh_home, hw):
     dlg.launch_button.click()
     p = dlg.plan()
     assert p is not None and p.engine == "transformers" and p.params["max_model_len"] == 1024
+
+
+def _tab_chain(window):
+    """Widgets Tab visits, in order (what focusNextChild walks)."""
+    from PySide6.QtWidgets import QWidget
+    chain, w = [], window.nextInFocusChain()
+    while w is not window and len(chain) < 1000:
+        if (w.focusPolicy() & Qt.TabFocus) and w.isVisibleTo(window) and w.isEnabled():
+            chain.append(w)
+        w = w.nextInFocusChain()
+    return chain
+
+
+def test_every_control_is_reachable_with_tab_and_named(qtbot, spec, hw):
+    from PySide6.QtWidgets import QAbstractButton
+    dlg = make_dialog(qtbot, spec, hw)
+    dlg.advanced_toggle.setChecked(True)
+    dlg.auto_layers.setChecked(False)
+    row = dlg.rows[0]
+    chain = _tab_chain(dlg)
+    wanted = [dlg.engine_combo, dlg.ctx_spin, dlg.parallel_spin, dlg.auto_layers, dlg.layers_spin, dlg.temp_spin,
+              dlg.top_p_spin, dlg.top_k_spin, dlg.advanced_toggle, row.key_edit, row.value_edit,
+              row.remove_button, dlg.add_row_button, dlg.launch_button]
+    for w in wanted:
+        target = w.focusProxy() or w
+        assert target in chain or w in chain, f"{w.accessibleName() or w} is not reachable with Tab"
+    for b in dlg.findChildren(QAbstractButton):
+        if len(b.text().strip("&")) <= 1:
+            assert b.accessibleName(), "icon-only buttons carry an accessible name"

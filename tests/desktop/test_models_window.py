@@ -74,6 +74,15 @@ def test_fake_gpu_profile_fits_on_the_gpu(qtbot, fresh_home, manager):
     assert w.grab().save(str(SHOTS / "models_window_gpu.png"))
 
 
+def test_small_busy_gpu_takes_part_of_the_layers(qtbot, fresh_home, manager):
+    hw = hardware.HardwareProfile.load(FIXTURES / "nvidia_2gb_busy.json")  # a fake: 1,250 MiB free
+    w = open_window(qtbot, manager, hw)
+    row = w.row_widget("starter")
+    layers = row.row["gpu_layers"]
+    assert row.row["fit"] == "partial" and 0 < layers < 19
+    assert row.badge.text() == f"Partly on GPU: {layers} of 19 layers"
+
+
 def test_gpu_that_llamacpp_cannot_use_is_explained(qtbot, fresh_home, manager):
     hw = hardware.HardwareProfile.load(FIXTURES / "nvidia_cpu_build.json")  # a fake, real shape
     w = open_window(qtbot, manager, hw)
