@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGridLayout, QGroupBox, QHBoxLayout,
-                               QLabel, QProgressBar, QPushButton, QScrollArea, QSizePolicy, QToolButton,
+                               QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea, QSizePolicy, QToolButton,
                                QVBoxLayout, QWidget)
 
 from engines import catalog, hardware as H, models
@@ -258,8 +258,39 @@ class ModelsWindow(QWidget):
         self.notice.hide()
         root.addWidget(self.notice)
 
-        # -- toolbar
+        # -- actions, then the filters
+        actions = QHBoxLayout()
+        heading = QLabel("Models")
+        f = heading.font()
+        f.setBold(True)
+        f.setPointSizeF(f.pointSizeF() * 1.15)
+        heading.setFont(f)
+        self.count_label = muted_label(wrap=False)
+        self.refresh_button = QPushButton("Refresh")
+        self.refresh_button.setToolTip("Check free memory again and re-read the model list")
+        self.refresh_button.clicked.connect(lambda: self.refresh())
+        self.add_file_button = QPushButton("Add model file\u2026")
+        self.add_file_button.setToolTip("Add a GGUF file you already have; it is checked first and never moved")
+        self.add_file_button.clicked.connect(self.add_model_file)
+        self.add_folder_button = QPushButton("Add model folder\u2026")
+        self.add_folder_button.setToolTip("Add a Hugging Face model folder (config.json + safetensors)")
+        self.add_folder_button.clicked.connect(self.add_model_folder)
+        actions.addWidget(heading)
+        actions.addSpacing(8)
+        actions.addWidget(self.count_label)
+        actions.addStretch(1)
+        actions.addWidget(self.refresh_button)
+        actions.addWidget(self.add_file_button)
+        actions.addWidget(self.add_folder_button)
+        root.addLayout(actions)
+
         bar = QHBoxLayout()
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Search models by name or quantization")
+        self.search.setAccessibleName("Search models")
+        self.search.setClearButtonEnabled(True)
+        self.search.setMinimumWidth(260)
+        self.search.textChanged.connect(lambda _t: self._apply_view(False))
         self.only_runnable = QCheckBox("Only models that run here")
         self.only_runnable.toggled.connect(self._apply_view)
         self.sort_combo = QComboBox()
@@ -268,26 +299,12 @@ class ModelsWindow(QWidget):
         self.sort_combo.currentIndexChanged.connect(self._apply_view)
         sort_label = QLabel("&Sort by")
         sort_label.setBuddy(self.sort_combo)
-        self.count_label = muted_label(wrap=False)
-        self.add_file_button = QPushButton("Add model file\u2026")
-        self.add_file_button.setToolTip("Add a GGUF file you already have; it is checked first and never moved")
-        self.add_file_button.clicked.connect(self.add_model_file)
-        self.add_folder_button = QPushButton("Add model folder\u2026")
-        self.add_folder_button.setToolTip("Add a Hugging Face model folder (config.json + safetensors)")
-        self.add_folder_button.clicked.connect(self.add_model_folder)
+        bar.addWidget(self.search, 1)
+        bar.addSpacing(12)
         bar.addWidget(self.only_runnable)
         bar.addSpacing(12)
         bar.addWidget(sort_label)
         bar.addWidget(self.sort_combo)
-        bar.addSpacing(12)
-        bar.addWidget(self.count_label)
-        bar.addStretch(1)
-        self.refresh_button = QPushButton("Refresh")
-        self.refresh_button.setToolTip("Check free memory again and re-read the model list")
-        self.refresh_button.clicked.connect(lambda: self.refresh())
-        bar.addWidget(self.refresh_button)
-        bar.addWidget(self.add_file_button)
-        bar.addWidget(self.add_folder_button)
         root.addLayout(bar)
 
         # -- the models
@@ -515,11 +532,13 @@ class ModelsWindow(QWidget):
             self._set_tab_order()
         elif _args == ():
             self._set_tab_order()
+        words = self.search.text().lower().split()
         shown = 0
         for r in self.rows:
             w = self.row_widgets.get(r["name"])
             if w is not None:
-                visible = not only or r.get("fit") in RUNS_HERE
+                hay = f"{r.get('display_name') or ''} {r['name']} {r.get('quantization') or ''}".lower()
+                visible = (not only or r.get("fit") in RUNS_HERE) and all(x in hay for x in words)
                 w.setVisible(visible)
                 shown += visible
         total = len(self.rows)
@@ -528,7 +547,7 @@ class ModelsWindow(QWidget):
 
     def _set_tab_order(self) -> None:
         """Tab follows the visual order of the rows."""
-        prev = self.add_folder_button
+        prev = self.sort_combo
         for name in self._layout_order:
             w = self.row_widgets[name]
             for b in (w.launch_button, w.stop_button, w.download_button, w.remove_button, w.why_toggle):

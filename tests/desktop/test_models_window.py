@@ -99,6 +99,11 @@ def test_only_models_that_run_here(qtbot, fresh_home, manager):
     assert visible == runs and "starter" in visible
     w.only_runnable.setChecked(False)
     assert sum(r.isVisible() for r in w.row_widgets.values()) == len(w.row_widgets)
+    qtbot.keyClicks(w.search, "gemma 270m")
+    assert [n for n, r in w.row_widgets.items() if r.isVisible()] == ["starter"]
+    assert w.count_label.text() == f"1 of {len(w.row_widgets)} models"
+    w.search.clear()
+    assert sum(r.isVisible() for r in w.row_widgets.values()) == len(w.row_widgets)
 
 
 def _core_problem(path) -> str:
@@ -179,3 +184,23 @@ def test_screenshot_models_window(qtbot, fresh_home, manager):
     qtbot.wait(50)
     SHOTS.mkdir(parents=True, exist_ok=True)
     assert w.grab().save(str(SHOTS / "models_window.png"))
+
+
+def test_keyboard_reaches_the_actions(qtbot, fresh_home, manager):
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QAbstractButton, QLineEdit
+    w = open_window(qtbot, manager)
+    chain, x = [], w.nextInFocusChain()
+    while x is not w and len(chain) < 5000:
+        if (x.focusPolicy() & Qt.TabFocus) and x.isVisibleTo(w) and x.isEnabled():
+            chain.append(x)
+        x = x.nextInFocusChain()
+    row = w.row_widget("starter")
+    for control in (w.refresh_button, w.add_file_button, w.search, w.only_runnable, w.sort_combo,
+                    row.launch_button, row.why_toggle):
+        assert control in chain
+    assert chain.index(w.sort_combo) < chain.index(row.launch_button) < chain.index(row.why_toggle)
+    w.import_path(__file__)  # shows the dismissable notice
+    for b in w.findChildren(QAbstractButton):
+        if len(b.text().strip("&")) <= 1 and not isinstance(b.parent(), QLineEdit):  # not Qt's own clear button
+            assert b.accessibleName(), "icon-only buttons carry an accessible name"
