@@ -167,6 +167,8 @@ class Engine:
             out.put(("error", result["error"]))
             return
         n = result.get("n", 0)
+        if cancel.is_set() and not stopped:
+            say(f"generation cancelled after {n} of at most {max_tokens} tokens (the client left)")
         finish = "stop" if stopped or n < max_tokens else "length"
         out.put(("done", {"prompt_tokens": n_prompt, "completion_tokens": n,
                           "total_tokens": n_prompt + n}, finish))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,6 +84,24 @@ def test_prompt_longer_than_the_context_is_diagnosed(engine):
     from engines import diagnosis
     d = diagnosis.diagnose_exception(err.value, proc, plan)
     assert d.kind == "context_exceeded"
+
+
+def test_cancel_stops_the_generation(engine):
+    """Stop in the chat window: the engine stops generating for the request that went away."""
+    plan, proc = engine
+    offset = proc.log_size()
+    stream = ChatStream(proc.base_url, [{"role": "user", "content": "Count to one hundred."}], proc.api_key,
+                        max_tokens=300, temperature=0)
+    for ev in stream:
+        if isinstance(ev, Delta) and ev.text.strip():
+            stream.cancel()
+    assert isinstance(ev, Finished) and ev.cancelled
+    text, fin = _chat(proc, "Hello", max_tokens=4, temperature=0)  # the engine is free again
+    assert fin.finish_reason in ("length", "stop")
+    if plan.engine == "transformers":  # our server says how far the cancelled one got
+        log = "\n".join(proc.log_lines(offset))
+        m = re.search(r"generation cancelled after (\d+) of at most 300 tokens", log)
+        assert m and int(m.group(1)) < 300, log
 
 
 @pytest.mark.parametrize("name", ENGINES)
