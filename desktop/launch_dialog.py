@@ -532,6 +532,10 @@ class LaunchDialog(QDialog):
         if p.fit is not None:
             # One fact a line: wrapped text in a grid cell gets clipped (Qt's height-for-width).
             self.estimate_label.setText(p.fit.summary().replace("; ", "\n"))
+            if self.auto_layers.isChecked():  # the greyed box shows what Auto chose
+                self.layers_spin.blockSignals(True)
+                self.layers_spin.setValue(min(p.fit.gpu_layers, self.layers_spin.maximum()))
+                self.layers_spin.blockSignals(False)
         else:
             self.estimate_label.setText("")
         if p.warnings:

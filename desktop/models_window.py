@@ -325,6 +325,7 @@ class ModelsWindow(QWidget):
         self.downloads_slot = QVBoxLayout()
         root.addLayout(self.downloads_slot)
 
+        self.setAcceptDrops(True)  # drop a .gguf file or a model folder to add it
         self._engine_event.connect(self._on_engine_event)
         manager.subscribe(self._manager_listener)
         self.refresh()
@@ -418,6 +419,16 @@ class ModelsWindow(QWidget):
         path = QFileDialog.getExistingDirectory(self, "Add a model folder", str(Path.home()))
         if path:
             self.import_path(path)
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        if event.mimeData().hasUrls() and all(u.isLocalFile() for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        for url in event.mimeData().urls():
+            if url.isLocalFile():
+                self.import_path(url.toLocalFile())
+        event.acceptProposedAction()
 
     # -- loading ------------------------------------------------------------------------------
     def _hardware_ready(self, hw: H.HardwareProfile) -> None:

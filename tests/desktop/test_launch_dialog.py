@@ -100,6 +100,7 @@ def test_auto_gpu_layers_shows_the_estimate(qtbot, spec):
     dlg = make_dialog(qtbot, spec, gpu)
     assert dlg.auto_layers.isChecked() and not dlg.layers_spin.isEnabled()
     assert dlg.estimate_label.text().startswith("19 of 19 layers on GPU\nKV cache")
+    assert dlg.layers_spin.value() == 19, "the greyed box shows what Auto chose"
     before = dlg.estimate_label.text()
     dlg.ctx_spin.setValue(32768)
     dlg.parallel_spin.setValue(4)

@@ -204,3 +204,20 @@ def test_keyboard_reaches_the_actions(qtbot, fresh_home, manager):
     for b in w.findChildren(QAbstractButton):
         if len(b.text().strip("&")) <= 1 and not isinstance(b.parent(), QLineEdit):  # not Qt's own clear button
             assert b.accessibleName(), "icon-only buttons carry an accessible name"
+
+
+def test_dropping_a_file_adds_it(qtbot, fresh_home, manager, starter_path, tmp_path):
+    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDropEvent
+    w = open_window(qtbot, manager)
+    dropped = tmp_path / "dropped.gguf"
+    try:
+        os.link(starter_path, dropped)
+    except OSError:
+        shutil.copy2(starter_path, dropped)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(dropped))])
+    event = QDropEvent(QPointF(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    with qtbot.waitSignal(w.models_loaded, timeout=60_000):
+        w.dropEvent(event)
+    assert w.row_widget("dropped") is not None
