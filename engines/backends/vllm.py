@@ -123,7 +123,8 @@ _INTROSPECT = (
     "out = []\n"
     "for f in dataclasses.fields(EngineArgs):\n"
     "    d = f.default if isinstance(f.default, (bool, int, float, str, type(None))) else None\n"
-    "    out.append([f.name, str(f.type), d])\n"
+    "    t = f.type if isinstance(f.type, str) else getattr(f.type, '__name__', str(f.type))\n"
+    "    out.append([f.name, t, d])\n"
     "print('EMBER-ARGS ' + json.dumps(out))\n"
 )
 

@@ -155,3 +155,32 @@ def test_engine_server_dies_with_a_killed_worker(home):
     while server.is_running() and server.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
+
+
+def test_vllm_engine_arguments_are_read_from_the_installed_vllm(home):
+    """Beyond the documented table, every EngineArgs field of the user's vLLM is a valid key."""
+    from engines.backends import vllm
+    assert "block_size" not in vllm.schema()  # no vLLM here: the documented table only
+    engine_env.set_python("vllm", fake_python(home))
+    vllm.introspect.cache_clear()
+    schema = vllm.schema()
+    assert schema["block_size"].type == "int" and schema["cpu_offload_gb"].type == "float"
+    assert schema["enable_chunked_prefill"].type == "bool"
+    assert "model" not in schema  # Ember's own
+    assert schema["gpu_memory_utilization"].default == 0.9  # the documented entry wins
+    values = vllm.validate(["block_size=32", "enable_chunked_prefill=true", "tokenizer_mode=slow"])
+    spec = launch.models.spec_from_folder(model_folder(home))
+    program = vllm.command(spec, values, "127.0.0.1", 8000, "k").argv
+    assert program[program.index("--block-size") + 1] == "32"
+    assert "--enable-chunked-prefill" in program
+    assert program[program.index("--tokenizer-mode") + 1] == "slow"
+
+
+def test_transformers_in_another_interpreter_finds_embers_server(home):
+    """A separate transformers environment runs engines.hf_server from Ember's folder."""
+    from engines.backends import transformers
+    engine_env.set_python("transformers", fake_python(home))
+    spec = launch.models.spec_from_folder(model_folder(home))
+    cmd = transformers.command(spec, {}, "127.0.0.1", 8000, "k")
+    assert cmd.env["PYTHONPATH"].split(os.pathsep)[0] == str(Path(launch.__file__).resolve().parent.parent)
+    assert fake_python(home) in cmd.argv
