@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QCompleter, QDialog, QDialo
 from engines import launch, model_prefs, params as P, selection
 from engines.backends import LABELS, installed_engines
 from engines.hardware import HardwareProfile
-from engines.models import ModelError, ModelSpec
+from engines.models import ModelSpec
 
 from .widgets import apply_style, error_label, human_bytes, muted_label, primary_button, run_in_pool
 

@@ -28,7 +28,7 @@ from engines.launch import LaunchPlan
 from engines.manager import EngineManager
 
 from .launch_dialog import LaunchDialog
-from .widgets import (FIT_ORDER, apply_style, FitBadge, error_label, human_bytes, human_gib, muted_label,
+from .widgets import (FIT_ORDER, apply_style, FitBadge, human_bytes, human_gib, muted_label,
                       primary_button, run_in_pool)
 
 log = logging.getLogger(__name__)

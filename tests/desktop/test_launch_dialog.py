@@ -194,7 +194,6 @@ def test_other_engines_get_their_own_fields(qtbot, fresh_home, hw):
 
 def _tab_chain(window):
     """Widgets Tab visits, in order (what focusNextChild walks)."""
-    from PySide6.QtWidgets import QWidget
     chain, w = [], window.nextInFocusChain()
     while w is not window and len(chain) < 1000:
         if (w.focusPolicy() & Qt.TabFocus) and w.isVisibleTo(window) and w.isEnabled():
