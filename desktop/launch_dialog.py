@@ -486,6 +486,7 @@ class LaunchDialog(QDialog):
             self._toggle_advanced(True)
         self._update_ctx_help()
         self._update_launch_enabled()
+        QTimer.singleShot(0, self, self._fit_height)
         self._generation += 1  # whatever is in flight is stale now
         if valid and self._backend is not None:
             self.estimate_label.setText("Estimating\u2026")
@@ -493,6 +494,30 @@ class LaunchDialog(QDialog):
         else:
             self._debounce.stop()
             self.estimate_label.setText("The estimate follows once the parameters below are valid")
+
+    def _fit_height(self) -> None:
+        """Never shorter than the content at this width.
+
+        Wrapped labels make the layout height-for-width, and Qt does not raise a
+        top-level window's minimum height for that: without this, an error message
+        appearing would squash the spin boxes.
+        """
+        layout = self.layout()
+        if layout is None:
+            return
+        layout.activate()
+        need = layout.totalHeightForWidth(self.width()) if layout.hasHeightForWidth() else \
+            layout.totalMinimumSize().height()
+        need = max(need, layout.totalMinimumSize().height())
+        if self.minimumHeight() != need:
+            self.setMinimumHeight(need)
+        if self.height() < need:
+            self.resize(self.width(), need)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        if event.size().width() != event.oldSize().width():
+            QTimer.singleShot(0, self, self._fit_height)
 
     def _update_ctx_help(self) -> None:
         n_ctx, n_par = self.ctx_spin.value(), self.parallel_spin.value()
@@ -527,6 +552,7 @@ class LaunchDialog(QDialog):
             self._plan_problem = None
             self.show_plan(p)
         self._update_launch_enabled()
+        self._fit_height()
 
     def show_plan(self, p: launch.LaunchPlan) -> None:
         if p.fit is not None:

@@ -45,6 +45,8 @@ def test_unknown_key_shows_the_suggestion_and_blocks_launch(qtbot, spec, hw):
     assert row.error.text() == ("sampling.top_kk is not a llama.cpp parameter; "
                                 "did you mean sampling.top_k or sampling.top_p or sampling.typ_p?")
     assert not dlg.launch_button.isEnabled()
+    qtbot.waitUntil(lambda: dlg.height() >= dlg.layout().totalHeightForWidth(dlg.width()), timeout=2_000)
+    assert row.key_edit.height() >= row.key_edit.minimumSizeHint().height(), "the message squashes nothing"
     dlg.accept()  # Enter on the dialog must not launch either
     assert dlg.plan() is None and dlg.isVisible()
 
@@ -151,14 +153,12 @@ def test_screenshot_launch_dialog_with_an_invalid_row(qtbot, spec):
     dlg.rows[0].value_edit.setText("40")
     ok = dlg.add_advanced_row("sampling.min_p", "0.05")
     assert not ok.error.isVisible()
-    dlg.adjustSize()
     qtbot.wait(50)
     SHOTS.mkdir(parents=True, exist_ok=True)
     assert dlg.grab().save(str(SHOTS / "launch_dialog_invalid.png"))
     dlg.rows[0].key_edit.setText("sampling.top_k")
     dlg.ctx_spin.setValue(8192)
     qtbot.waitUntil(lambda: not dlg.is_estimating(), timeout=10_000)
-    dlg.adjustSize()
     qtbot.wait(50)
     assert dlg.grab().save(str(SHOTS / "launch_dialog.png"))
 
