@@ -510,10 +510,11 @@ class ModelsWindow(QWidget):
         unusable = [g for g in hw.gpus if not g.usable_by_llamacpp]
         if unusable:
             names = ", ".join(g.name for g in unusable)
-            build = hw.llamacpp_build if hw.llamacpp_build not in ("unknown", "") else "installed"
+            build = {"cpu": "CPU-only build", "unknown": "installed build", "": "installed build"}.get(
+                hw.llamacpp_build, f"{hw.llamacpp_build.upper()} build")
             self.gpu_note.setText(
-                f"\u26a0 llama.cpp cannot use {names}: the {build} build of xllamacpp is installed, so GGUF "
-                f"models run on the CPU. Install the xllamacpp build for {unusable[0].backend.upper()} "
+                f"\u26a0 llama.cpp cannot use {names}: the {build} of llama.cpp (xllamacpp) is installed, "
+                f"so GGUF models run on the CPU. Install xllamacpp's {unusable[0].backend.upper()} build "
                 "to use this GPU.")
             self.gpu_note.show()
         else:
