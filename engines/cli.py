@@ -302,6 +302,29 @@ def cmd_params(args) -> int:
     return 0
 
 
+# -- engine environments --------------------------------------------------------
+
+def cmd_engine_python(args) -> int:
+    """Show or set the Python interpreter that runs an engine (vLLM/SGLang live in their own environments)."""
+    from . import engine_env
+    if args.reset:
+        engine_env.set_python(args.engine, None)
+    elif args.python:
+        from pathlib import Path
+        if not Path(args.python).expanduser().exists():
+            return _fail(f"{args.python} does not exist; give the path to the python of the environment "
+                         f"where {LABELS[args.engine]} is installed")
+        engine_env.set_python(args.engine, str(Path(args.python).expanduser().absolute()))
+    a = availability(args.engine)
+    where = engine_env.configured_python(args.engine) or f"Ember's own ({a.interpreter or 'none'})"
+    print(f"{LABELS[args.engine]}: Python {where}")
+    if a.installed:
+        print(f"  {LABELS[args.engine]} {a.version} found")
+        return 0
+    print(f"  not installed there{': ' + a.problem if a.problem else ''}; install with: {a.install_command}")
+    return 1 if args.python else 0
+
+
 # -- remote endpoints -----------------------------------------------------------
 
 def cmd_remote(args) -> int:
@@ -417,6 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("model", help="a catalog name from `ember models`, or OWNER/REPO:FILE.gguf")
     pl.add_argument("--json", action="store_true", help="print a failure as JSON")
     pl.set_defaults(func=cmd_pull)
+
+    ep = sub.add_parser("engine-python", help="show or set the Python environment that runs an engine")
+    ep.add_argument("engine", choices=[e for e in ENGINES if e != "llamacpp"])
+    ep.add_argument("python", nargs="?", help="path to that environment's python (e.g. ~/vllm-env/bin/python)")
+    ep.add_argument("--reset", action="store_true", help="back to Ember's own environment")
+    ep.set_defaults(func=cmd_engine_python)
 
     r = sub.add_parser("remote", help="remote OpenAI-compatible servers (Xinference, vLLM, SGLang, any URL)")
     rs = r.add_subparsers(dest="remote_action", required=True)

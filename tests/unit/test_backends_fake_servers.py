@@ -199,3 +199,21 @@ def test_every_fix_the_diagnosis_offers_for_vllm_relaunches(home):
     for f in d.fixes:
         if f.changes:
             plan.with_changes(f.changes)  # raises ParamError for a key vLLM does not have
+
+
+def test_cli_sets_an_engines_python(home):
+    import subprocess
+    env = dict(os.environ, EMBER_HOME=str(home / "home"))
+
+    def ember(*args):
+        return subprocess.run([sys.executable, "-m", "engines.cli", *args], capture_output=True, text=True, env=env,
+                              timeout=60)
+
+    out = ember("engine-python", "vllm", str(home / "missing-python"))
+    assert out.returncode == 1 and "does not exist" in out.stderr
+    out = ember("engine-python", "vllm", fake_python(home))
+    assert out.returncode == 0 and "vLLM 0.0.0+fake found" in out.stdout
+    doctor = json.loads(ember("doctor", "--json").stdout)
+    assert doctor["engines"]["vllm"]["interpreter"] == fake_python(home)
+    out = ember("engine-python", "vllm", "--reset")
+    assert "Ember's own" in out.stdout and "pip install vllm" in out.stdout
