@@ -1,0 +1,304 @@
+"""The desktop app: one instance, a tray icon (or a normal window where there is no tray).
+
+Start-up stays light so the tray icon shows fast: no hardware detection, no
+model reads and no heavy imports before the icon is up; the chat window is
+built when first needed. Quit stops every engine this app started.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import sys
+import time
+
+from PySide6.QtCore import QObject, QTimer, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtNetwork import QLocalServer, QLocalSocket
+from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
+
+from engines import autostart, paths, settings
+from engines.manager import EngineManager
+
+from . import icons
+from .bridge import ManagerBridge, run_async
+
+log = logging.getLogger(__name__)
+ipc_log = logging.getLogger("desktop.ipc")
+
+SHOW = b"show\n"
+OK = b"ok\n"
+
+
+def server_name() -> str:
+    """The single-instance socket: one per EMBER_HOME / user, so test homes never collide."""
+    if os.name == "nt":
+        digest = hashlib.sha1(str(paths.runtime_dir()).encode()).hexdigest()[:16]
+        return f"ember-{digest}"
+    path = str(paths.runtime_dir() / "ember-app.sock")
+    if len(path) > 100:  # AF_UNIX path limit
+        digest = hashlib.sha1(path.encode()).hexdigest()[:16]
+        return f"ember-{digest}"
+    return path
+
+
+def hand_over(name: str | None = None, timeout_ms: int = 2000) -> bool:
+    """Ask a running Ember to show its window; True if one answered."""
+    sock = QLocalSocket()
+    sock.connectToServer(name or server_name())
+    if not sock.waitForConnected(timeout_ms):
+        return False
+    sock.write(SHOW)
+    sock.flush()
+    sock.waitForBytesWritten(timeout_ms)
+    answered = sock.waitForReadyRead(timeout_ms) and sock.readAll().data().startswith(b"ok")
+    sock.disconnectFromServer()
+    return answered
+
+
+class SingleInstance(QObject):
+    """Listens for later starts; each one asks us to show the chat window."""
+
+    show_requested = Signal()
+
+    def __init__(self, name: str | None = None, parent: QObject | None = None):
+        super().__init__(parent)
+        self.name = name or server_name()
+        self.server = QLocalServer(self)
+        self.server.newConnection.connect(self._connection)
+
+    def listen(self) -> bool:
+        QLocalServer.removeServer(self.name)  # a stale socket left by a crashed instance
+        ok = self.server.listen(self.name)
+        if not ok:
+            ipc_log.warning("cannot listen on %s: %s", self.name, self.server.errorString())
+        return ok
+
+    def _connection(self) -> None:
+        while self.server.hasPendingConnections():
+            sock = self.server.nextPendingConnection()
+            sock.readyRead.connect(lambda s=sock: self._read(s))
+            sock.disconnected.connect(sock.deleteLater)
+
+    def _read(self, sock: QLocalSocket) -> None:
+        data = sock.readAll().data()
+        if data.startswith(SHOW.strip()):
+            ipc_log.info("show request from a second start")
+            sock.write(OK)
+            sock.flush()
+            self.show_requested.emit()
+
+
+class EmberApp(QObject):
+    """Wires the tray, the chat window and the engine manager together."""
+
+    def __init__(self, qapp: QApplication, use_tray: bool | None = None, started_at: float | None = None):
+        super().__init__()
+        self.qapp = qapp
+        self.started_at = started_at or time.monotonic()
+        self.values = settings.load()
+        self.manager = EngineManager(idle_timeout=settings.idle_timeout_seconds(self.values))
+        self.bridge = ManagerBridge(self.manager, self)
+        self.chat = None
+        self.models_window = None
+        self._quitting = False
+        if use_tray is None:
+            use_tray = os.environ.get("EMBER_NO_TRAY") != "1" and QSystemTrayIcon.isSystemTrayAvailable()
+        self.use_tray = use_tray
+        self.tray = None
+        if use_tray:
+            from .tray import Tray
+            qapp.setQuitOnLastWindowClosed(False)
+            self.tray = Tray(self.manager, autostart.enabled())
+            t = self.tray
+            t.chat_requested.connect(self.show_chat)
+            t.models_requested.connect(self.show_models)
+            t.settings_requested.connect(self.show_settings)
+            t.logs_requested.connect(self.show_logs)
+            t.log_requested.connect(self.show_model_log)
+            t.about_requested.connect(self.show_about)
+            t.quit_requested.connect(self.quit)
+            t.stop_requested.connect(self.stop_model)
+            t.autostart_toggled.connect(self.set_autostart)
+            self.bridge.changed.connect(t.refresh)
+            self.bridge.ready.connect(lambda *_: t.set_error(None))
+            self.bridge.failed.connect(self._engine_failed)
+            t.show()
+            log.info("tray icon shown %.3f s after start", time.monotonic() - self.started_at)
+        else:
+            qapp.setQuitOnLastWindowClosed(True)
+            self.show_chat()
+            log.info("no system tray: main window shown %.3f s after start", time.monotonic() - self.started_at)
+        qapp.aboutToQuit.connect(self._about_to_quit)
+        interval = int(os.environ.get("EMBER_IDLE_CHECK_MS", "30000"))
+        self.idle_timer = QTimer(self, interval=interval)
+        self.idle_timer.timeout.connect(self.check_idle)
+        self.idle_timer.start()
+
+    # -- windows ----------------------------------------------------------------------
+    def chat_window(self):
+        if self.chat is None:
+            from .chat_window import ChatWindow
+            self.chat = ChatWindow(self.manager, self.bridge)
+            self.chat.keep_in_tray = self.use_tray
+            self.chat.models_requested.connect(self.show_models)
+            self.chat.settings_requested.connect(self.show_settings)
+            self.chat.logs_requested.connect(self.show_logs)
+            self.chat.about_requested.connect(self.show_about)
+            self.chat.quit_requested.connect(self.quit)
+            self.chat.hidden_to_tray.connect(self._hidden_to_tray)
+        return self.chat
+
+    def show_chat(self) -> None:
+        self.chat_window().show_and_raise()
+
+    def show_models(self) -> None:
+        try:
+            from .models_window import ModelsWindow
+        except ImportError as exc:
+            log.warning("models window unavailable: %s", exc)
+            box = QMessageBox(QMessageBox.Icon.Information, "Ember", "The models window is not available yet.",
+                              QMessageBox.StandardButton.Close, self.chat)
+            box.open()
+            return
+        if self.models_window is None:
+            self.models_window = ModelsWindow(self.manager)
+            self.models_window.launch_requested.connect(self.launch_plan)
+        self.models_window.show()
+        self.models_window.raise_()
+        self.models_window.activateWindow()
+
+    def launch_plan(self, plan) -> None:
+        """A launch asked for by the models window: start it off the GUI thread, then open the chat."""
+        chat = self.chat_window()
+        name = plan.model.name
+        chat.plans[name] = plan
+        chat._run_busy(f"Starting {name}…", name, lambda: self.manager.launch(plan), then=self.show_chat)
+        if not self.use_tray:
+            self.show_chat()
+
+    def show_settings(self) -> None:
+        from .settings_dialog import SettingsDialog
+        dialog = SettingsDialog(self.chat if self.chat and self.chat.isVisible() else None)
+        dialog.accepted.connect(self.apply_settings)
+        dialog.open()
+        self._settings_dialog = dialog
+
+    def apply_settings(self) -> None:
+        self.values = settings.load()
+        self.manager.idle_timeout = settings.idle_timeout_seconds(self.values)
+        self.set_autostart(bool(self.values.get("start_at_login")))
+
+    def set_autostart(self, on: bool) -> None:
+        try:
+            autostart.set_enabled(on)
+        except (OSError, autostart.AutostartUnsupported) as exc:
+            log.warning("start at login: %s", exc)
+        settings.set("start_at_login", on)
+        if self.tray is not None:
+            self.tray.set_autostart(on)
+
+    def show_logs(self) -> None:
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(paths.log_dir())))
+
+    def show_model_log(self, name: str) -> None:
+        run = self.manager.get(name)
+        if run is not None:
+            self.chat_window().show_log(run.proc.log_path)
+
+    def show_about(self) -> None:
+        from engines.cli import version
+        box = QMessageBox(QMessageBox.Icon.NoIcon, "About Ember",
+                          f"<b>Ember {version()}</b><p>Run large language models on this computer.</p>"
+                          f"<p>Logs: {paths.log_dir()}</p>", QMessageBox.StandardButton.Close, self.chat)
+        box.setIconPixmap(icons.app_icon().pixmap(64, 64))
+        box.open()
+        self._about = box
+
+    # -- engines ----------------------------------------------------------------------
+    def stop_model(self, name: str) -> None:
+        run_async(lambda: self.manager.stop(name), name=f"stop-{name}")
+
+    def check_idle(self) -> None:
+        if self.manager.idle_timeout is not None and self.manager.running():
+            run_async(self.manager.unload_idle, name="idle-unload")
+
+    def _engine_failed(self, name: str, exc: object) -> None:
+        if self.tray is not None:
+            message = getattr(exc, "message", None) or str(exc)
+            self.tray.set_error(f"{name} failed: {message.splitlines()[0] if message else ''}")
+
+    def _hidden_to_tray(self) -> None:
+        if self.tray is not None and not settings.get("tray_notice_shown"):
+            self.tray.icon.showMessage("Ember is still running",
+                                       "Ember keeps running in the tray. Quit it from the tray menu.",
+                                       icons.app_icon(), 6000)
+            settings.set("tray_notice_shown", True)
+
+    # -- quit -------------------------------------------------------------------------
+    def quit(self) -> None:
+        if self._quitting:
+            return
+        self._quitting = True
+        log.info("quit: stopping %d engine(s)", len(self.manager.running()))
+        if self.chat is not None:
+            self.chat.shutdown()
+        self.manager.stop_all()
+        if self.tray is not None:
+            self.tray.hide()
+        self.qapp.quit()
+
+    def _about_to_quit(self) -> None:
+        if self.chat is not None:
+            self.chat.shutdown()
+        self.manager.stop_all()
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        for h in root.handlers:
+            if h.level == logging.NOTSET:
+                h.setLevel(logging.WARNING)
+        if not root.handlers:
+            h = logging.StreamHandler()
+            h.setLevel(logging.WARNING)
+            root.addHandler(h)
+        root.setLevel(logging.INFO)
+    try:
+        fh = logging.FileHandler(paths.log_dir() / "ember.log", encoding="utf-8")
+    except OSError:
+        return
+    fh.setLevel(logging.INFO)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root.addHandler(fh)
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
+    _setup_logging()
+    qapp = QApplication.instance() or QApplication(["ember", *(argv or [])])
+    qapp.setApplicationName("Ember")
+    qapp.setDesktopFileName("ember")
+    qapp.setWindowIcon(icons.app_icon())
+    if hand_over():
+        print("Ember is already running: its window is shown.")
+        return 0
+    instance = SingleInstance()
+    instance.listen()
+    app = EmberApp(qapp, started_at=started)
+    instance.show_requested.connect(app.show_chat)
+    # Ctrl-C / SIGTERM quit cleanly (engines stopped); a timer lets Python see the signal.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: QTimer.singleShot(0, app.quit))
+    tick = QTimer(interval=250)
+    tick.timeout.connect(lambda: None)
+    tick.start()
+    code = qapp.exec()
+    log.info("exit %s", code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
