@@ -43,6 +43,7 @@ class FitEstimate:
     weights_bytes: int = 0
     devices: list[dict] = field(default_factory=list)
     fallback: str | None = None  # why the estimate was not used
+    tensor_split: list[int] = field(default_factory=list)  # layers per GPU, for multi-GPU launches
 
     @property
     def fit(self) -> str:
@@ -120,8 +121,9 @@ def estimate(info: gguf_info.GGUFInfo, hw: HardwareProfile, n_ctx: int, n_parall
         return FitEstimate(ALL_LAYERS, total, total, 0, weights + kv_bytes, [], kv_bytes, weights, devices,
                            fallback=f"{type(exc).__name__}: {exc}")
     layers = min(est.layers, total)
+    split = [round(f * est.layers) for f in est.tensor_split] if est.layers else [0] * len(devices)
     return FitEstimate(layers, layers, total, est.vram_size, est.total_size, list(est.gpu_sizes),
-                       kv_bytes, weights, devices)
+                       kv_bytes, weights, devices, tensor_split=split)
 
 
 def auto_ngl(model_path: str, hw: HardwareProfile, n_ctx: int, n_parallel: int = 1,

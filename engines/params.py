@@ -135,8 +135,21 @@ def llamacpp_schema() -> dict[str, ParamSpec]:
     return out
 
 
+#: llama-server command-line names people already know -> the CommonParams field (suggested, not accepted).
+CLI_ALIASES = {
+    "ctx_size": "n_ctx", "c": "n_ctx", "ngl": "n_gpu_layers", "gpu_layers": "n_gpu_layers",
+    "parallel": "n_parallel", "np": "n_parallel", "batch_size": "n_batch", "ubatch_size": "n_ubatch",
+    "threads": "cpuparams.n_threads", "t": "cpuparams.n_threads", "temperature": "sampling.temp",
+    "temp": "sampling.temp", "repeat_penalty": "sampling.penalty_repeat", "seed": "sampling.seed",
+    "flash_attn": "flash_attn_type", "fa": "flash_attn_type", "predict": "n_predict", "n": "n_predict",
+}
+
+
 def suggest(key: str, keys: list[str] | tuple[str, ...], n: int = 3) -> tuple[str, ...]:
-    """Nearest valid keys, matching the whole key and the last part alone."""
+    """Nearest valid keys: llama-server's own flag names, the whole key, then the last part alone."""
+    alias = CLI_ALIASES.get(key.lstrip("-").replace("-", "_"))
+    if alias in keys:
+        return (alias,)
     found = difflib.get_close_matches(key, keys, n=n, cutoff=0.75)
     leaf = key.rsplit(".", 1)[-1]
     for k in keys:
@@ -246,4 +259,6 @@ def apply(target: object, values: dict[str, object], schema: dict[str, ParamSpec
             value = _enum_choices(enum_type)[value]
         elif spec.type == "set":
             value = set(value)
+        elif spec.type == "list" and spec.item_type == "float" and len(value) < len(spec.default or []):
+            value = list(value) + [0.0] * (len(spec.default) - len(value))  # fixed-size C arrays (tensor_split)
         setattr(obj, leaf, value)

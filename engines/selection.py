@@ -146,4 +146,7 @@ def select(spec: ModelSpec, hw: HardwareProfile, requested: str | None = None,
         }[chosen]
         if "sglang" in eligible and "sglang" not in reasons:
             reasons["sglang"] = "SGLang can run it too, when you ask for it"
+        for e in eligible:
+            if e not in reasons:
+                reasons[e] = f"{LABELS[chosen]} comes first by the rules; you can choose {LABELS[e]} instead"
     return Selection(chosen, reasons, eligible)

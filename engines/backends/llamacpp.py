@@ -39,6 +39,8 @@ def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
     if int(out.get("n_gpu_layers", -1)) < 0:
         estimate = fit.auto_ngl(spec.path, hw, n_ctx, int(out["n_parallel"]), str(out.get("cache_type_k", "f16")))
         out["n_gpu_layers"] = estimate.n_gpu_layers
+        if len(estimate.devices) > 1 and sum(estimate.tensor_split) and "tensor_split" not in values:
+            out["tensor_split"] = [float(n) for n in estimate.tensor_split]  # Ollama passes its split too
         if estimate.fallback and estimate.devices:
             warnings.append(f"auto-NGL could not estimate ({estimate.fallback}); offloading all layers")
         memory = hw.ram_total_bytes + sum(g.memory_total_bytes or 0 for g in hw.llamacpp_gpus())
