@@ -92,10 +92,16 @@ class Engine:
         trained = getattr(getattr(cfg, "text_config", cfg), "max_position_embeddings", None) or 4096
         self.max_model_len = args.max_model_len or min(trained, 4096)
         self.model_id = args.served_model_name or os.path.basename(os.path.normpath(args.model))
+        # One generation at a time; the same lock guards every tokenizer call, because a fast
+        # tokenizer used from two threads at once fails ("Already borrowed").
         self.lock = threading.Lock()
         say(f"loaded in {time.monotonic() - started:.1f} s; context {self.max_model_len} tokens")
 
     def prompt_ids(self, messages: list[dict]):
+        with self.lock:
+            return self._prompt_ids(messages)
+
+    def _prompt_ids(self, messages: list[dict]):
         msgs = [{"role": m.get("role", "user"), "content": _text_content(m.get("content"))} for m in messages]
         if getattr(self.tokenizer, "chat_template", None):
             text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
@@ -104,7 +110,7 @@ class Engine:
             ids = self.tokenizer(plain_prompt(msgs), return_tensors="pt").input_ids
         return ids
 
-    def generate(self, body: dict, cancel: threading.Event, out: "queue.Queue"):
+    def generate(self, body: dict, ids, cancel: threading.Event, out: "queue.Queue"):
         """Run one generation, putting text pieces then ("done", usage, finish) on ``out``."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -113,7 +119,6 @@ class Engine:
             def __call__(self, input_ids, scores, **kwargs):
                 return cancel.is_set()
 
-        ids = self.prompt_ids(body.get("messages") or [])
         n_prompt = int(ids.shape[-1])
         a = self.args
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or a.max_new_tokens
@@ -227,14 +232,15 @@ def make_handler(engine: Engine, api_key: str | None):
             except ValueError as exc:
                 self._error(400, f"bad request: {exc}", "invalid_request_error")
                 return
-            n_prompt = int(engine.prompt_ids(body["messages"]).shape[-1])
+            ids = engine.prompt_ids(body["messages"])
+            n_prompt = int(ids.shape[-1])
             if n_prompt >= engine.max_model_len:
                 self._error(400, f"request ({n_prompt} tokens) exceeds the available context size "
                             f"({engine.max_model_len} tokens), try increasing it", "exceed_context_size_error",
                             n_prompt_tokens=n_prompt, n_ctx=engine.max_model_len)
                 return
             cancel, out = threading.Event(), queue.Queue()
-            threading.Thread(target=engine.generate, args=(body, cancel, out), daemon=True).start()
+            threading.Thread(target=engine.generate, args=(body, ids, cancel, out), daemon=True).start()
             rid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
             if body.get("stream"):
                 self._stream(body, rid, created, cancel, out)

@@ -55,11 +55,21 @@ def _chat(proc, text: str, **options) -> tuple[str, Finished]:
 
 def test_streams_an_answer(engine):
     plan, proc = engine
-    text, fin = _chat(proc, "Write one sentence about the sea.", max_tokens=16, temperature=0)
+    text, fin = _chat(proc, "Write one sentence about the sea.", max_tokens=12, temperature=0)
     assert text.strip()
     assert isinstance(fin, Finished) and fin.finish_reason in ("length", "stop")
-    assert fin.usage.completion_tokens and fin.usage.completion_tokens <= 16
+    assert fin.usage.completion_tokens and fin.usage.completion_tokens <= 12
     print(f"{plan.engine}: {fin.usage.completion_tokens} tokens at {fin.tokens_per_second or 0:.1f} tokens/s")
+
+
+def test_two_requests_at_once_both_answer(engine):
+    """The tray's chat and a script may ask at the same moment."""
+    from concurrent.futures import ThreadPoolExecutor
+    plan, proc = engine
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda q: _chat(proc, q, max_tokens=4, temperature=0), ["Hello", "Bonjour"]))
+    for text, fin in results:
+        assert text.strip() and fin.finish_reason in ("length", "stop")
 
 
 def test_wrong_key_is_refused_and_diagnosed(engine):
