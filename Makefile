@@ -16,7 +16,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && { [ "$$(id 
 # screen (xvfb), a tray host (trayer), window tools and packaging checks.
 APT_RUN := libxcb-cursor0 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 \
 	libxcb-render-util0 libxcb-image0 libgl1 libfontconfig1 libdbus-1-3 fonts-dejavu-core
-APT_TEST := $(APT_RUN) xvfb trayer x11-utils xdotool imagemagick desktop-file-utils binutils squashfs-tools
+APT_TEST := $(APT_RUN) xvfb trayer x11-utils xdotool imagemagick desktop-file-utils binutils squashfs-tools \
+	libwayland-client0 libwayland-cursor0 libwayland-egl1
 
 .PHONY: run test bench package sysdeps-run sysdeps-test clean
 

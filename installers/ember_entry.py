@@ -5,7 +5,7 @@ the engine child, so a user needs no Python.
 """
 import sys
 
-from engines.cli import main
+from desktop.launcher import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,10 +30,13 @@ DESCRIPTION = """\
  one-click fixes. Optional engines (Transformers, vLLM, SGLang, MLX) are
  used from an environment you choose."""
 
-#: Qt's xcb platform plugin needs these system libraries (the Makefile's APT_RUN).
+#: System libraries the bundle links to but does not carry: Qt's xcb platform (the Makefile's
+#: APT_RUN), and Wayland's client libraries for Qt's wayland platform.
+#: tests/packaging checks every NEEDED library is bundled or owned by one of these.
 QT_RUNTIME_DEPENDS = [
-    "libxcb-cursor0", "libegl1", "libxkbcommon-x11-0", "libxcb-icccm4", "libxcb-keysyms1",
+    "libxcb1", "libxcb-cursor0", "libegl1", "libxkbcommon-x11-0", "libxcb-icccm4", "libxcb-keysyms1",
     "libxcb-shape0", "libxcb-render-util0", "libxcb-image0", "libgl1", "libfontconfig1", "libdbus-1-3",
+    "libwayland-client0", "libwayland-cursor0", "libwayland-egl1",
 ]
 RECOMMENDS = ["fonts-dejavu-core | fonts-liberation2"]
 #: GNOME shows tray icons only with this extension.
@@ -154,7 +157,8 @@ def deb_name(version: str, arch: str) -> str:
     return f"{APP}_{debian_version(version)}_{DEB_ARCH.get(arch, arch)}.deb"
 
 
-def build_deb(bundle: Path, out_dir: Path, version: str, resources: Path, arch: str = "x86_64") -> Path:
+def build_deb(bundle: Path, out_dir: Path, version: str, resources: Path, arch: str = "x86_64",
+              xz_level: int = 6) -> Path:
     """The .deb: /opt/ember (the bundle), /usr/bin/ember, desktop entry, hicolor icons."""
     root = out_dir / f"deb-root-{version}"
     shutil.rmtree(root, ignore_errors=True)
@@ -175,7 +179,7 @@ def build_deb(bundle: Path, out_dir: Path, version: str, resources: Path, arch: 
     _fix_modes(root / "DEBIAN")
     out = out_dir / deb_name(version, arch)
     out.unlink(missing_ok=True)
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(root), str(out)],
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", f"-z{xz_level}", "--build", str(root), str(out)],
                    check=True, stdout=subprocess.DEVNULL)
     shutil.rmtree(root)
     return out
@@ -245,10 +249,15 @@ def build_appimage(bundle: Path, out_dir: Path, version: str, resources: Path,
     runtime = runtime or (Path(os.environ["APPIMAGE_RUNTIME"]) if os.environ.get("APPIMAGE_RUNTIME") else None)
     if runtime is None:
         return appdir, squashfs, None
-    image = out_dir / f"Ember-{version}-{arch}.AppImage"
+    image = assemble_appimage(runtime, squashfs, out_dir / f"Ember-{version}-{arch}.AppImage")
+    return appdir, squashfs, image
+
+
+def assemble_appimage(runtime: Path, squashfs: Path, image: Path) -> Path:
+    """A type-2 AppImage is the runtime ELF followed by the squashfs it mounts."""
     with open(image, "wb") as out:
         for part in (runtime, squashfs):
             with open(part, "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 20)
     image.chmod(0o755)
-    return appdir, squashfs, image
+    return image

