@@ -49,6 +49,10 @@ def availability(engine: str) -> Availability:
         if configured is not None:
             return Availability(engine, configured.installed, configured.version, cmd,
                                 configured.interpreter, configured.problem)
+        if engine_env.own_python() is None:  # a frozen build: its engines need a Python environment
+            return Availability(engine, False, None, cmd, None,
+                                "this packaged Ember has no Python of its own; choose the python of an "
+                                "environment where it is installed (ember engine-python)")
     installed = importlib.util.find_spec(module) is not None
     if engine == "transformers":
         installed = installed and importlib.util.find_spec("torch") is not None

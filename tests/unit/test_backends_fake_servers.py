@@ -217,3 +217,10 @@ def test_cli_sets_an_engines_python(home):
     assert doctor["engines"]["vllm"]["interpreter"] == fake_python(home)
     out = ember("engine-python", "vllm", "--reset")
     assert "Ember's own" in out.stdout and "pip install vllm" in out.stdout
+
+
+def test_a_frozen_ember_needs_an_environment_for_python_engines(home, monkeypatch):
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    a = availability("transformers")
+    assert not a.installed and "ember engine-python" in a.problem
+    assert availability("llamacpp").installed  # runs inside Ember's own worker
