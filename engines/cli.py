@@ -1,6 +1,7 @@
-"""The ``ember`` command: the same core functions the desktop app calls.
+"""The ``ember`` command line: the same core functions the desktop app calls.
 
-``ember`` with no arguments starts the desktop app.
+``ember`` with no arguments starts the desktop app; that choice is made by
+``desktop.launcher`` (the console script), so this module never imports Qt.
 """
 from __future__ import annotations
 
@@ -382,14 +383,6 @@ def _remote_chat(args, remotes) -> int:
     return 0
 
 
-def cmd_gui(args) -> int:
-    try:
-        from desktop import app
-    except ImportError as exc:
-        return _fail(f"the desktop app is not available ({exc}); try `ember --help`")
-    return app.main(getattr(args, "qt_args", []))
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ember", description="Run large language models on this computer.")
     p.add_argument("--version", action="version", version=f"ember {version()}")
@@ -468,8 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (ra, rl, rr, rc):
         sp.set_defaults(func=cmd_remote)
 
-    g = sub.add_parser("gui", help="start the desktop app (the default)")
-    g.set_defaults(func=cmd_gui)
+    sub.add_parser("gui", help="start the desktop app (the default when `ember` has no arguments)")
     return p
 
 
@@ -487,8 +479,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("unrecognized arguments: " + " ".join(extra))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if not getattr(args, "func", None):
-        return cmd_gui(args)
+    if not getattr(args, "func", None):  # `ember gui` / no command: desktop.launcher starts the app first
+        parser.print_help()
+        print("\nThe desktop app starts with `ember` alone (or `python -m desktop.launcher`).")
+        return 0
     try:
         return args.func(args)
     except KeyboardInterrupt:
