@@ -15,6 +15,7 @@ asked (:func:`introspect`) every other ``EngineArgs`` field is accepted too.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import subprocess
@@ -140,19 +141,42 @@ def _type_of(annotation: str, default) -> str:
     return "str"
 
 
+def _cache_file(python: str, version: str):
+    from .. import paths
+    digest = hashlib.sha1(f"{python}\0{version}".encode()).hexdigest()[:16]
+    return paths.data_dir() / "cache" / f"vllm-engine-args-{digest}.json"
+
+
 @functools.lru_cache(maxsize=8)
-def introspect(python: str) -> dict[str, S.Arg]:
-    """vLLM's ``EngineArgs`` fields, read by the vLLM interpreter (slow: imports vLLM; cached)."""
+def introspect(python: str, version: str = "") -> dict[str, S.Arg]:
+    """vLLM's ``EngineArgs`` fields, read by the vLLM interpreter.
+
+    Importing vLLM takes many seconds, so the answer is kept per interpreter and vLLM
+    version (in memory, and on disk under the data folder).
+    """
+    cache = _cache_file(python, version)
     try:
-        out = subprocess.run([python, "-c", _INTROSPECT], capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.info("cannot introspect vLLM with %s: %s", python, exc)
-        return {}
-    line = next((l for l in out.stdout.splitlines() if l.startswith("EMBER-ARGS ")), None)
-    if line is None:
-        return {}
+        fields = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        fields = None
+    if fields is None:
+        try:
+            out = subprocess.run([python, "-c", _INTROSPECT], capture_output=True, text=True, timeout=180)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.info("cannot introspect vLLM with %s: %s", python, exc)
+            return {}
+        line = next((l for l in out.stdout.splitlines() if l.startswith("EMBER-ARGS ")), None)
+        if line is None:
+            log.info("vLLM's EngineArgs not readable with %s: %s", python, out.stderr.strip()[-300:])
+            return {}
+        fields = json.loads(line[len("EMBER-ARGS "):])
+        try:
+            from .. import paths
+            paths.atomic_write_text(cache, json.dumps(fields))
+        except OSError as exc:
+            log.info("cannot cache vLLM's arguments: %s", exc)
     found: dict[str, S.Arg] = {}
-    for name, annotation, default in json.loads(line[len("EMBER-ARGS "):]):
+    for name, annotation, default in fields:
         if name in S.OWNED or name in ("model", "served_model_name", "tokenizer"):
             continue
         t = _type_of(annotation, default)
@@ -161,12 +185,10 @@ def introspect(python: str) -> dict[str, S.Arg]:
 
 
 def table() -> dict[str, S.Arg]:
-    """The documented arguments, plus every ``EngineArgs`` field when vLLM can be asked."""
-    python = engine_env.configured_python(NAME)
-    extra = {}
+    """The documented arguments, plus every ``EngineArgs`` field of the vLLM that would run."""
     from . import availability
-    if python or availability(NAME).installed:
-        extra = introspect(python or engine_env.own_python() or "")
+    a = availability(NAME)
+    extra = introspect(a.interpreter, a.version or "") if a.installed and a.interpreter else {}
     return {**extra, **COMMON}
 
 

@@ -174,6 +174,11 @@ def test_vllm_engine_arguments_are_read_from_the_installed_vllm(home):
     assert program[program.index("--block-size") + 1] == "32"
     assert "--enable-chunked-prefill" in program
     assert program[program.index("--tokenizer-mode") + 1] == "slow"
+    cached = list((home / "home").rglob("vllm-engine-args-*.json"))
+    assert len(cached) == 1  # the next Ember start does not import vLLM again
+    vllm.introspect.cache_clear()
+    cached[0].write_text(json.dumps([["only_from_cache", "int", 7]]))
+    assert "only_from_cache" in vllm.schema()
 
 
 def test_transformers_in_another_interpreter_finds_embers_server(home):
