@@ -1,0 +1,48 @@
+"""Desktop fixtures: a real EngineManager with the starter model, a fresh conversation store,
+and where the suite writes its screenshots (EMBER_SCREENSHOTS, default screenshots/)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def screenshot_dir() -> Path:
+    path = Path(os.environ.get("EMBER_SCREENSHOTS", ROOT / "screenshots"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def screenshot(widget, name: str) -> Path:
+    """Save a grab of a widget (offscreen works) as screenshots/<name>.png."""
+    path = screenshot_dir() / f"{name}.png"
+    assert widget.grab().save(str(path)), f"could not save {path}"
+    return path
+
+
+@pytest.fixture(name="screenshot")
+def screenshot_fixture():
+    """screenshot(widget, name): the suite's screenshots of each window."""
+    return screenshot
+
+
+@pytest.fixture(scope="module")
+def manager(starter_path):
+    """An EngineManager with the starter model running (n_ctx 2048), shared by a module's tests."""
+    from engines import launch
+    from engines.manager import EngineManager
+    m = EngineManager(idle_timeout=None)
+    m.launch(launch.plan("starter", overrides={"n_ctx": 2048}))
+    yield m
+    m.stop_all()
+
+
+@pytest.fixture
+def store(tmp_path):
+    from engines.conversations import Store
+    s = Store(tmp_path / "chats.sqlite3")
+    yield s
+    s.close()

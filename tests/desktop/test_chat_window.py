@@ -1,0 +1,188 @@
+"""The chat window against the real starter model: streaming, stop, history, idle relaunch, fixes."""
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+from PySide6.QtCore import Qt
+
+from desktop.chat_window import ChatWindow
+from engines.conversations import Store
+from engines.manager import EngineManager
+from engines.supervisor import EngineStartError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def window(qtbot, manager, store):
+    w = ChatWindow(manager, store=store)
+    qtbot.addWidget(w)
+    w.show()
+    yield w
+    w.shutdown()
+
+
+def db_rows(store: Store, conversation_id: int) -> list[tuple]:
+    with sqlite3.connect(store.path) as db:  # a second connection: what a restarted app would read
+        return db.execute("SELECT role, content, complete FROM messages WHERE conversation_id = ? ORDER BY id",
+                          (conversation_id,)).fetchall()
+
+
+def test_reply_streams_into_the_window_and_is_saved(qtbot, window, store):
+    window.max_tokens = 40
+    assert window.current_model_name() == "starter"
+    seen: list[str] = []
+    saved_partial = []
+
+    def progress():
+        if window.history and window.history[-1].role == "assistant":
+            seen.append(window.history[-1].content)
+            rows = db_rows(store, window.conversation.id)
+            if rows and rows[-1][0] == "assistant" and rows[-1][2] == 0 and rows[-1][1]:
+                saved_partial.append(rows[-1][1])
+        return not window.streaming
+
+    qtbot.keyClicks(window.input, "Tell me about the sea.")
+    with qtbot.waitSignal(window.reply_finished, timeout=120_000) as finished:
+        qtbot.keyClick(window.input, Qt.Key.Key_Return)  # Enter sends
+        assert db_rows(store, window.conversation.id)[0][:2] == ("user", "Tell me about the sea.")  # saved first
+        qtbot.waitUntil(progress, timeout=120_000)
+    final = window.history[-1].content
+    assert final and not finished.args[0].cancelled
+    partials = [s for s in seen if s and s != final]
+    assert partials, "the reply only appeared at the end; it should stream"
+    assert all(final.startswith(p) for p in partials)
+    assert " ".join(final.split()) in " ".join(window.view.toPlainText().split())  # markdown joins lines
+    assert db_rows(store, window.conversation.id) == [("user", "Tell me about the sea.", 1), ("assistant", final, 1)]
+    assert "tokens/s" in window.status.text() and "of 2,048 tokens" in window.status.text()
+    assert window.conv_list.count() == 1 and window.conv_list.item(0).text() == "Tell me about the sea."
+
+
+def test_stop_cancels_mid_stream_and_keeps_the_partial_reply(qtbot, window, store):
+    window.max_tokens = 1500
+    window.send("Write a very long story about a lighthouse keeper.")
+    qtbot.waitUntil(lambda: window.streaming and len(window.history[-1].content) > 20, timeout=120_000)
+    with qtbot.waitSignal(window.reply_finished, timeout=30_000) as finished:
+        qtbot.keyClick(window, Qt.Key.Key_Escape)  # Esc stops
+    fin = finished.args[0]
+    assert fin.cancelled
+    assert (fin.usage.completion_tokens or 0) < 1500
+    kept = window.history[-1].content
+    assert kept and db_rows(store, window.conversation.id)[-1] == ("assistant", kept, 0)
+    assert "Stopped" in window.status.text()
+    assert window.send_button.isEnabled() and not window.stop_button.isEnabled()
+
+
+def test_markdown_code_block_renders_mid_conversation(qtbot, window, store, screenshot):
+    conv = store.create("Adding numbers in Python", "starter")
+    store.add_message(conv.id, "user", "How do I add two numbers in Python?")
+    store.add_message(conv.id, "assistant", "Use a small function:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\n"
+                      "Then call it:\n\n- `add(2, 3)` gives **5**\n- `add(1.5, 2)` gives **3.5**\n", model="starter")
+    window.refresh_conversations()
+    window.conv_list.setCurrentRow(0)
+    assert window.conversation.id == conv.id
+    text = window.view.toPlainText()
+    assert "def add(a, b):" in text and "```" not in text and "**" not in text
+    window.max_tokens = 300
+    window.send("And how do I multiply them?")
+    qtbot.waitUntil(lambda: len(window.history[-1].content) > 40 or not window.streaming, timeout=120_000)
+    screenshot(window, "chat-window")
+    with qtbot.waitSignal(window.reply_finished, timeout=120_000):
+        window.stop()
+    assert [m.role for m in store.messages(conv.id)] == ["user", "assistant", "user", "assistant"]
+
+
+def test_regenerate_replaces_the_last_reply(qtbot, window, store):
+    window.max_tokens = 8
+    with qtbot.waitSignal(window.reply_finished, timeout=120_000):
+        window.send("Say hello.")
+    with qtbot.waitSignal(window.reply_finished, timeout=120_000):
+        qtbot.mouseClick(window.regen_button, Qt.MouseButton.LeftButton)
+    assert [r[0] for r in db_rows(store, window.conversation.id)] == ["user", "assistant"]
+    window.copy_last_reply()
+    from PySide6.QtGui import QGuiApplication
+    assert QGuiApplication.clipboard().text() == window.history[-1].content
+
+
+def test_conversations_rename_and_delete(qtbot, store):
+    w = ChatWindow(EngineManager(idle_timeout=None), store=store)
+    qtbot.addWidget(w)
+    a = store.create("First")
+    b = store.create("Second")
+    store.add_message(a.id, "user", "hi")
+    w.refresh_conversations()
+    assert [w.conv_list.item(i).text() for i in range(2)] == ["First", "Second"]  # most recent first
+    w.open_conversation(b.id)
+    w.rename_conversation(b.id, "Renamed")
+    assert store.get(b.id).title == "Renamed"
+    assert "Renamed" in [w.conv_list.item(i).text() for i in range(w.conv_list.count())]
+    item = w.conv_list.findItems("First", Qt.MatchFlag.MatchExactly)[0]
+    item.setText("Edited in place")  # what the list's inline editor does
+    assert store.get(a.id).title == "Edited in place"
+    w.delete_conversation(b.id)
+    assert w.conversation is None and store.get(b.id) is None
+    assert [c.title for c in store.list()] == ["Edited in place"]
+    with pytest.raises(ValueError):
+        store.rename(a.id, "  ")
+
+
+def test_no_model_offers_the_starter_in_one_click(qtbot, store, starter_path):
+    m = EngineManager(idle_timeout=None)
+    w = ChatWindow(m, store=store)
+    qtbot.addWidget(w)
+    w.show()
+    try:
+        assert w.offer.isVisible() and w.offer_button.text() == "Start starter"
+        with qtbot.waitSignal(w.busy_changed, timeout=5_000, check_params_cb=lambda busy: busy):
+            qtbot.mouseClick(w.offer_button, Qt.MouseButton.LeftButton)
+        assert w.busy.isVisible() and w.stop_button.isEnabled()
+        qtbot.waitUntil(lambda: not w.loading, timeout=120_000)
+        assert w.current_model_name() == "starter" and not w.offer.isVisible()
+        assert m.get("starter").proc.running
+    finally:
+        m.stop_all()
+
+
+def test_idle_unload_relaunches_on_the_next_message(qtbot, window, manager):
+    window.max_tokens = 8
+    manager.idle_timeout = 0.2
+    try:
+        time.sleep(0.3)
+        assert manager.unload_idle() == ["starter"]
+        qtbot.waitUntil(lambda: "unloaded" in window.model_combo.currentText(), timeout=5_000)
+        assert manager.get("starter") is None
+        with qtbot.waitSignal(window.reply_finished, timeout=180_000):
+            window.send("Hello again.")
+            assert window.loading and "again" in window.busy_label.text()
+        assert manager.get("starter").proc.running
+        assert window.history[-1].content
+    finally:
+        manager.idle_timeout = None
+
+
+def test_apply_fix_relaunches_with_the_change_and_resends(qtbot, window, manager, store):
+    window.max_tokens = 8
+    with qtbot.waitSignal(window.reply_finished, timeout=120_000):
+        window.send("Hi.")
+    window.failed_plan = manager.get("starter").plan
+    with qtbot.waitSignal(window.reply_finished, timeout=180_000):
+        window.apply_fix({"n_ctx": 1024})
+    assert manager.get("starter").plan.params["n_ctx"] == 1024
+    assert [r[0] for r in db_rows(store, window.conversation.id)] == ["user", "assistant"]  # resent, not doubled
+
+
+def test_a_failure_shows_the_error_and_its_log(qtbot, window, tmp_path):
+    log_path = tmp_path / "engine.log"
+    log_path.write_text("gguf_init_from_reader: invalid magic characters: '_I??', expected 'GGUF'\n")
+    exc = EngineStartError("The llamacpp engine exited with status 1 while starting.", None,
+                           log_path.read_text().splitlines(), log_path)
+    with qtbot.waitSignal(window.failure_shown, timeout=5_000) as shown:
+        window.handle_failure(exc, "broken")
+    dialog = shown.args[0]
+    assert dialog.isVisible()
+    from PySide6.QtWidgets import QMessageBox
+    if isinstance(dialog, QMessageBox):  # before the diagnosis dialog exists
+        assert "exited with status 1" in dialog.text() and str(log_path) in dialog.informativeText()
+    dialog.close()
