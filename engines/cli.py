@@ -216,6 +216,9 @@ def cmd_serve(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    loaded = proc.meta.get("loaded")
+    if loaded is not None and loaded.summary() and not args.quiet:
+        print(f"ember: loaded: {loaded.summary()}", file=sys.stderr)
     print(json.dumps({"base_url": proc.base_url, "api_key": proc.api_key, "model": plan.model.name,
                       "engine": plan.engine, "pid": proc.pid}), flush=True)
     try:

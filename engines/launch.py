@@ -94,4 +94,6 @@ def start(p: LaunchPlan, timeout: float = 300.0, cancel: threading.Event | None 
                                     meta={"params": p.params})
     proc.spawn()
     proc.wait_ready(timeout=timeout, cancel=cancel)
+    if hasattr(mod, "loaded"):  # what the engine says it did (layers, buffers, effective context)
+        proc.meta["loaded"] = mod.loaded(proc.log_lines())
     return proc

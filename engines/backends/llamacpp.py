@@ -31,6 +31,9 @@ def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
     # Ember estimates layers itself (the seed's auto-NGL); llama.cpp's own fitting would
     # cost ~0.8 s per start and may silently shrink n_ctx. Users can turn it back on.
     out.setdefault("fit_params", False)
+    # Level 4 logs the buffer sizes, effective context and offloaded layers that
+    # `loaded()` reports after start-up; it adds no per-token lines.
+    out.setdefault("verbosity", 4)
     n_ctx = int(out["n_ctx"]) or trained
     if n_ctx > trained:
         warnings.append(f"n_ctx {n_ctx:,} is larger than the context the model was trained on ({trained:,}); "
@@ -49,6 +52,11 @@ def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
                             f"(KV cache {estimate.kv_cache_bytes / 1024 ** 3:,.1f} GiB), more than this computer "
                             f"has ({memory / 1024 ** 3:,.1f} GiB); lower n_ctx")
     return out, estimate, warnings
+
+
+def loaded(lines: list[str]) -> fit.LoadedReport:
+    """What llama.cpp actually did at start-up, from its log."""
+    return fit.parse_loaded(lines)
 
 
 def command(spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:

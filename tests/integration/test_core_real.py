@@ -205,3 +205,10 @@ def test_start_failure_carries_the_log(tmp_path):
     e = err.value
     assert e.status is not None and e.status.code != 0
     assert e.log_path.exists() and any("gguf" in line.lower() for line in e.log_tail)
+
+
+def test_what_loaded_is_read_back_from_the_engine(starter_engine):
+    loaded = starter_engine.meta["loaded"]
+    assert loaded.n_ctx == 2048 and loaded.n_slots == 1 and loaded.n_ctx_slot == 2048
+    assert loaded.kv_cache_mib > 0 and sum(loaded.model_buffers_mib.values()) > 200
+    assert "all layers on CPU" in loaded.summary()
