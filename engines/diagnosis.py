@@ -591,10 +591,11 @@ def _invalid_model(problem: str, facts: dict, path: str | None = None, detail: s
         fixes.append(Fix("Choose another model", {}, "Pick a model whose architecture this engine supports.",
                          action="choose_model"))
     else:
-        fixes.append(Fix("Download the model again", {},
-                         "Delete the file and download it again (from the models window or `ember pull`).",
-                         action="redownload"))
-        fixes.append(Fix("Choose another file", {}, "Pick a complete .gguf model file.", action="choose_model"))
+        again = Fix("Download the model again", {},
+                    "Delete the file and download it again (from the models window or `ember pull`).",
+                    action="redownload")
+        other = Fix("Choose another file", {}, "Pick a complete .gguf model file.", action="choose_model")
+        fixes += [other, again] if problem in ("not_gguf", "missing") else [again, other]
     facts = dict(facts, problem=problem)
     if path:
         facts["path"] = path
@@ -739,6 +740,9 @@ def diagnose_exception(exc: BaseException, proc=None, plan=None, log_offset: int
             return _from_plan_error(exc)
         if isinstance(exc, params.ParamError):
             fixes = [Fix(f"Use {s}", {}, f"Did you mean {s}?", action="edit_parameters") for s in exc.suggestions]
+            nearest = _nearest_valid(exc.key, exc.value)
+            if nearest is not None:
+                fixes.insert(0, Fix(f"Use {exc.key} = {nearest}", {exc.key: nearest}, "The nearest valid value."))
             fixes = fixes or [Fix("Change the parameter", {}, "", action="edit_parameters")]
             return Diagnosis(Kind.BAD_PARAMETER, f"The parameter {exc.key or ''} cannot be used".replace("  ", " "),
                              exc.message, {"key": exc.key, "value": _jsonable(exc.value),
@@ -758,6 +762,21 @@ def diagnose_exception(exc: BaseException, proc=None, plan=None, log_offset: int
     except Exception:  # a diagnosis must never hide the original error
         log.exception("diagnosis failed for %r", exc)
         return None
+    return None
+
+
+#: valid ranges of parameters that params.py refuses before launch: key -> (lowest, highest)
+_RANGES = {"n_parallel": (1, 256), "n_ctx": (0, None), "n_gpu_layers": (-1, None)}
+
+
+def _nearest_valid(key: str, value) -> int | None:
+    if key not in _RANGES or not isinstance(value, int) or isinstance(value, bool):
+        return None
+    low, high = _RANGES[key]
+    if value < low:
+        return low
+    if high is not None and value > high:
+        return high
     return None
 
 

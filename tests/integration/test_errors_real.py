@@ -107,13 +107,14 @@ def test_kv_cache_cannot_be_allocated_then_smaller_context(starter_spec, hw):
 
 def test_shared_kv_cache_full_with_concurrent_streams(starter_spec, hw):
     plan = launch.plan(starter_spec, hw, overrides={"n_ctx": 512, "n_parallel": 4, "kv_unified": True})
-    results: list[object] = []
-    with launch.start(plan, timeout=60) as proc:
-        offset = proc.log_size()
+
+    def four_at_once(proc) -> list[object]:
+        """Four streamed answers at the same time: 4 x (~90 + 80) tokens, more than 512, less than 1,024."""
+        results: list[object] = []
 
         def one(i):
             try:
-                results.append(_ask(proc, f"Write a long story about dragon number {i}. " * 3, 200))
+                results.append(_ask(proc, f"Write a long story about dragon number {i}. " * 8, 80))
             except client.ClientError as exc:
                 results.append(exc)
 
@@ -122,6 +123,11 @@ def test_shared_kv_cache_full_with_concurrent_streams(starter_spec, hw):
             t.start()
         for t in threads:
             t.join(120)
+        return results
+
+    with launch.start(plan, timeout=60) as proc:
+        offset = proc.log_size()
+        results = four_at_once(proc)
         errors = [r for r in results if isinstance(r, client.EngineHTTPError)]
         assert errors, results
         d = diagnosis.diagnose_exception(errors[0], proc=proc, plan=plan, log_offset=offset)
@@ -130,6 +136,9 @@ def test_shared_kv_cache_full_with_concurrent_streams(starter_spec, hw):
     assert "shared by 4 slots" in d.explanation
     assert d.primary_fix.changes == {"n_ctx": 1024}
     assert any(f.changes == {"n_parallel": 1} for f in d.fixes)
+    with launch.start(plan.with_changes(d.primary_fix.changes), timeout=60) as proc:
+        results = four_at_once(proc)
+    assert len(results) == 4 and all(isinstance(r, client.Finished) for r in results), results
 
 
 # -- broken model files ------------------------------------------------------------------
@@ -243,13 +252,14 @@ def test_n_parallel_zero_refused_before_launch():
     d = diagnosis.diagnose_exception(info.value)
     assert d.kind == Kind.BAD_PARAMETER
     assert "n_parallel" in d.title and "wait forever" in d.explanation
+    assert d.primary_fix.changes == {"n_parallel": 1}
 
 
 def test_reply_cut_short_by_slot_context(starter_spec, hw):
     plan = launch.plan(starter_spec, hw, overrides={"n_ctx": 512, "n_parallel": 2})  # 256 per slot
     with launch.start(plan, timeout=60) as proc:
-        fin = _ask(proc, "Count from one to one hundred, one number per line.", 400)
-    assert fin.finish_reason == "length" and fin.usage.completion_tokens < 400
+        fin = _ask(proc, "Count from one to one hundred, one number per line.", 300)
+    assert fin.finish_reason == "length" and fin.usage.completion_tokens < 260
     d = diagnosis.diagnose_finish(fin, plan)
     assert d.kind == Kind.REPLY_CUT_SHORT
     assert d.facts["n_ctx_slot"] == 256
