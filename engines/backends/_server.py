@@ -31,13 +31,14 @@ class Arg:
     help: str = ""
     check: Callable[[object], str | None] | None = None   # None when fine, else the problem
     store_true: bool = False               # a flag without a value (only written when true)
+    negatable: bool = False                # store_true with a ``--no-...`` form (argparse BooleanOptionalAction)
 
 
 def arg(key: str, type_: str, default=None, flag: str | None = "", help: str = "", check=None,
-        choices: tuple[str, ...] = (), store_true: bool = False) -> Arg:
+        choices: tuple[str, ...] = (), store_true: bool = False, negatable: bool = False) -> Arg:
     if flag == "":
         flag = "--" + key.replace("_", "-")
-    return Arg(P.ParamSpec(key, type_, default, tuple(choices)), flag, help, check, store_true)
+    return Arg(P.ParamSpec(key, type_, default, tuple(choices)), flag, help, check, store_true, negatable)
 
 
 def between(lo: float, hi: float, what: str = "") -> Callable[[object], str | None]:
@@ -79,6 +80,8 @@ def flags(values: dict[str, object], table: dict[str, Arg]) -> list[str]:
         if a.store_true:
             if value:
                 out.append(a.flag)
+            elif a.negatable:
+                out.append("--no-" + a.flag[2:])
         elif a.spec.type == "bool":
             out += [a.flag, "true" if value else "false"]
         elif a.spec.type in ("list", "set"):

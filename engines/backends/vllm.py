@@ -180,7 +180,8 @@ def introspect(python: str, version: str = "") -> dict[str, S.Arg]:
         if name in S.OWNED or name in ("model", "served_model_name", "tokenizer"):
             continue
         t = _type_of(annotation, default)
-        found[name] = S.arg(name, t, default, store_true=(t == "bool"))
+        # vLLM's bool arguments are BooleanOptionalAction: --flag / --no-flag
+        found[name] = S.arg(name, t, default, store_true=(t == "bool"), negatable=(t == "bool"))
     return found
 
 

@@ -173,6 +173,8 @@ def test_vllm_engine_arguments_are_read_from_the_installed_vllm(home):
     program = vllm.command(spec, values, "127.0.0.1", 8000, "k").argv
     assert program[program.index("--block-size") + 1] == "32"
     assert "--enable-chunked-prefill" in program
+    off = vllm.command(spec, vllm.validate(["enable_chunked_prefill=false"]), "127.0.0.1", 8000, "k").argv
+    assert "--no-enable-chunked-prefill" in off
     assert program[program.index("--tokenizer-mode") + 1] == "slow"
     cached = list((home / "home").rglob("vllm-engine-args-*.json"))
     assert len(cached) == 1  # the next Ember start does not import vLLM again
