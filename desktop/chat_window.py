@@ -167,6 +167,7 @@ class ChatWindow(QMainWindow):
         self.model_combo = QComboBox()
         self.model_combo.setAccessibleName("Model")
         self.model_combo.setMinimumContentsLength(24)
+        self.model_combo.setPlaceholderText("No model running")
         top.addWidget(self.model_combo, 1)
         self.system_edit = QLineEdit()
         self.system_edit.setPlaceholderText("System prompt (optional)")
@@ -184,6 +185,9 @@ class ChatWindow(QMainWindow):
         self.offer_button = QPushButton("Start the starter model")
         self.offer_button.clicked.connect(lambda: self.launch_model(self.offered_model()))
         ov.addWidget(self.offer_button)
+        browse = QPushButton("Models…")
+        browse.clicked.connect(self.models_requested.emit)
+        ov.addWidget(browse)
         rv.addWidget(self.offer)
 
         # busy row: engine starting
@@ -303,8 +307,10 @@ class ChatWindow(QMainWindow):
         if current:
             self.select_model(current)
         self.model_combo.blockSignals(False)
-        self.offer_button.setText(f"Start {self.offered_model()}")
-        self.offer_label.setText("No model is running.")
+        name = self.offered_model()
+        label = "the starter model" if name == "starter" else name
+        self.offer_button.setText(f"Start {label}")
+        self.offer_label.setText(f"No model is running. Start {label} in one click, or choose another in Models.")
         self._update_buttons()
 
     def current_endpoint(self) -> Endpoint | None:

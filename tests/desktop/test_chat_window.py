@@ -134,7 +134,7 @@ def test_no_model_offers_the_starter_in_one_click(qtbot, store, starter_path):
     qtbot.addWidget(w)
     w.show()
     try:
-        assert w.offer.isVisible() and w.offer_button.text() == "Start starter"
+        assert w.offer.isVisible() and w.offer_button.text() == "Start the starter model"
         with qtbot.waitSignal(w.busy_changed, timeout=5_000, check_params_cb=lambda busy: busy):
             qtbot.mouseClick(w.offer_button, Qt.MouseButton.LeftButton)
         assert w.busy.isVisible() and w.stop_button.isEnabled()
