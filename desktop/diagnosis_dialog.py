@@ -2,8 +2,11 @@
 
 It only shows an :class:`engines.diagnosis.Diagnosis`; applying a fix is the
 caller's job (the chat window relaunches with ``plan.with_changes(changes)``
-and resends the last message). Clicking a fix emits :attr:`fix_chosen` with the
-fix's changes and :attr:`fix_action` with the whole :class:`Fix`, then accepts.
+and resends the last message). Clicking a fix emits :attr:`fix_action` with the
+whole :class:`Fix` and, when the fix relaunches (parameter changes or the
+"relaunch" action), :attr:`fix_chosen` with its changes; then the dialog accepts.
+Other actions (new_conversation, choose_model, redownload, install,
+edit_endpoint, retry...) are for the caller to handle from ``fix_action``.
 """
 from __future__ import annotations
 
@@ -79,7 +82,7 @@ class DiagnosisDialog(QDialog):
         for label, text in facts:
             if label not in seen:
                 seen.add(label)
-                rows.append(f"{label}: {text}")
+                rows.append(f"{label}: {text}".replace(" ", "\u00a0"))  # one fact never breaks
         self.facts_label = QLabel("   ·   ".join(rows))
         self.facts_label.setWordWrap(True)
         self.facts_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -152,10 +155,18 @@ class DiagnosisDialog(QDialog):
         return row
 
     def choose(self, fix: Fix) -> None:
-        """Pick a fix (what a click does): emit its changes, then close."""
+        """Pick a fix (what a click does), then close.
+
+        ``fix_action(Fix)`` always; ``fix_chosen(changes)`` only for a relaunch (parameter changes, or the
+        "relaunch" action with none), so an action such as "new_conversation" never relaunches and resends.
+        """
+        if fix.action == "show_log":
+            self._show_log()
+            return
         self.chosen = fix
         self.fix_action.emit(fix)
-        self.fix_chosen.emit(dict(fix.changes))
+        if fix.changes or fix.action == "relaunch":
+            self.fix_chosen.emit(dict(fix.changes))
         self.accept()
 
     def _show_log(self) -> None:

@@ -1,20 +1,16 @@
-"""The guided error dialog over a real engine failure: a too-long message with a small
-context, the dialog's numbers, and a click on the fix that relaunches the engine
-(through the EngineManager, off the GUI thread) and completes the same chat."""
+"""The guided error dialog over a real engine failure, driven through the chat window: a
+too-long message with a small context, the dialog's numbers, and a click on the fix
+that relaunches the engine (``ChatWindow.apply_fix``: the manager, off the GUI
+thread) and completes the same chat."""
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt, QThreadPool
 from PySide6.QtWidgets import QDialog
 
-from engines import client, diagnosis, launch
+from engines import launch
 from engines.manager import EngineManager
 
-ROOT = Path(__file__).resolve().parents[2]
-SHOTS = Path(os.environ.get("EMBER_SCREENSHOTS", ROOT / "screenshots"))
 LONG = "The quick brown fox jumps over the lazy dog. " * 100  # about 1,000 tokens
 
 
@@ -25,69 +21,67 @@ def _drain_pool():
 
 
 @pytest.fixture
-def manager():
+def small_manager(starter_spec, hw):
+    """The starter with a 512-token context: too small for LONG."""
     m = EngineManager(idle_timeout=None)
+    m.launch(launch.plan(starter_spec, hw, overrides={"n_ctx": 512}))
     yield m
     m.stop_all()
 
 
-def _send(running, text):
-    messages = [{"role": "user", "content": text}]
-    return list(client.ChatStream(running.proc.base_url, messages, running.proc.api_key, max_tokens=8,
-                                  temperature=0))
+@pytest.fixture
+def window(qtbot, small_manager, tmp_path):
+    from desktop.chat_window import ChatWindow
+    from engines.conversations import Store
+    store = Store(tmp_path / "chats.sqlite3")
+    w = ChatWindow(small_manager, store=store)
+    qtbot.addWidget(w)
+    w.show()
+    yield w
+    w.shutdown()
+    store.close()
 
 
-def test_context_error_dialog_fix_relaunches_and_completes(qtbot, manager, starter_spec, hw):
-    from desktop.bridge import run_async
+def test_context_error_dialog_fix_relaunches_and_completes(qtbot, window, small_manager, screenshot):
     from desktop.diagnosis_dialog import DiagnosisDialog
 
-    plan = launch.plan(starter_spec, hw, overrides={"n_ctx": 512})
-    running = manager.launch(plan)
-    with pytest.raises(client.EngineHTTPError) as info:
-        _send(running, LONG)
-    d = diagnosis.diagnose_exception(info.value, proc=running.proc, plan=plan)
-    n_prompt = d.facts["n_prompt_tokens"]
-
-    dlg = DiagnosisDialog(d)
-    qtbot.addWidget(dlg)
-    dlg.show()
+    window.max_tokens = 8
+    assert window.select_model("starter")
+    with qtbot.waitSignal(window.failure_shown, timeout=120_000) as shown:
+        window.send(LONG)
+    dlg = shown.args[0]
+    assert isinstance(dlg, DiagnosisDialog)
     qtbot.waitExposed(dlg)
-    # words first, numbers in them and below them
+    d = dlg.diagnosis
+    n_prompt = d.facts["n_prompt_tokens"]
+    assert n_prompt > 512
+    # words first, the numbers in them and below them
     assert dlg.title_label.text() == "The conversation is longer than the engine's context"
     assert f"Your message needs {n_prompt:,} tokens; each slot holds 512 (n_ctx 512 / n_parallel 1)." \
         in dlg.explanation_label.text()
-    assert f"Message tokens: {n_prompt:,}" in dlg.facts_label.text()
-    assert "Context per slot: 512" in dlg.facts_label.text()
+    assert f"Message\u00a0tokens:\u00a0{n_prompt:,}" in dlg.facts_label.text()
+    assert "Context\u00a0per\u00a0slot:\u00a0512" in dlg.facts_label.text()
     assert [b.text() for b in dlg.fix_buttons] == ["Raise the context to 2,048 tokens", "Start a new conversation"]
     assert dlg.fix_buttons[0].isDefault()
-    assert dlg.log_button.isEnabled()
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    dlg.grab().save(str(SHOTS / "diagnosis_context.png"))
+    run = small_manager.get("starter")
+    assert dlg.log_button.isEnabled() and d.log_path == str(run.proc.log_path)
+    screenshot(dlg, "diagnosis_context")
 
     logs: list[str] = []
     dlg.show_log_requested.connect(logs.append)
     qtbot.mouseClick(dlg.log_button, Qt.LeftButton)
-    assert logs == [str(running.proc.log_path)]
+    assert logs == [str(run.proc.log_path)]
 
-    # the click: the changes come out, the dialog closes, the chat window relaunches and resends
-    results: list[object] = []
-    calls = []  # keep the Call alive until its queued result arrives
-
-    def apply_fix(changes: dict):
-        new_plan = plan.with_changes(changes)
-        calls.append(run_async(lambda: _send(manager.launch(new_plan), LONG), results.append, results.append))
-
-    dlg.fix_chosen.connect(apply_fix)
-    with qtbot.waitSignal(dlg.fix_chosen, timeout=5_000) as sig:
-        qtbot.mouseClick(dlg.fix_buttons[0], Qt.LeftButton)
-    assert sig.args == [{"n_ctx": 2048}]
-    assert not dlg.isVisible() and dlg.result() == QDialog.DialogCode.Accepted
-    qtbot.waitUntil(lambda: bool(results), timeout=120_000)
-    events = results[0]
-    assert isinstance(events, list), events
-    finished = events[-1]
-    assert isinstance(finished, client.Finished) and finished.usage.prompt_tokens == n_prompt
-    assert manager.get(starter_spec.name).plan.params["n_ctx"] == 2048
+    # the click: the window relaunches with n_ctx 2048 and resends the same message
+    with qtbot.waitSignal(window.reply_finished, timeout=180_000) as finished:
+        with qtbot.waitSignal(dlg.fix_chosen, timeout=5_000) as chosen:
+            qtbot.mouseClick(dlg.fix_buttons[0], Qt.LeftButton)
+        assert chosen.args == [{"n_ctx": 2048}]
+        assert not dlg.isVisible() and dlg.result() == QDialog.DialogCode.Accepted
+    fin = finished.args[0]
+    assert fin.usage.prompt_tokens == n_prompt and fin.finish_reason in ("stop", "length")
+    assert small_manager.get("starter").plan.params["n_ctx"] == 2048
+    assert [m.role for m in window.history] == ["user", "assistant"] and window.history[0].content == LONG.strip()
 
 
 def test_action_fix_and_keyboard(qtbot):
@@ -101,13 +95,27 @@ def test_action_fix_and_keyboard(qtbot):
     dlg = DiagnosisDialog(d)
     qtbot.addWidget(dlg)
     dlg.show()
-    assert "Signal: SIGKILL" in dlg.facts_label.text()
+    assert "Signal:\u00a0SIGKILL" in dlg.facts_label.text()
     assert not dlg.log_button.isEnabled()  # no log file to show
     qtbot.mouseClick(dlg.details_button, Qt.LeftButton)
     assert dlg.log_view.isVisible() and "line 2" in dlg.log_view.toPlainText()
-    with qtbot.waitSignal(dlg.fix_action) as sig:
+    chosen: list[dict] = []
+    dlg.fix_chosen.connect(chosen.append)
+    with qtbot.waitSignal(dlg.fix_action):
         qtbot.mouseClick(dlg.fix_buttons[0], Qt.LeftButton)
-    assert sig.args[0].action == "relaunch" and dlg.chosen.label == "Restart the engine"
+    assert dlg.chosen.action == "relaunch" and dlg.chosen.label == "Restart the engine"
+    assert chosen == [{}]  # a relaunch with the same settings
+
+    # an action without a relaunch (new conversation) never emits fix_chosen
+    d2 = Diagnosis(Kind.CONTEXT_EXCEEDED, "t", "e", {}, [Fix("Start a new conversation", {}, "",
+                                                             action="new_conversation")])
+    dlg3 = DiagnosisDialog(d2)
+    qtbot.addWidget(dlg3)
+    dlg3.show()
+    with qtbot.assertNotEmitted(dlg3.fix_chosen):
+        with qtbot.waitSignal(dlg3.fix_action) as action:
+            qtbot.mouseClick(dlg3.fix_buttons[0], Qt.LeftButton)
+    assert action.args[0].action == "new_conversation"
 
     dlg2 = DiagnosisDialog(d)
     qtbot.addWidget(dlg2)
