@@ -174,3 +174,65 @@ def cuda_gpus(plan) -> int:
 def round_len(n: int) -> int:
     """A context length vLLM/SGLang accept comfortably: a multiple of 256 (at least 256)."""
     return max(256, int(n) // 256 * 256)
+
+
+# -- reading an engine's own argument list in its interpreter ------------------------------
+
+_FIELDS = (
+    "import dataclasses, importlib, json, sys\n"
+    "cls = getattr(importlib.import_module(sys.argv[1]), sys.argv[2])\n"
+    "out = []\n"
+    "for f in dataclasses.fields(cls):\n"
+    "    d = f.default if isinstance(f.default, (bool, int, float, str, type(None))) else None\n"
+    "    t = f.type if isinstance(f.type, str) else getattr(f.type, '__name__', str(f.type))\n"
+    "    out.append([f.name, t, d])\n"
+    "print('EMBER-ARGS ' + json.dumps(out))\n"
+)
+
+
+def type_of(annotation: str, default) -> str:
+    """Ember's parameter type for a dataclass field's annotation."""
+    a = annotation.lower().replace("optional[", "")
+    if isinstance(default, bool) or a.startswith("bool"):
+        return "bool"
+    if a.startswith("int"):
+        return "int"
+    if a.startswith("float"):
+        return "float"
+    return "str"
+
+
+def dataclass_fields(python: str, version: str, module: str, cls: str, cache_name: str) -> list:
+    """``[name, annotation, default]`` of an engine's argument dataclass, asked of ``python``.
+
+    Importing vLLM or SGLang takes many seconds, so the answer is kept on disk per
+    interpreter and engine version (data folder, ``cache/``); [] when it cannot be read.
+    """
+    import hashlib
+    import json
+    import logging
+    import subprocess
+
+    from .. import paths
+    log = logging.getLogger(__name__)
+    digest = hashlib.sha1(f"{python}\0{version}".encode()).hexdigest()[:16]
+    cache = paths.data_dir() / "cache" / f"{cache_name}-{digest}.json"
+    try:
+        return json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    try:
+        out = subprocess.run([python, "-c", _FIELDS, module, cls], capture_output=True, text=True, timeout=180)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.info("cannot read %s.%s with %s: %s", module, cls, python, exc)
+        return []
+    line = next((l for l in out.stdout.splitlines() if l.startswith("EMBER-ARGS ")), None)
+    if line is None:
+        log.info("%s.%s not readable with %s: %s", module, cls, python, out.stderr.strip()[-300:])
+        return []
+    fields = json.loads(line[len("EMBER-ARGS "):])
+    try:
+        paths.atomic_write_text(cache, json.dumps(fields))
+    except OSError as exc:
+        log.info("cannot cache %s's arguments: %s", cache_name, exc)
+    return fields

@@ -11,6 +11,8 @@ Parameters are SGLang's server arguments in snake case (``context_length``,
 """
 from __future__ import annotations
 
+import functools
+
 from .. import params as P
 from ..hardware import HardwareProfile
 from ..models import ModelSpec
@@ -89,12 +91,33 @@ def fixes_for(kind: str, facts: dict, plan=None) -> list[dict]:
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def introspect(python: str, version: str = "") -> dict[str, S.Arg]:
+    """SGLang's ``ServerArgs`` fields, read by the SGLang interpreter (cached: importing it is slow)."""
+    fields = S.dataclass_fields(python, version, "sglang.srt.server_args", "ServerArgs", "sglang-server-args")
+    found: dict[str, S.Arg] = {}
+    for name, annotation, default in fields:
+        if name in S.OWNED or name in ("model_path", "served_model_name", "tokenizer_path"):
+            continue
+        t = S.type_of(annotation, default)
+        found[name] = S.arg(name, t, default, store_true=(t == "bool"))  # SGLang's flags are store_true
+    return found
+
+
+def table() -> dict[str, S.Arg]:
+    """The documented arguments, plus every ``ServerArgs`` field of the SGLang that would run."""
+    from . import availability
+    a = availability(NAME)
+    extra = introspect(a.interpreter, a.version or "") if a.installed and a.interpreter else {}
+    return {**extra, **TABLE}
+
+
 def schema() -> dict[str, P.ParamSpec]:
-    return {k: a.spec for k, a in TABLE.items()}
+    return {k: a.spec for k, a in table().items()}
 
 
 def validate(pairs) -> dict[str, object]:
-    return S.validate(NAME, pairs, TABLE)
+    return S.validate(NAME, pairs, table())
 
 
 def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
@@ -114,6 +137,6 @@ def command(spec: ModelSpec, values: dict[str, object], host: str, port: int, ap
     python = S.interpreter(NAME)
     program = [python, "-m", "sglang.launch_server", "--model-path", str(spec.path),
                "--served-model-name", spec.name, "--host", host, "--port", str(port), "--api-key", api_key,
-               *S.flags(values, TABLE)]
+               *S.flags(values, table())]
     return S.exec_command(NAME, program, {"SGLANG_DISABLE_USAGE_STATS": "1"}, health_path="/health",
                           secret=api_key)

@@ -15,12 +15,9 @@ asked (:func:`introspect`) every other ``EngineArgs`` field is accepted too.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
-import subprocess
 
-from .. import engine_env, params as P
+from .. import params as P
 from ..hardware import HardwareProfile
 from ..models import ModelSpec
 from ..supervisor import Command
@@ -118,68 +115,15 @@ def fixes_for(kind: str, facts: dict, plan=None) -> list[dict]:
     return out
 
 
-_INTROSPECT = (
-    "import dataclasses, json\n"
-    "from vllm.engine.arg_utils import EngineArgs\n"
-    "out = []\n"
-    "for f in dataclasses.fields(EngineArgs):\n"
-    "    d = f.default if isinstance(f.default, (bool, int, float, str, type(None))) else None\n"
-    "    t = f.type if isinstance(f.type, str) else getattr(f.type, '__name__', str(f.type))\n"
-    "    out.append([f.name, t, d])\n"
-    "print('EMBER-ARGS ' + json.dumps(out))\n"
-)
-
-
-def _type_of(annotation: str, default) -> str:
-    a = annotation.lower()
-    if isinstance(default, bool) or a.startswith("bool"):
-        return "bool"
-    if a.startswith(("int", "optional[int]", "int |")):
-        return "int"
-    if a.startswith(("float", "optional[float]", "float |")):
-        return "float"
-    return "str"
-
-
-def _cache_file(python: str, version: str):
-    from .. import paths
-    digest = hashlib.sha1(f"{python}\0{version}".encode()).hexdigest()[:16]
-    return paths.data_dir() / "cache" / f"vllm-engine-args-{digest}.json"
-
-
 @functools.lru_cache(maxsize=8)
 def introspect(python: str, version: str = "") -> dict[str, S.Arg]:
-    """vLLM's ``EngineArgs`` fields, read by the vLLM interpreter.
-
-    Importing vLLM takes many seconds, so the answer is kept per interpreter and vLLM
-    version (in memory, and on disk under the data folder).
-    """
-    cache = _cache_file(python, version)
-    try:
-        fields = json.loads(cache.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        fields = None
-    if fields is None:
-        try:
-            out = subprocess.run([python, "-c", _INTROSPECT], capture_output=True, text=True, timeout=180)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            log.info("cannot introspect vLLM with %s: %s", python, exc)
-            return {}
-        line = next((l for l in out.stdout.splitlines() if l.startswith("EMBER-ARGS ")), None)
-        if line is None:
-            log.info("vLLM's EngineArgs not readable with %s: %s", python, out.stderr.strip()[-300:])
-            return {}
-        fields = json.loads(line[len("EMBER-ARGS "):])
-        try:
-            from .. import paths
-            paths.atomic_write_text(cache, json.dumps(fields))
-        except OSError as exc:
-            log.info("cannot cache vLLM's arguments: %s", exc)
+    """vLLM's ``EngineArgs`` fields, read by the vLLM interpreter (cached: importing vLLM is slow)."""
+    fields = S.dataclass_fields(python, version, "vllm.engine.arg_utils", "EngineArgs", "vllm-engine-args")
     found: dict[str, S.Arg] = {}
     for name, annotation, default in fields:
         if name in S.OWNED or name in ("model", "served_model_name", "tokenizer"):
             continue
-        t = _type_of(annotation, default)
+        t = S.type_of(annotation, default)
         # vLLM's bool arguments are BooleanOptionalAction: --flag / --no-flag
         found[name] = S.arg(name, t, default, store_true=(t == "bool"), negatable=(t == "bool"))
     return found

@@ -231,3 +231,17 @@ def test_a_frozen_ember_needs_an_environment_for_python_engines(home, monkeypatc
     a = availability("transformers")
     assert not a.installed and "ember engine-python" in a.problem
     assert availability("llamacpp").installed  # runs inside Ember's own worker
+
+
+def test_sglang_server_arguments_are_read_from_the_installed_sglang(home):
+    from engines.backends import sglang
+    assert "schedule_policy" not in sglang.schema()
+    engine_env.set_python("sglang", fake_python(home))
+    schema = sglang.schema()
+    assert schema["cuda_graph_max_bs"].type == "int" and schema["enable_torch_compile"].type == "bool"
+    assert "model_path" not in schema
+    values = sglang.validate(["schedule_policy=lpm", "enable_torch_compile=true", "cuda_graph_max_bs=8"])
+    spec = launch.models.spec_from_folder(model_folder(home))
+    argv = sglang.command(spec, values, "127.0.0.1", 8000, "k").argv
+    assert argv[argv.index("--schedule-policy") + 1] == "lpm" and "--enable-torch-compile" in argv
+    assert argv[argv.index("--cuda-graph-max-bs") + 1] == "8"
