@@ -277,6 +277,31 @@ def _n_ctx(plan) -> int | None:
     return int(v)
 
 
+#: llama.cpp (xllamacpp 2026.10) gives each slot at least 256 tokens: n_ctx 256 with n_parallel 2 becomes
+#: 512 in all ("n_ctx is not divisible by n_seq_max - rounding ..."), 256 per slot.
+MIN_SLOT_CTX = 256
+
+
+def _slot_ctx(plan) -> int | None:
+    """Tokens one slot holds, as llama.cpp will really set it."""
+    n_ctx = _n_ctx(plan)
+    if not n_ctx:
+        return None
+    return n_ctx if _unified(plan) else max(MIN_SLOT_CTX, n_ctx // _slots(plan))
+
+
+def _ctx_words(plan, slot_ctx: int | None = None) -> str:
+    """'(n_ctx 2,048 / n_parallel 1)', with the value llama.cpp really used when it differs from the setting."""
+    n_ctx, slots = _n_ctx(plan), _slots(plan)
+    if _unified(plan):
+        return f"(n_ctx {_n(n_ctx)}, shared by all slots)"
+    slot_ctx = slot_ctx or _slot_ctx(plan)
+    if slot_ctx and slot_ctx * slots != n_ctx:
+        return (f"(n_ctx {_n(slot_ctx * slots)} / n_parallel {slots}; llama.cpp changed the n_ctx {_n(n_ctx)} "
+                "you set)")
+    return f"(n_ctx {_n(n_ctx)} / n_parallel {slots})"
+
+
 def _round_up(n: int, step: int = 1024) -> int:
     return max(step, int(math.ceil(n / step)) * step)
 
@@ -372,7 +397,7 @@ def _context_exceeded(plan, n_prompt: int | None, slot_ctx: int | None, message:
     n_ctx = _n_ctx(plan)
     slots = _slots(plan)
     if slot_ctx is None and n_ctx:
-        slot_ctx = n_ctx if _unified(plan) else n_ctx // slots
+        slot_ctx = _slot_ctx(plan)
     facts: dict[str, object] = {"n_prompt_tokens": n_prompt, "n_ctx_slot": slot_ctx, "n_ctx": n_ctx,
                                 "n_parallel": slots, "n_ctx_train": _trained(plan)}
     facts = {k: v for k, v in facts.items() if v is not None}
@@ -383,8 +408,7 @@ def _context_exceeded(plan, n_prompt: int | None, slot_ctx: int | None, message:
     else:
         first = "The conversation no longer fits in the engine's context"
     if n_ctx and plan is not None:
-        first += (f" (n_ctx {_n(n_ctx)}, shared by all slots)." if _unified(plan)
-                  else f" (n_ctx {_n(n_ctx)} / n_parallel {slots}).")
+        first += f" {_ctx_words(plan, slot_ctx)}."
     else:
         first += "."
     lines = [first, "The engine refuses a request longer than one slot's context; it does not drop old turns by itself."]
@@ -919,14 +943,14 @@ def diagnose_finish(finished, plan) -> Diagnosis | None:
         return None
     n_ctx = _n_ctx(plan)
     slots = _slots(plan)
-    slot_ctx = (n_ctx if _unified(plan) else n_ctx // slots) if n_ctx else None
+    slot_ctx = _slot_ctx(plan)
     prompt = usage.prompt_tokens
     facts = {k: v for k, v in {"prompt_tokens": prompt, "completion_tokens": out, "max_tokens": max_tokens,
                                "n_ctx_slot": slot_ctx, "n_ctx": n_ctx, "n_parallel": slots}.items() if v is not None}
     text = "The answer stopped early because the context ran out"
     if slot_ctx and prompt is not None and out is not None:
         text += (f": the message took {_n(prompt)} tokens and the answer {_n(out)}, filling the slot's "
-                 f"{_n(slot_ctx)} tokens (n_ctx {_n(n_ctx)} / n_parallel {slots}).")
+                 f"{_n(slot_ctx)} tokens {_ctx_words(plan, slot_ctx)}.")
     else:
         text += "."
     fixes: list[Fix] = []

@@ -327,3 +327,13 @@ def test_diagnosis_never_imports_qt():
             "import engines.diagnosis, engines.diagnosis_patterns\n"
             "assert not any(m.startswith('PySide6.') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_slot_context_as_llama_cpp_really_sets_it():
+    """n_ctx 256 with n_parallel 2: llama.cpp rounds the total up to 512 (256 per slot), seen on this build."""
+    plan = launch.plan("starter", fake_cpu_box(), overrides={"n_ctx": 256, "n_parallel": 2})
+    fin = client.Finished("length", client.Usage(35, 221), max_tokens=400)
+    d = diagnosis.diagnose_finish(fin, plan)
+    assert d.facts["n_ctx_slot"] == 256
+    assert "filling the slot's 256 tokens (n_ctx 512 / n_parallel 2; llama.cpp changed the n_ctx 256 you set)" \
+        in d.explanation
