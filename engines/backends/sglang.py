@@ -47,7 +47,9 @@ LOG_PATTERNS: list[tuple] = [
      {"memory": "gpu", "cause": "kv_cache"}),
     (r"max_total_tokens=\d+ is larger than the profiled value (?P<profiled>-\d+)", "oom_load",
      {"memory": "gpu", "cause": "kv_cache"}),
-    (r"CUDA out of memory\. Tried to allocate (?P<alloc>[\d.]+ [KMG]iB)", "oom_load", {"memory": "gpu"}),
+    # torch's allocator; the size in the unit diagnosis reads (alloc_mib), GiB kept apart
+    (r"CUDA out of memory\. Tried to allocate (?P<alloc_mib>[\d.]+) MiB", "oom_load", {"memory": "gpu"}),
+    (r"CUDA out of memory\. Tried to allocate (?P<alloc_gib>[\d.]+) GiB", "oom_load", {"memory": "gpu"}),
     (r"torch\.OutOfMemoryError|CUDA error: out of memory", "oom_load", {"memory": "gpu"}),
     (r"context_length \((?P<context_length>\d+)\) is (?:greater|larger) than the derived context_length",
      "bad_parameter", {"parameter": "context_length"}),

@@ -32,7 +32,9 @@ TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
 
 #: (regex, kind[, facts]) in the shape of ``engines.diagnosis_patterns``; most specific first.
 LOG_PATTERNS: list[tuple] = [
-    (r"CUDA out of memory\. Tried to allocate (?P<alloc>[\d.]+ [KMG]iB)", "oom_load", {"memory": "gpu"}),
+    # torch's allocator; the size in the unit diagnosis reads (alloc_mib), GiB kept apart
+    (r"CUDA out of memory\. Tried to allocate (?P<alloc_mib>[\d.]+) MiB", "oom_load", {"memory": "gpu"}),
+    (r"CUDA out of memory\. Tried to allocate (?P<alloc_gib>[\d.]+) GiB", "oom_load", {"memory": "gpu"}),
     (r"torch\.OutOfMemoryError|CUDA error: out of memory|MPS backend out of memory", "oom_load", {"memory": "gpu"}),
     (r"DefaultCPUAllocator: can't allocate memory|not enough memory: you tried to allocate", "oom_load",
      {"memory": "ram"}),

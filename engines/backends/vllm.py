@@ -60,7 +60,9 @@ LOG_PATTERNS: list[tuple] = [
     (r"Free memory on device \((?P<free_gib>[\d.]+)/(?P<total_gib>[\d.]+) GiB\) on startup is less than desired "
      r"GPU memory utilization \((?P<gpu_memory_utilization>[\d.]+), (?P<wanted_gib>[\d.]+) GiB\)",
      "oom_load", {"memory": "gpu", "cause": "gpu_busy"}),
-    (r"CUDA out of memory\. Tried to allocate (?P<alloc>[\d.]+ [KMG]iB)", "oom_load", {"memory": "gpu"}),
+    # torch's allocator; the size in the unit diagnosis reads (alloc_mib), GiB kept apart
+    (r"CUDA out of memory\. Tried to allocate (?P<alloc_mib>[\d.]+) MiB", "oom_load", {"memory": "gpu"}),
+    (r"CUDA out of memory\. Tried to allocate (?P<alloc_gib>[\d.]+) GiB", "oom_load", {"memory": "gpu"}),
     (r"torch\.OutOfMemoryError|CUDA error: out of memory", "oom_load", {"memory": "gpu"}),
     (r"Total number of attention heads \((?P<heads>\d+)\) must be divisible by tensor parallel size "
      r"\((?P<tensor_parallel_size>\d+)\)", "bad_parameter", {"parameter": "tensor_parallel_size"}),

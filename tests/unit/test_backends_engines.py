@@ -223,7 +223,7 @@ REAL_LINES = [
      "oom_load", {"cause": "gpu_busy", "free_gib": "7.34", "gpu_memory_utilization": "0.9"}),
     (vllm, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 224.00 MiB. GPU 0 has a total capacity "
            "of 79.19 GiB of which 10.81 MiB is free.",
-     "oom_load", {"memory": "gpu", "alloc": "224.00 MiB"}),
+     "oom_load", {"memory": "gpu", "alloc_mib": "224.00"}),
     (vllm, "ValueError: Total number of attention heads (14) must be divisible by tensor parallel size (4).",
      "bad_parameter", {"parameter": "tensor_parallel_size", "tensor_parallel_size": "4"}),
     (sglang, "RuntimeError: Not enough memory. Please try to increase --mem-fraction-static.",
@@ -232,7 +232,7 @@ REAL_LINES = [
              "Use the profiled value instead.",
      "oom_load", {"cause": "kv_cache"}),
     (sglang, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.50 GiB.", "oom_load",
-     {"memory": "gpu"}),
+     {"memory": "gpu", "alloc_gib": "1.50"}),
     (transformers, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total "
                    "capacity of 7.79 GiB of which 3.31 MiB is free.", "oom_load", {"memory": "gpu"}),
     (transformers, "RuntimeError: [enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
