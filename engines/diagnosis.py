@@ -642,19 +642,22 @@ def _crashed(plan, status, lines: list[str], during: str) -> Diagnosis:
     if status is not None and status.signal == 9:
         text += ("\nIf you did not stop it yourself, the system may have run out of memory "
                  "(the kernel's out-of-memory killer sends SIGKILL).")
-    m = best_match(lines, getattr(plan, "engine", None), {"engine_crashed"})
+    m = best_match(lines, getattr(plan, "engine", None), {"engine_crashed", "oom_load"})
     if m:
         text += f"\nLast error in the log: {m.line}"
         facts.update(m.facts)
     fixes = [Fix("Restart the engine", {}, "Relaunch with the same settings and send the message again.",
                  action="relaunch")]
+    n_ctx = _n_ctx(plan)
+    if (m is not None and m.kind == "oom_load" or status is not None and status.signal == 9) and n_ctx \
+            and n_ctx > 2048:
+        new = max(2048, (n_ctx // 2) // 1024 * 1024)
+        fixes.append(Fix(f"Restart with a smaller context ({_n(new)} tokens)", {"n_ctx": new},
+                         "Needs less memory, in case memory ran out."))
     return Diagnosis(Kind.ENGINE_CRASHED, "The engine crashed", text, facts, fixes)
 
 
 # -- entry points ---------------------------------------------------------------------------
-
-_START_KINDS = {"oom_load", "invalid_model", "port_in_use", "startup_failed", "engine_crashed", "bad_parameter"}
-
 
 def diagnose_log(lines: list[str], plan=None, phase: str = "start", status=None, path: str | None = None,
                  model_path: str | None = None) -> Diagnosis | None:
@@ -888,9 +891,7 @@ def _from_broken(exc, proc, plan, offset) -> Diagnosis:
     status = _wait_exit(proc) if proc is not None else None
     if status is not None:
         lines = proc.log_lines(offset) if offset else _read_log(proc.log_path)
-        d = diagnose_log(lines, plan, "run", status, proc.log_path)
-        if d is None or d.kind in (Kind.STARTUP_FAILED, Kind.KV_CACHE_FULL) and status.signal:
-            d = _crashed(plan, status, lines, "while answering")
+        d = _crashed(plan, status, lines, "while answering")
         d.log_path, d.log_tail = str(proc.log_path), _tail(lines)
         d.facts.setdefault("exit_code", status.code)
         d.facts.setdefault("signal", status.signal)

@@ -231,6 +231,11 @@ def test_engine_killed_mid_stream(starter_spec, hw):
     plan = launch.plan(starter_spec, hw, overrides={"n_ctx": 512})
     proc = launch.start(plan, timeout=60)
     try:
+        # a wrong API key first (what a misconfigured remote endpoint answers too)
+        with pytest.raises(client.EngineHTTPError) as wrong:
+            list(client.ChatStream(proc.base_url, [{"role": "user", "content": "Hi"}], "wrong-key", max_tokens=2))
+        d = diagnosis.diagnose_exception(wrong.value)
+        assert d.kind == Kind.AUTH_FAILED and d.facts["status"] == 401
         stream = client.ChatStream(proc.base_url, [{"role": "user", "content": "Count from one to a thousand."}],
                                    proc.api_key, max_tokens=400)
         with pytest.raises(client.StreamBroken) as info:
@@ -244,6 +249,11 @@ def test_engine_killed_mid_stream(starter_spec, hw):
     assert d.facts["signal"] == 9 and d.facts["signal_name"] == "SIGKILL"
     assert "was killed by SIGKILL" in d.explanation
     assert d.primary_fix.action == "relaunch" and d.log_tail
+    # the address no longer answers: for a remote endpoint (no process of ours) that is "unreachable"
+    with pytest.raises(client.StreamBroken) as gone:
+        list(client.ChatStream(proc.base_url, [{"role": "user", "content": "Hi"}], proc.api_key, max_tokens=2))
+    d = diagnosis.diagnose_exception(gone.value)
+    assert d.kind == Kind.UNREACHABLE and f"127.0.0.1:{proc.port}" in d.explanation
 
 
 def test_n_parallel_zero_refused_before_launch():
