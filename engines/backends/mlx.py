@@ -33,6 +33,8 @@ if MP is not None and hasattr(MP, "load_default") and hasattr(s, "_run_http_serv
         try:
             _load_default(self)
         except BaseException as exc:
+            import traceback
+            traceback.print_exc()
             failed.append(exc)
             raise
         finally:
@@ -44,7 +46,8 @@ if MP is not None and hasattr(MP, "load_default") and hasattr(s, "_run_http_serv
             if hasattr(generator, "is_healthy") and not generator.is_healthy:
                 break
         if failed or (hasattr(generator, "is_healthy") and not generator.is_healthy):
-            print("ember-mlx: the model failed to load", file=sys.stderr, flush=True)
+            why = f": {type(failed[0]).__name__}: {failed[0]}" if failed else ""
+            print("ember-mlx: the model failed to load" + why, file=sys.stderr, flush=True)
             import os; os._exit(1)
         print("ember-mlx: model loaded", file=sys.stderr, flush=True)
         return _run(host, port, generator, *a, **k)
@@ -73,6 +76,7 @@ LOG_PATTERNS: list[tuple] = [
      "oom_load", {"memory": "gpu"}),
     (r"\[(?:malloc_or_wait|metal::malloc)\] Unable to allocate|std::bad_alloc", "oom_load", {"memory": "ram"}),
     (r"Model type (?P<architecture>\S+) not supported", "invalid_model", {"problem": "unknown_architecture"}),
+    (r"\[load_safetensors\]|\[json\.exception\.parse_error", "invalid_model", {"problem": "corrupt"}),
     (r"No safetensors found in|config\.json.*(?:not found|No such file)", "invalid_model", {"problem": "missing"}),
     (r"No module named '?(?P<module>mlx_lm|mlx)'?", "startup_failed", {"problem": "engine_missing"}),
     (r"ember-mlx: the model failed to load", "startup_failed"),

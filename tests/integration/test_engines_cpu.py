@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engines import launch
+from engines import launch, supervisor
 from engines.client import ChatStream, Delta, EngineHTTPError, Finished, StreamBroken
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,6 +123,24 @@ def test_cli_chat_answers(name, safetensors_folder):
     assert out.stdout.strip()
     if name == "mlx":
         assert "MLX runs on the CPU here, slowly" in out.stderr
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_a_broken_weights_file_fails_the_start_with_a_diagnosis(name, safetensors_folder, tmp_path):
+    """A damaged download must fail at start, quickly, not hang until the start timeout."""
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    for f in safetensors_folder.iterdir():
+        if f.is_file() and f.suffix != ".safetensors":
+            (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    plan = launch.plan(str(broken), engine=name)
+    with pytest.raises(supervisor.EngineStartError) as err:
+        launch.start(plan, timeout=120)
+    assert not err.value.timed_out and err.value.status is not None
+    from engines import diagnosis
+    d = diagnosis.diagnose_exception(err.value, plan=plan)
+    assert d.kind == "invalid_model", d.render_text()
 
 
 def test_killed_mid_stream_is_diagnosed_as_a_crash(engine):

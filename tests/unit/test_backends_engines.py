@@ -242,6 +242,11 @@ REAL_LINES = [
           "execution failed: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)",
      "oom_load", {"memory": "gpu"}),
     (mlx, "ValueError: Model type foobar not supported.", "invalid_model", {"architecture": "foobar"}),
+    (mlx, "RuntimeError: [json.exception.parse_error.101] parse error at line 1, column 3: syntax error while "
+          "parsing object key - invalid literal; last read: '{no'; expected string literal",  # mx.load, bad header
+     "invalid_model", {"problem": "corrupt"}),
+    (transformers, "safetensors_rust.SafetensorError: Error while deserializing header: HeaderTooLarge",
+     "invalid_model", {"problem": "corrupt"}),
 ]
 
 
