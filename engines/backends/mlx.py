@@ -58,7 +58,8 @@ s.main()
 
 TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("max_tokens", "int", 512, check=S.at_least(1), help="answer length when the request sets none"),
-    S.arg("temp", "float", 0.0, check=S.between(0, 5), help="default sampling temperature"),
+    S.arg("temperature", "float", 0.0, flag="--temp", check=S.between(0, 5),
+          help="default sampling temperature (mlx_lm.server's --temp)"),
     S.arg("top_p", "float", 1.0, check=S.between(0, 1)),
     S.arg("top_k", "int", 0, check=S.at_least(0)),
     S.arg("min_p", "float", 0.0, check=S.between(0, 1)),

@@ -48,7 +48,7 @@ def pytorch_spec(arch: str = "Qwen2ForCausalLM", ctx: int = 32768, fmt: str = "p
      {"context_length": 8192, "mem_fraction_static": 0.7, "tp_size": 4}),
     (transformers, ["dtype=bfloat16", "max_model_len=512", "temperature=0"],
      {"dtype": "bfloat16", "max_model_len": 512, "temperature": 0.0}),
-    (mlx, ["max_tokens=64", "temp=0.2"], {"max_tokens": 64, "temp": 0.2}),
+    (mlx, ["max_tokens=64", "temperature=0.2"], {"max_tokens": 64, "temperature": 0.2}),
 ])
 def test_validate_types_values(mod, pairs, expected):
     assert mod.validate(pairs) == expected
@@ -156,10 +156,11 @@ def test_transformers_command_uses_our_server_with_key_in_environment(tmp_path):
 
 def test_mlx_command_has_a_bootstrap_that_waits_for_the_model(tmp_path):
     spec = ModelSpec(name="tiny", format="mlx", quantization="4bit", path=str(tmp_path))
-    cmd = mlx.command(spec, mlx.validate(["max_tokens=32"]), "127.0.0.1", 9001, "unused")
+    cmd = mlx.command(spec, mlx.validate(["max_tokens=32", "temperature=0.5"]), "127.0.0.1", 9001, "unused")
     program = engine_program(cmd)
     assert program[1] == "-c" and "mlx_lm.server" in program[2]
-    assert program[3:] == ["--model", str(tmp_path), "--host", "127.0.0.1", "--port", "9001", "--max-tokens", "32"]
+    assert program[3:] == ["--model", str(tmp_path), "--host", "127.0.0.1", "--port", "9001", "--max-tokens", "32",
+                           "--temp", "0.5"]
     assert "<script>" in cmd.display and "\n" not in cmd.display
 
 
