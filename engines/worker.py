@@ -60,6 +60,27 @@ def _on_signals(stop: threading.Event) -> None:
             signal.signal(sig, lambda *_: stop.set())
 
 
+def _let_engine_log_drain(quiet: float = 0.25, limit: float = 2.0) -> None:
+    """llama.cpp writes its log from its own thread: before we exit, wait until the log stops growing,
+    or the line that names the failure (the only place it is named) may never reach the file."""
+    import stat
+    import time
+    try:
+        regular = stat.S_ISREG(os.fstat(2).st_mode)
+    except OSError:
+        regular = False
+    if not regular:
+        time.sleep(quiet)
+        return
+    start = last_change = time.monotonic()
+    size = os.fstat(2).st_size
+    while time.monotonic() - start < limit and time.monotonic() - last_change < quiet:
+        time.sleep(0.02)
+        now = os.fstat(2).st_size
+        if now != size:
+            size, last_change = now, time.monotonic()
+
+
 def run_llamacpp(config: dict, stop: threading.Event) -> int:
     import xllamacpp
 
@@ -77,6 +98,7 @@ def run_llamacpp(config: dict, stop: threading.Event) -> int:
     try:
         server = xllamacpp.Server(p)
     except RuntimeError as exc:
+        _let_engine_log_drain()
         print(f"ember-worker: llama.cpp failed to start: {exc}", file=sys.stderr, flush=True)
         return 2
     print(f"ember-worker: ready at {server.listening_address}", file=sys.stderr, flush=True)
