@@ -41,7 +41,6 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from . import diagnosis_patterns
 
@@ -130,7 +129,7 @@ class Diagnosis:
         if self.log_path:
             out += ["", f"Engine log: {self.log_path}"]
         if self.log_tail and tail:
-            out += [f"  last lines:"] + ["    " + l for l in self.log_tail[-tail:]]
+            out += ["  last lines:"] + ["    " + l for l in self.log_tail[-tail:]]
         return "\n".join(out)
 
     def __str__(self) -> str:
@@ -989,3 +988,7 @@ def preflight(plan) -> Diagnosis | None:
     d.explanation = (f"These settings need about {_gib(est.total_bytes)} (KV cache {_gib(est.kv_cache_bytes)}), "
                      f"more than this computer has ({_gib(total)}).\n" + d.explanation.split("\n", 1)[-1])
     return d
+
+
+#: the name ARCHITECTURE.md uses for the entry point
+diagnose = diagnose_exception
