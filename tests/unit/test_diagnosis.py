@@ -122,6 +122,11 @@ LINES = [
     ("ember-worker: llama.cpp failed to start: Failed to init server, please check the input params.",
      "startup_failed", {}),
     ("srv  log_server_r: request: POST /v1/chat/completions 127.0.0.1 200", None, {}),
+    # remote OpenAI-compatible servers (vLLM's wording, real-shaped)
+    ("This model's maximum context length is 2048 tokens. However, your request has 3000 input tokens. "
+     "Please reduce the length of the input messages.", "context_exceeded",
+     {"n_ctx_slot": "2048", "n_prompt_tokens": "3000"}),
+    ("Invalid API Key", "auth_failed", {}),
 ]
 
 
@@ -242,6 +247,16 @@ def test_multimodal_note(plans):
     body = {"error": {"type": "exceed_context_size_error", "n_prompt_tokens": 3000, "n_ctx": 2048, "message": "x"}}
     d = diagnosis.diagnose_exception(client.EngineHTTPError(400, body), plan=plan)
     assert "context shift is off" in d.explanation
+
+
+def test_remote_context_error_without_a_plan():
+    err = client.EngineHTTPError(400, {"object": "error", "message": "This model's maximum context length is 2048 "
+                                       "tokens. However, your request has 3000 input tokens.",
+                                       "type": "BadRequestError", "code": 400})
+    d = diagnosis.diagnose_exception(err)
+    assert d.kind == Kind.CONTEXT_EXCEEDED
+    assert d.explanation.startswith("Your message needs 3,000 tokens; each slot holds 2,048.")
+    assert [f.action for f in d.fixes] == ["new_conversation"]  # no launch of ours to change
 
 
 def test_auth_and_unreachable():
