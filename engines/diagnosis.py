@@ -923,6 +923,13 @@ def _from_plan_error(exc) -> Diagnosis:
                           "reasons": reasons},
                          [Fix(f"Install {label}", {}, exc.install_command, action="install")])
     why = "\n".join(f"- {e}: {r}" for e, r in reasons.items())
+    from .backends import ENGINES
+    able = [e for e in ENGINES if e not in (exc.reasons or {})]
+    if able:  # the engine asked for cannot, another can
+        return Diagnosis(Kind.NOT_SUPPORTED, f"The chosen engine cannot run {exc.model}",
+                         f"Why:\n{why}\n{LABELS.get(able[0], able[0])} can run it.",
+                         {"model": exc.model, "reasons": reasons, "engines_able": able},
+                         [Fix(f"Use {LABELS.get(e, e)} instead", {}, "", action=f"use_engine:{e}") for e in able])
     return Diagnosis(Kind.NOT_SUPPORTED, f"No engine can run {exc.model} on this computer",
                      f"Why each engine cannot run it:\n{why}" if why else exc.message,
                      {"model": exc.model, "reasons": reasons},

@@ -288,3 +288,13 @@ def test_cli_chat_prints_the_diagnosis(starter_path):
     d = json.loads(r.stderr[r.stderr.index("{"):])
     assert d["kind"] == "context_exceeded" and d["facts"]["n_ctx_slot"] == 256
     assert d["fixes"][0]["changes"] == {"n_ctx": 2048}
+
+
+def test_engine_that_cannot_run_the_model(starter_spec, hw):
+    """Asking for vLLM for a GGUF file: the reasons from selection, and the engine that can."""
+    with pytest.raises(launch.PlanError) as info:
+        launch.plan(starter_spec, hw, engine="vllm")
+    d = diagnosis.diagnose_exception(info.value)
+    assert d.kind == Kind.NOT_SUPPORTED
+    assert "vLLM: vLLM runs PyTorch, AWQ or GPTQ models; this one is GGUF" in d.explanation
+    assert d.primary_fix.label == "Use llama.cpp instead" and d.primary_fix.action == "use_engine:llamacpp"
