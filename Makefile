@@ -56,5 +56,16 @@ test: sysdeps-test $(VENV)/.test-installed
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/streaming.py
 
+# The onedir bundle (dist/ember), the .deb, the tarball and the AppImage's squashfs (the AppImage
+# itself when APPIMAGE_RUNTIME names the official type-2 runtime; see installers/README.md).
+APT_PACKAGE := binutils squashfs-tools
+$(VENV)/.package-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[package]'
+	touch $@
+
+package: $(VENV)/.package-installed
+	$(call apt_install,$(APT_PACKAGE))
+	$(BIN)/python -m installers.build all
+
 clean:
 	rm -rf build dist .pytest_cache

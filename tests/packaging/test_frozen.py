@@ -135,3 +135,18 @@ def test_every_library_is_bundled_or_a_declared_dependency(bundle):
     undeclared = {lib: (missing[lib], sorted(o)) for lib, o in owners.items() if not o & declared
                   and not any(d in o for d in ("libglvnd0", "libopengl0", "libglx0"))}
     assert not undeclared, undeclared
+
+
+@pytest.mark.xfail(strict=True, reason="engines/worker.py restores LD_LIBRARY_PATH only when "
+                   "LD_LIBRARY_PATH_ORIG exists; with none set, PyInstaller's bundle path leaks into the "
+                   "engine program (a user's vLLM/transformers Python would load the bundle's libraries). "
+                   "Fix: when frozen and LD_LIBRARY_PATH_ORIG is absent, pop LD_LIBRARY_PATH.")
+def test_exec_mode_programs_do_not_inherit_the_bundles_libraries(exe, user_home):
+    """`engine-worker exec` runs another engine's server from the user's environment: it must
+    see the system's libraries, not the bundle's."""
+    r = subprocess.run([str(exe), "engine-worker", "exec", "--", "/usr/bin/env"], input="",
+                       env={"HOME": str(user_home.parent), "PATH": "/usr/bin:/bin", "EMBER_HOME": str(user_home),
+                            "EMBER_WATCH_STDIN": "0"}, capture_output=True, text=True, timeout=60)
+    child_env = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    assert "PATH" in child_env, r.stdout + r.stderr  # the program ran
+    assert str(exe.parent) not in child_env.get("LD_LIBRARY_PATH", "")
