@@ -112,6 +112,7 @@ class ChatWindow(QMainWindow):
         self._busy_cancelled = False
         self._after_busy = None
         self._last_finish_diagnosis = None
+        self._last_model_saved = settings.get("last_model")
         self._build()
         self.bridge.changed.connect(self.refresh_models)
         self.bridge.loading.connect(lambda name, plan: self.plans.__setitem__(name, plan))
@@ -119,6 +120,7 @@ class ChatWindow(QMainWindow):
         self.refresh_conversations()
         self.refresh_models()
         self.new_chat()
+        QTimer.singleShot(300, self._preload)
 
     # -- layout ---------------------------------------------------------------------
     def _build(self) -> None:
@@ -304,8 +306,8 @@ class ChatWindow(QMainWindow):
             elif ep.kind == "remote":
                 label += " (remote)"
             self.model_combo.addItem(label, ep)
-        if current:
-            self.select_model(current)
+        if not (current and self.select_model(current)) and self.model_combo.count():
+            self.model_combo.setCurrentIndex(0)  # with a placeholder set, Qt selects nothing by itself
         self.model_combo.blockSignals(False)
         name = self.offered_model()
         label = "the starter model" if name == "starter" else name
@@ -610,12 +612,26 @@ class ChatWindow(QMainWindow):
             self.store.update_message(msg.id, msg.content, complete=not fin.cancelled)
         if ep is not None and ep.kind == "local":
             self.manager.touch(ep.name)
-            settings.set("last_model", ep.name)
+            self._remember_model(ep.name)
         self.render()
         self.status.setText(self.status_text(fin, ep))
         self._update_buttons()
         self._diagnose_finish(fin, ep)
         self.reply_finished.emit(fin)
+
+    def _remember_model(self, name: str) -> None:
+        """The 'no model' row offers the last model used; saved off the GUI thread (it fsyncs)."""
+        if self._last_model_saved != name:
+            self._last_model_saved = name
+            run_async(lambda: settings.set("last_model", name), name="save-last-model")
+
+    def _preload(self) -> None:
+        """Import the failure modules before they are needed, so a first failure shows at once."""
+        for module in ("engines.diagnosis", "desktop.diagnosis_dialog"):
+            try:
+                __import__(module)
+            except ImportError:
+                pass
 
     def status_text(self, fin: Finished, ep: Endpoint | None) -> str:
         parts = ["Stopped" if fin.cancelled else "Done"]
@@ -701,6 +717,10 @@ class ChatWindow(QMainWindow):
             return None
         dialog = DiagnosisDialog(diagnosis, self)
         dialog.fix_chosen.connect(self.apply_fix)
+        if hasattr(dialog, "fix_action"):
+            dialog.fix_action.connect(self._fix_action)
+        if hasattr(dialog, "show_log_requested"):
+            dialog.show_log_requested.connect(self.show_log)
         dialog.open()
         self.failure_shown.emit(dialog)
         return dialog
@@ -724,6 +744,19 @@ class ChatWindow(QMainWindow):
 
         self._run_busy(f"Restarting {name} with {', '.join(f'{k}={v}' for k, v in changes.items())}…",
                        name, work, then=self._resend_after_fix)
+
+    def _fix_action(self, fix) -> None:
+        """Fixes that are not a relaunch (a relaunch arrives through apply_fix)."""
+        action = getattr(fix, "action", None)
+        last_user = next((m.content for m in reversed(self.history) if m.role == "user"), "")
+        if action == "new_conversation":
+            self.new_chat()
+            self.input.setPlainText(last_user)  # nothing the user wrote is lost
+        elif action == "edit_message":
+            self.input.setPlainText(last_user)
+            self.input.setFocus()
+        elif action == "choose_model":
+            self.models_requested.emit()
 
     def _resend_after_fix(self) -> None:
         self.failed_plan = None
