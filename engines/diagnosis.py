@@ -345,6 +345,16 @@ def _fits(plan, n_ctx: int, n_parallel: int | None = None, cache_type: str | Non
     return est.total_bytes <= budget * MEMORY_SHARE, est.total_bytes
 
 
+def _kv_note(plan, new_ctx: int) -> str:
+    """' KV cache 78 MiB instead of 39 MiB.': the memory a context change costs or saves (estimate)."""
+    now, new = _estimate(plan, _n_ctx(plan) or 0), _estimate(plan, new_ctx)
+    if new is None or not new.kv_cache_bytes:
+        return ""
+    if now is None or not now.kv_cache_bytes:
+        return f" KV cache about {_gib(new.kv_cache_bytes)}."
+    return f" KV cache about {_gib(new.kv_cache_bytes)} instead of {_gib(now.kv_cache_bytes)}."
+
+
 def _ctx_for_slot(plan, per_slot: int) -> int:
     """The n_ctx that gives each slot ``per_slot`` tokens."""
     return per_slot if _unified(plan) else per_slot * _slots(plan)
@@ -437,8 +447,7 @@ def _context_exceeded(plan, n_prompt: int | None, slot_ctx: int | None, message:
             ok, need_bytes = _fits(plan, new_ctx)
             note = (f"Each slot then holds {_n(per_slot)} tokens: room for this message and about "
                     f"{_n(max(0, per_slot - (n_prompt or 0)))} tokens of answer.")
-            if need_bytes:
-                note += f" Estimated memory: {_gib(need_bytes)}."
+            note += _kv_note(plan, new_ctx)
             if not ok:
                 note += " This may not fit in this computer's memory."
             facts["suggested_n_ctx"] = new_ctx
@@ -474,8 +483,7 @@ def _kv_cache_full(plan, cause: str | None, message: str | None) -> Diagnosis:
             if new > n_ctx:
                 ok, need_bytes = _fits(plan, new)
                 note = "More room for answers that run at the same time."
-                if need_bytes:
-                    note += f" Estimated memory: {_gib(need_bytes)}."
+                note += _kv_note(plan, new)
                 fixes.append(Fix(f"Raise the context to {_n(new)} tokens", {"n_ctx": new}, note))
         if slots > 1:
             fixes.append(Fix("Answer one request at a time", {"n_parallel": 1},
@@ -569,8 +577,7 @@ def _oom_load(plan, facts_in: dict, predicted: bool = False) -> Diagnosis:
         if new and new < n_ctx:
             ok, need = _fits(plan, new)
             note = "A smaller context needs a smaller KV cache."
-            if need:
-                note += f" Estimated memory: {_gib(need)}."
+            note += _kv_note(plan, new)
             ctx_fix = Fix(f"Lower the context to {_n(new)} tokens", {"n_ctx": new}, note)
     fewer = _fewer_layers_fix(plan, alloc)
     kv_big = est is not None and est.kv_cache_bytes > est.weights_bytes
@@ -581,13 +588,21 @@ def _oom_load(plan, facts_in: dict, predicted: bool = False) -> Diagnosis:
     if str(_p(plan, "cache_type_k", "f16")) in ("f16", "f32", "bf16") and plan is not None:
         fixes.append(Fix("Quantize the KV cache (q8_0)", {"cache_type_k": "q8_0", "cache_type_v": "q8_0"},
                          "Halves the KV cache's memory with little loss of quality."))
-    fixes.append(Fix("Use a smaller quantization of the model", {},
-                     "For example Q4_K_M instead of Q8_0: the weights take about half the memory.",
+    fixes.append(Fix("Use a smaller quantization of the model", {}, _smaller_quant_note(plan),
                      action="choose_model"))
     title = ("This model will not fit in memory with these settings" if predicted
              else "Not enough memory to load the model")
     return Diagnosis(Kind.OOM_LOAD, title, " ".join(parts[:1]) + ("\n" + " ".join(parts[1:]) if parts[1:] else ""),
                      facts, fixes)
+
+
+def _smaller_quant_note(plan) -> str:
+    quant = str(getattr(getattr(plan, "model", None), "quantization", "") or "").upper()
+    if quant.startswith(("F32", "F16", "BF16", "Q8", "Q6", "Q5")):
+        return f"This file is {quant}; the same model in Q4_K_M needs about half the memory or less for its weights."
+    if quant.startswith("Q4") or quant.startswith("IQ4"):
+        return f"This file is {quant}; Q3_K_M or a smaller model needs less memory, at some cost in quality."
+    return "For example Q4_K_M instead of Q8_0: the weights take about half the memory."
 
 
 _INVALID_WORDS = {
@@ -974,7 +989,7 @@ def diagnose_finish(finished, plan) -> Diagnosis | None:
                                  f"Each slot then holds {_n(n_ctx // fewer)} tokens."))
         new_ctx = _ctx_for_slot(plan, per_slot)
         ok, need = _fits(plan, new_ctx)
-        note = f"Each slot then holds {_n(per_slot)} tokens." + (f" Estimated memory: {_gib(need)}." if need else "")
+        note = f"Each slot then holds {_n(per_slot)} tokens." + _kv_note(plan, new_ctx)
         fix = Fix(f"Raise the context to {_n(new_ctx)} tokens", {"n_ctx": new_ctx}, note)
         fixes.insert(0 if ok else len(fixes), fix)
     fixes.append(Fix("Start a new conversation", {}, "", action="new_conversation"))

@@ -122,3 +122,34 @@ def test_action_fix_and_keyboard(qtbot):
     dlg2.show()
     qtbot.keyClick(dlg2, Qt.Key_Escape)
     assert not dlg2.isVisible() and dlg2.result() == QDialog.DialogCode.Rejected
+
+
+@pytest.mark.logfixture
+def test_out_of_memory_dialog_lists_the_fixes_in_order(qtbot, starter_path, screenshot, tmp_path):
+    """CUDA out of memory at load (log fixture, fake GPU machine): fewer layers first, each fix with its numbers."""
+    from desktop.diagnosis_dialog import DiagnosisDialog
+    from engines import diagnosis
+    from engines.hardware import GPU, HardwareProfile
+    gib = 1024 ** 3
+    fake_cuda_pc = HardwareProfile("linux", "x86_64", 16, 64 * gib, 58 * gib,
+                                   [GPU("NVIDIA GeForce RTX 4090 (fake)", "nvidia", "cuda", 24 * gib, 22 * gib,
+                                        "CUDA0")], "fake CPU", False, "cuda")
+    plan = launch.plan("starter", fake_cuda_pc, overrides={"n_ctx": 8192})
+    lines = ["load_tensors: offloaded 19/19 layers to GPU",
+             "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 48.00 MiB on device 0: cudaMalloc failed: "
+             "out of memory",
+             "alloc_tensor_range: failed to allocate CUDA0 buffer of size 50331648",
+             "ember-worker: llama.cpp failed to start: Failed to init server, please check the input params."]
+    d = diagnosis.diagnose_log(lines, plan, "start", path=str(tmp_path / "engine.log"))
+    dlg = DiagnosisDialog(d)
+    qtbot.addWidget(dlg)
+    dlg.show()
+    assert dlg.title_label.text() == "Not enough memory to load the model"
+    assert [b.text() for b in dlg.fix_buttons][:3] == ["Put fewer layers on the GPU (14)",
+                                                        "Lower the context to 4,096 tokens",
+                                                        "Quantize the KV cache (q8_0)"]
+    assert "Failed\u00a0allocation:\u00a048\u00a0MiB" in dlg.facts_label.text()
+    screenshot(dlg, "diagnosis_oom")
+    with qtbot.waitSignal(dlg.fix_chosen) as chosen:
+        qtbot.mouseClick(dlg.fix_buttons[2], Qt.LeftButton)
+    assert chosen.args == [{"cache_type_k": "q8_0", "cache_type_v": "q8_0"}]
