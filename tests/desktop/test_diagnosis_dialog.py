@@ -42,6 +42,7 @@ def window(qtbot, small_manager, tmp_path):
     store.close()
 
 
+@pytest.mark.slow
 def test_context_error_dialog_fix_relaunches_and_completes(qtbot, window, small_manager, screenshot):
     from desktop.diagnosis_dialog import DiagnosisDialog
 

@@ -20,6 +20,8 @@ import pytest
 from engines import client, diagnosis, launch, params, supervisor
 from engines.diagnosis import Kind
 
+pytestmark = pytest.mark.slow
+
 # About 1,000 tokens for the starter's tokenizer.
 LONG = "The quick brown fox jumps over the lazy dog. " * 100
 
