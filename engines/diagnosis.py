@@ -428,9 +428,11 @@ def _context_exceeded(plan, n_prompt: int | None, slot_ctx: int | None, message:
     trained = _trained(plan)
     need = (n_prompt + REPLY_ROOM) if n_prompt else (2 * slot_ctx if slot_ctx else None)
     if plan is not None and need:
-        if trained and need > trained:
+        if trained and n_prompt and n_prompt >= trained:
             lines.append(f"That is more than the model can read at once ({_n(trained)} tokens, its trained context).")
-            per_slot = _pow2_floor(trained) if trained >= (n_prompt or 0) else None
+            per_slot = None
+        elif trained and need > trained:
+            per_slot = trained  # all the model can take; little room left for the answer
         else:
             per_slot = _round_up(need)
             if trained:
