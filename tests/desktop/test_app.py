@@ -164,16 +164,50 @@ def test_settings_dialog_saves_and_the_app_applies(qtbot, ember_app, screenshot)
 
 @offscreen_tray
 @pytest.mark.slow
-def test_quit_stops_every_engine_it_started(qtbot, ember_app, fresh_home):
+def test_models_window_launch_idle_unload_and_quit(qtbot, ember_app, fresh_home):
+    """Models window -> launch -> ready in tray and chat; idle unload shows 'unloaded'; Quit stops engines."""
     from engines import launch
     app = ember_app(use_tray=True)
-    app.chat_window()
+    app.show_models()
+    if app.models_window is not None:  # part B's window: launches reach the app through launch_requested
+        qtbot.addWidget(app.models_window)
+        assert app.models_window.isVisible()
+        emit = app.models_window.launch_requested.emit
+    else:
+        emit = app.launch_plan
     with qtbot.waitSignal(app.bridge.ready, timeout=120_000):
-        app.launch_plan(launch.plan("starter", overrides={"n_ctx": 512}))
+        emit(launch.plan("starter", overrides={"n_ctx": 512}))
+    qtbot.waitUntil(lambda: app.chat is not None and app.chat.isVisible(), timeout=5_000)
+    assert app.chat.current_model_name() == "starter"
     run = app.manager.get("starter")
     assert run.proc.running and app.tray.state.state == "ready"
     assert app.tray.state.tooltip == "Ember: starter ready"
-    items = [a.text() for a in app.tray.menu.actions()]
-    assert "starter (ready)" in items
+    assert "starter (ready)" in [a.text() for a in app.tray.menu.actions()]
+
+    app.manager.idle_timeout = 0.1  # what the settings' minutes become, made tiny
+    time.sleep(0.2)
+    with qtbot.waitSignal(app.bridge.unloaded, timeout=30_000):
+        app.check_idle()  # what the idle QTimer calls
+    assert not run.proc.running
+    assert app.tray.state.state == "unloaded" and "unloaded while idle" in app.tray.state.tooltip
+    assert "starter (unloaded while idle)" in [a.text() for a in app.tray.menu.actions()]
+
+    app.manager.idle_timeout = None
+    with qtbot.waitSignal(app.bridge.ready, timeout=120_000):
+        app.launch_plan(launch.plan("starter", overrides={"n_ctx": 512}))
+    run = app.manager.get("starter")
     app.quit()
     assert not run.proc.running and app.manager.running() == []
+
+
+def test_log_viewer_follows_a_growing_log(qtbot, tmp_path):
+    from desktop.log_viewer import LogViewer
+    path = tmp_path / "engine.log"
+    path.write_text("first line\n")
+    viewer = LogViewer(path, poll_ms=50)
+    qtbot.addWidget(viewer)
+    viewer.show()
+    assert viewer.text.toPlainText() == "first line\n" and viewer.text.isReadOnly()
+    with path.open("a") as f:
+        f.write("llama_model_load: error loading model\n")
+    qtbot.waitUntil(lambda: "error loading model" in viewer.text.toPlainText(), timeout=5_000)
