@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 
 from PySide6.QtCore import QThread, Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QGuiApplication, QKeySequence, QShortcut, QTextCursor
+from PySide6.QtGui import (QDesktopServices, QGuiApplication, QKeySequence, QPalette, QShortcut, QTextCursor,
+                           QTextFormat)
 from PySide6.QtWidgets import (QComboBox, QFrame, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
                                QMainWindow, QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QSplitter,
                                QTextBrowser, QVBoxLayout, QWidget)
@@ -495,11 +496,30 @@ class ChatWindow(QMainWindow):
         bar = self.view.verticalScrollBar()
         at_end = bar.value() >= bar.maximum() - 4
         if self.history:
-            self.view.setMarkdown(self.markdown())
+            text = self.markdown()
+            self.view.setMarkdown(text)
+            if "```" in text or "~~~" in text:
+                self._shade_code_blocks()
         else:
             self.view.setHtml("<p style='color: gray'>Start a conversation: type a message below.</p>")
         if at_end:
             bar.setValue(bar.maximum())
+
+    def _shade_code_blocks(self) -> None:
+        """Give fenced code blocks a background (Qt's markdown import marks them, but draws them plain)."""
+        doc = self.view.document()
+        shade = self.palette().color(QPalette.ColorRole.AlternateBase)
+        if shade == self.palette().color(QPalette.ColorRole.Base):
+            shade = shade.darker(106)
+        cursor = QTextCursor(doc)
+        block = doc.begin()
+        while block.isValid():
+            fmt = block.blockFormat()
+            if fmt.hasProperty(QTextFormat.Property.BlockCodeFence) or fmt.nonBreakableLines():
+                fmt.setBackground(shade)
+                cursor.setPosition(block.position())
+                cursor.setBlockFormat(fmt)
+            block = block.next()
 
     # -- sending --------------------------------------------------------------------
     def send(self, text: str | None = None) -> bool:
