@@ -269,8 +269,18 @@ def _unified(plan) -> bool:
     return bool(_p(plan, "kv_unified", False))
 
 
+#: the context-length parameter of other engines' plans (llama.cpp's is n_ctx)
+_CTX_KEYS = ("max_model_len", "context_length", "context_len", "max_seq_len", "max_kv_size")
+
+
+def _llamacpp(plan) -> bool:
+    return getattr(plan, "engine", "llamacpp") in ("llamacpp", None)
+
+
 def _n_ctx(plan) -> int | None:
     v = _p(plan, "n_ctx")
+    if plan is not None and not _llamacpp(plan):
+        v = next((_p(plan, k) for k in _CTX_KEYS if _p(plan, k)), None)
     if v in (None, 0):
         return _trained(plan)
     return int(v)
@@ -292,6 +302,8 @@ def _slot_ctx(plan) -> int | None:
 def _ctx_words(plan, slot_ctx: int | None = None) -> str:
     """'(n_ctx 2,048 / n_parallel 1)', with the value llama.cpp really used when it differs from the setting."""
     n_ctx, slots = _n_ctx(plan), _slots(plan)
+    if not _llamacpp(plan):
+        return f"(context length {_n(n_ctx)})" if n_ctx else ""
     if _unified(plan):
         return f"(n_ctx {_n(n_ctx)}, shared by all slots)"
     slot_ctx = slot_ctx or _slot_ctx(plan)
@@ -533,8 +545,7 @@ def _image_failed(plan, message: str | None) -> Diagnosis:
 def _oom_load(plan, facts_in: dict, predicted: bool = False) -> Diagnosis:
     n_ctx = _n_ctx(plan)
     slots = _slots(plan)
-    facts: dict[str, object] = {k: v for k, v in facts_in.items() if k in ("memory", "alloc_mib", "alloc_mb",
-                                                                          "device", "buffer", "log_line")}
+    facts: dict[str, object] = {k: v for k, v in facts_in.items() if k != "kv"}  # backends' fixes read them all
     est = _estimate(plan, n_ctx, slots) if n_ctx else None
     budget = _memory_budget(plan)
     alloc = None
@@ -599,7 +610,10 @@ def _oom_load(plan, facts_in: dict, predicted: bool = False) -> Diagnosis:
 
 
 def _smaller_quant_note(plan) -> str:
-    quant = str(getattr(getattr(plan, "model", None), "quantization", "") or "").upper()
+    model = getattr(plan, "model", None)
+    if model is not None and getattr(model, "format", "gguf") != "gguf":
+        return "A quantized version of the model (AWQ, GPTQ) or a smaller model needs less memory."
+    quant = str(getattr(model, "quantization", "") or "").upper()
     if quant.startswith(("F32", "F16", "BF16", "Q8", "Q6", "Q5")):
         return f"This file is {quant}; the same model in Q4_K_M needs about half the memory or less for its weights."
     if quant.startswith("Q4") or quant.startswith("IQ4"):
@@ -675,9 +689,8 @@ def _crashed(plan, status, lines: list[str], during: str) -> Diagnosis:
 
 # -- entry points ---------------------------------------------------------------------------
 
-def diagnose_log(lines: list[str], plan=None, phase: str = "start", status=None, path: str | None = None,
-                 model_path: str | None = None) -> Diagnosis | None:
-    """Diagnose from log lines alone (start-up or runtime); None if nothing is recognised."""
+def _diagnose_log(lines: list[str], plan=None, phase: str = "start", status=None, path: str | None = None,
+                  model_path: str | None = None) -> Diagnosis | None:
     engine = getattr(plan, "engine", None)
     matches = classify_lines(lines, engine)
     if not matches:
@@ -769,8 +782,41 @@ def _auth(message: str | None, status: int | None = None) -> Diagnosis:
                      [Fix("Edit the endpoint's API key", {}, "", action="edit_endpoint")])
 
 
+def diagnose_log(lines: list[str], plan=None, phase: str = "start", status=None, path: str | None = None,
+                 model_path: str | None = None) -> Diagnosis | None:
+    """Diagnose from log lines alone (``phase`` "start" or "run"); None if nothing is recognised."""
+    return _for_engine(_diagnose_log(lines, plan, phase, status, path, model_path), plan)
+
+
 def diagnose_exception(exc: BaseException, proc=None, plan=None, log_offset: int = 0) -> Diagnosis | None:
-    """The diagnosis for any failure Ember meets; None only when there is nothing useful to say."""
+    """The diagnosis for any failure Ember meets; None only when there is nothing useful to say.
+
+    ``log_offset``: the engine log's size when the failed request began (``proc.log_size()``), so only
+    the lines of that request are read."""
+    return _for_engine(_diagnose_exception(exc, proc, plan, log_offset), plan)
+
+
+def _for_engine(d: Diagnosis | None, plan) -> Diagnosis | None:
+    """Parameter fixes in the engine's own keys: llama.cpp's are computed here; another engine's come from
+    its backend module's ``fixes_for(kind, facts, plan) -> [{"label", "changes", "note"}]``. Fixes without
+    changes (actions) are kept for every engine."""
+    engine = getattr(plan, "engine", None)
+    if d is None or not engine or engine == "llamacpp":
+        return d
+    own: list[Fix] = []
+    try:
+        from .launch import backend
+        fn = getattr(backend(engine), "fixes_for", None)
+        for f in (fn(str(d.kind), dict(d.facts), plan) if fn else []):
+            own.append(f if isinstance(f, Fix) else Fix(f.get("label", ""), dict(f.get("changes") or {}),
+                                                        f.get("note", ""), f.get("action")))
+    except Exception as exc:
+        log.info("fixes from backend %s failed: %s", engine, exc)
+    d.fixes = own + [f for f in d.fixes if not f.changes]
+    return d
+
+
+def _diagnose_exception(exc: BaseException, proc=None, plan=None, log_offset: int = 0) -> Diagnosis | None:
     from . import client, launch, models, params, supervisor
     try:
         if isinstance(exc, supervisor.EngineStartError):
@@ -834,11 +880,11 @@ def _from_start_error(exc, plan) -> Diagnosis:
     d = None
     if not exc.timed_out:
         if status is not None and status.signal:
-            d = diagnose_log(lines, plan, "start", status, exc.log_path, model_path)
+            d = _diagnose_log(lines, plan, "start", status, exc.log_path, model_path)
             if d is None or d.kind in (Kind.STARTUP_FAILED,):
                 d = _crashed(plan, status, lines, "while starting")
         else:
-            d = diagnose_log(lines, plan, "start", status, exc.log_path, model_path)
+            d = _diagnose_log(lines, plan, "start", status, exc.log_path, model_path)
     if d is None:
         d = _startup_failed(plan, status, None, exc.timed_out, exc.reason if exc.timed_out else None)
     d.log_path = str(exc.log_path)
@@ -878,7 +924,7 @@ def _from_http(exc, proc, plan, offset) -> Diagnosis:
         elif m is not None and m.kind == "auth_failed":
             d = _auth(message, exc.status)
         else:
-            d = diagnose_log(lines, plan, "run") if lines else None
+            d = _diagnose_log(lines, plan, "run") if lines else None
             if d is None:
                 d = Diagnosis(Kind.SERVER_ERROR, f"The engine answered with an error (HTTP {exc.status})",
                               f"The engine said: {message}", {"status": exc.status, "type": exc.type,
@@ -957,6 +1003,10 @@ def _from_plan_error(exc) -> Diagnosis:
 
 def diagnose_finish(finished, plan) -> Diagnosis | None:
     """A reply cut short because the slot's context ran out (finish_reason "length" before max_tokens)."""
+    return _for_engine(_diagnose_finish(finished, plan), plan)
+
+
+def _diagnose_finish(finished, plan) -> Diagnosis | None:
     if finished is None or getattr(finished, "finish_reason", None) != "length" or finished.cancelled:
         return None
     usage = finished.usage

@@ -352,3 +352,29 @@ def test_slot_context_as_llama_cpp_really_sets_it():
     assert d.facts["n_ctx_slot"] == 256
     assert "filling the slot's 256 tokens (n_ctx 512 / n_parallel 2; llama.cpp changed the n_ctx 256 you set)" \
         in d.explanation
+
+
+def test_other_engines_get_their_own_fixes(monkeypatch):
+    """A vLLM-like backend: its LOG_PATTERNS classify, its fixes_for gives the parameter fixes in its own keys;
+    llama.cpp's keys (n_ctx, cache_type_k...) are never offered to it."""
+    mod = types.ModuleType("engines.backends.fakeengine")
+    mod.LOG_PATTERNS = [(r"No available memory for the cache blocks", "oom_load", {"memory": "gpu"})]
+    mod.fixes_for = lambda kind, facts, plan: ([{"label": "Lower the context to 2,048 tokens",
+                                                 "changes": {"max_model_len": 2048}, "note": "n"}]
+                                               if kind == "oom_load" else [])
+    monkeypatch.setitem(sys.modules, "engines.backends.fakeengine", mod)
+    model = types.SimpleNamespace(context_length=8192, path=None, format="pytorch", has_vision=False,
+                                  block_count=28, quantization="none")
+    plan = types.SimpleNamespace(engine="fakeengine", params={"max_model_len": 4096}, model=model,
+                                 hardware=fake_cuda_pc(), fit=None)
+    d = diagnosis.diagnose_log(["ValueError: No available memory for the cache blocks. Try increasing "
+                                "`gpu_memory_utilization`"], plan, "start")
+    assert d.kind == Kind.OOM_LOAD
+    assert d.primary_fix.changes == {"max_model_len": 2048}
+    keys = {k for f in d.fixes for k in f.changes}
+    assert keys == {"max_model_len"}
+    body = {"error": {"message": "This model's maximum context length is 4096 tokens. However, your request has "
+                                 "5000 input tokens.", "type": "BadRequestError"}}
+    d = diagnosis.diagnose_exception(client.EngineHTTPError(400, body), plan=plan)
+    assert d.kind == Kind.CONTEXT_EXCEEDED and "(context length 4,096)" in d.explanation
+    assert [f.action for f in d.fixes] == ["new_conversation"]
