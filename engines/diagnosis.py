@@ -31,6 +31,12 @@ Example for vLLM::
         (r"No available memory for the cache blocks", "oom_load", {"memory": "gpu"}),
         (r"is larger than the maximum number of tokens", "context_exceeded"),
     ]
+
+It may also define ``fixes_for(kind, facts, plan) -> list[dict]`` returning
+``{"label", "changes", "note"}`` dicts in its own parameter keys (``facts``
+holds the named groups of the matched line). For any engine but llama.cpp
+those replace the parameter fixes computed here (which use llama.cpp's keys);
+fixes without changes (new conversation, choose a model...) are kept.
 """
 from __future__ import annotations
 
