@@ -196,8 +196,6 @@ def test_transformers_in_another_interpreter_finds_embers_server(home):
     assert fake_python(home) in cmd.argv
 
 
-@pytest.mark.xfail(reason="engines.diagnosis does not yet ask the backend for fixes (backends' fixes_for); "
-                          "its llama.cpp fixes (n_ctx, cache_type_k) are not vLLM parameters", strict=False)
 def test_every_fix_the_diagnosis_offers_for_vllm_relaunches(home):
     from engines import diagnosis
     engine_env.set_python("vllm", fake_python(home))
@@ -205,7 +203,8 @@ def test_every_fix_the_diagnosis_offers_for_vllm_relaunches(home):
     with pytest.raises(supervisor.EngineStartError) as err:
         launch.start(plan, timeout=30)
     d = diagnosis.diagnose_exception(err.value, plan=plan)
-    assert any(f.changes for f in d.fixes)
+    assert d.kind == "oom_load"
+    assert d.fixes[0].changes == {"max_model_len": 1280}  # vLLM's own estimate (4096 // 3), rounded down
     for f in d.fixes:
         if f.changes:
             plan.with_changes(f.changes)  # raises ParamError for a key vLLM does not have
