@@ -217,8 +217,9 @@ def parse_assignment(text: str) -> tuple[str, str]:
 def _range_checks(key: str, value) -> None:
     """Values that start a broken engine are refused before launch (see FACTS)."""
     if key == "n_parallel" and not (1 <= value <= 256):
-        raise ParamError(key, f"must be between 1 and 256, got {value} (with 0 slots every request "
-                              "would wait forever)", value)
+        why = " (with no slots every request would wait forever)" if value < 1 else \
+            " (llama.cpp allows at most 256 sequences)"
+        raise ParamError(key, f"must be between 1 and 256, got {value}{why}", value)
     if key == "n_ctx" and value < 0:
         raise ParamError(key, f"must be 0 (the model's own context) or a positive number, got {value}", value)
     if key == "n_gpu_layers" and value < -1:
