@@ -153,6 +153,20 @@ def control_text(version: str, arch: str, installed_kib: int, glibc: str | None)
             f"Description: {SUMMARY}\n{DESCRIPTION}\n")
 
 
+def _md5sums(root: Path) -> str:
+    import hashlib
+
+    lines = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.is_symlink() and p.relative_to(root).parts[0] != "DEBIAN":
+            h = hashlib.md5()
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            lines.append(f"{h.hexdigest()}  {p.relative_to(root).as_posix()}\n")
+    return "".join(lines)
+
+
 def deb_name(version: str, arch: str) -> str:
     return f"{APP}_{debian_version(version)}_{DEB_ARCH.get(arch, arch)}.deb"
 
@@ -174,6 +188,7 @@ def build_deb(bundle: Path, out_dir: Path, version: str, resources: Path, arch: 
     _fix_modes(root)
     kib = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink()) // 1024 + 1
     (root / "DEBIAN").mkdir()
+    (root / "DEBIAN" / "md5sums").write_text(_md5sums(root), encoding="utf-8")  # for `dpkg --verify`
     (root / "DEBIAN" / "control").write_text(control_text(version, arch, kib, glibc_needed(bundle)),
                                              encoding="utf-8")
     _fix_modes(root / "DEBIAN")
