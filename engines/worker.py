@@ -108,8 +108,11 @@ def run_llamacpp(config: dict, stop: threading.Event) -> int:
 
 def run_exec(argv: list[str], stop: threading.Event) -> int:
     env = dict(os.environ)
-    if "LD_LIBRARY_PATH_ORIG" in env:  # leaving a PyInstaller bundle: give the program the system's libraries
+    # Leaving a PyInstaller bundle: give the program the system's libraries, not the bundle's.
+    if "LD_LIBRARY_PATH_ORIG" in env:
         env["LD_LIBRARY_PATH"] = env.pop("LD_LIBRARY_PATH_ORIG")
+    elif getattr(sys, "frozen", False):
+        env.pop("LD_LIBRARY_PATH", None)
     for k in ("EMBER_PDEATHSIG", "EMBER_PARENT_PID", "EMBER_WATCH_STDIN"):
         env.pop(k, None)
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env, start_new_session=True)

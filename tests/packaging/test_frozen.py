@@ -137,10 +137,6 @@ def test_every_library_is_bundled_or_a_declared_dependency(bundle):
     assert not undeclared, undeclared
 
 
-@pytest.mark.xfail(strict=True, reason="engines/worker.py restores LD_LIBRARY_PATH only when "
-                   "LD_LIBRARY_PATH_ORIG exists; with none set, PyInstaller's bundle path leaks into the "
-                   "engine program (a user's vLLM/transformers Python would load the bundle's libraries). "
-                   "Fix: when frozen and LD_LIBRARY_PATH_ORIG is absent, pop LD_LIBRARY_PATH.")
 def test_exec_mode_programs_do_not_inherit_the_bundles_libraries(exe, user_home):
     """`engine-worker exec` runs another engine's server from the user's environment: it must
     see the system's libraries, not the bundle's."""
