@@ -223,7 +223,9 @@ def _memory_capacity(hw: HardwareProfile) -> int:
 
 
 def _gb(n: int | None) -> str:
-    return "unknown" if n is None else f"{n / 1e9:.1f} GB"
+    if n is None:
+        return "unknown"
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:,.0f} MB"
 
 
 # -- one row ----------------------------------------------------------------------------------------
