@@ -114,6 +114,8 @@ class ChatWindow(QMainWindow):
         self._after_busy = None
         self._last_finish_diagnosis = None
         self._last_model_saved = settings.get("last_model")
+        self._remote_endpoints: list[Endpoint] = []
+        self._remotes_call = None
         self._build()
         self.bridge.changed.connect(self.refresh_models)
         self.bridge.loading.connect(lambda name, plan: self.plans.__setitem__(name, plan))
@@ -296,11 +298,33 @@ class ChatWindow(QMainWindow):
         return str(settings.get("last_model") or "starter")
 
     # -- models ---------------------------------------------------------------------
+    def local_endpoints(self) -> list[Endpoint]:
+        """Running and idle-unloaded local models: read from the manager, no I/O."""
+        eps = [r.endpoint for r in self.manager.running()]
+        eps += [Endpoint(n, "", None, "unloaded", None, p.engine) for n, p in self.manager.unloaded().items()]
+        return eps
+
+    def refresh_remotes(self) -> None:
+        """Ask for the full list (remote servers answer over the network) off the GUI thread."""
+        if self._remotes_call is not None:
+            return
+
+        def got(endpoints):
+            self._remotes_call = None
+            self._remote_endpoints = [e for e in endpoints if e.kind == "remote"]
+            self.refresh_models()
+
+        def failed(exc):
+            self._remotes_call = None
+            log.info("listing endpoints failed: %s", exc)
+
+        self._remotes_call = run_async(self.manager.endpoints, got, failed, name="list-endpoints")
+
     def refresh_models(self) -> None:
         current = self.current_model_name()
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
-        for ep in self.manager.endpoints():
+        for ep in self.local_endpoints() + self._remote_endpoints:
             label = ep.name
             if ep.kind == "unloaded":
                 label += " (unloaded while idle)"
@@ -815,6 +839,10 @@ class ChatWindow(QMainWindow):
         viewer.show()
 
     # -- window ---------------------------------------------------------------------
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        self.refresh_remotes()
+
     def show_and_raise(self) -> None:
         self.show()
         self.setWindowState(self.windowState() & ~Qt.WindowState.WindowMinimized)
