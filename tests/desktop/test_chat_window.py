@@ -186,3 +186,24 @@ def test_a_failure_shows_the_error_and_its_log(qtbot, window, tmp_path):
     if isinstance(dialog, QMessageBox):  # before the diagnosis dialog exists
         assert "exited with status 1" in dialog.text() and str(log_path) in dialog.informativeText()
     dialog.close()
+
+
+def test_a_remote_endpoint_is_listed_and_chats(qtbot, manager, tmp_path, monkeypatch):
+    """A remote server (here: the starter's own OpenAI server, reached as a remote) in the picker."""
+    remotes = pytest.importorskip("engines.remotes")
+    monkeypatch.setenv("EMBER_HOME", str(tmp_path / "home"))
+    run = manager.get("starter")
+    monkeypatch.setenv("EMBER_TEST_REMOTE_KEY", run.proc.api_key)
+    remotes.add("lab", run.proc.base_url, key_env="EMBER_TEST_REMOTE_KEY")
+    w = ChatWindow(EngineManager(idle_timeout=None), store=Store(tmp_path / "chats.sqlite3"))
+    qtbot.addWidget(w)
+    w.show()  # lists remotes off the GUI thread
+    qtbot.waitUntil(lambda: w.current_endpoint() is not None, timeout=30_000)
+    ep = w.current_endpoint()
+    assert ep.kind == "remote" and ep.name.startswith("lab/") and w.model_combo.currentText().endswith("(remote)")
+    assert not w.offer.isVisible()
+    w.max_tokens = 8
+    with qtbot.waitSignal(w.reply_finished, timeout=120_000) as finished:
+        w.send("Hello over the network.")
+    assert not finished.args[0].cancelled and w.history[-1].content
+    assert w.history[-1].model == ep.name
