@@ -119,13 +119,15 @@ def main() -> None:
     raw_url = s.listening_address + "/v1"
     dt, proc, info = ember_serve_ready(env)
     raw_tps, ember_tps = [], []
-    measure_stream(raw_url, None, False)  # warm-up
-    measure_stream(info["base_url"], info["api_key"], True)
-    for _ in range(RUNS):
-        raw_tps.append(measure_stream(raw_url, None, False))
-        ember_tps.append(measure_stream(info["base_url"], info["api_key"], True))
-    proc.terminate()
-    proc.wait()
+    try:
+        measure_stream(raw_url, None, False)  # warm-up
+        measure_stream(info["base_url"], info["api_key"], True)
+        for _ in range(RUNS):
+            raw_tps.append(measure_stream(raw_url, None, False))
+            ember_tps.append(measure_stream(info["base_url"], info["api_key"], True))
+    finally:  # `ember serve` outlives a killed parent by design (it is a server): stop it here
+        proc.terminate()
+        proc.wait()
 
     r, e = statistics.median(raw_tps), statistics.median(ember_tps)
     rr, er = statistics.median(raw_ready), statistics.median(ember_ready)
