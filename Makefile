@@ -56,6 +56,8 @@ test: sysdeps-test $(VENV)/.test-installed
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/streaming.py
 	$(BIN)/python bench/desktop.py
+	$(BIN)/python bench/catalog_fit.py
+	$(BIN)/python bench/engines_cpu.py
 
 # The onedir bundle (dist/ember), the .deb, the tarball and the AppImage's squashfs (the AppImage
 # itself when APPIMAGE_RUNTIME names the official type-2 runtime; see installers/README.md).
