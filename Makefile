@@ -53,7 +53,7 @@ run: sysdeps-run $(VENV)/.run-installed
 test: sysdeps-test $(VENV)/.test-installed
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.test-installed
+bench: sysdeps-test $(VENV)/.test-installed
 	$(BIN)/python bench/streaming.py
 	$(BIN)/python bench/desktop.py
 	$(BIN)/python bench/catalog_fit.py
