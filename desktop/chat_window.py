@@ -135,6 +135,7 @@ class ChatWindow(QMainWindow):
         menu.addAction("Models…", self.models_requested.emit)
         menu.addAction("Settings…", self.settings_requested.emit)
         menu.addAction("Show logs", self.logs_requested.emit)
+        menu.addAction("This model's engine log", self.show_current_log)
         menu.addAction("About Ember", self.about_requested.emit)
         menu.addSeparator()
         menu.addAction("Quit", QKeySequence("Ctrl+Q"), self.quit_requested.emit)
@@ -831,6 +832,14 @@ class ChatWindow(QMainWindow):
         if self._last_finish_diagnosis is not None:
             if self._diagnosis_dialog(self._last_finish_diagnosis) is None:
                 QMessageBox.information(self, "Ember", self._last_finish_diagnosis.render_text())
+
+    def show_current_log(self) -> None:
+        """The log of the selected model's launch (or the last failed one)."""
+        run = self.manager.get(self.current_model_name() or "")
+        if run is not None:
+            self.show_log(run.proc.log_path)
+        else:
+            self.logs_requested.emit()
 
     def show_log(self, path) -> None:
         from .log_viewer import LogViewer

@@ -207,3 +207,33 @@ def test_a_remote_endpoint_is_listed_and_chats(qtbot, manager, tmp_path, monkeyp
         w.send("Hello over the network.")
     assert not finished.args[0].cancelled and w.history[-1].content
     assert w.history[-1].model == ep.name
+
+
+def test_engine_crash_mid_reply_keeps_the_partial_reply_and_explains(qtbot, store, starter_spec, hw):
+    """kill -9 of the engine while it answers: the text so far is in SQLite, the failure is shown."""
+    from engines import launch
+    m = EngineManager(idle_timeout=None)
+    m.launch(launch.plan(starter_spec, hw, overrides={"n_ctx": 1024}))
+    w = ChatWindow(m, store=store)
+    qtbot.addWidget(w)
+    w.show()
+    try:
+        w.max_tokens = 900
+        w.send("Write a very long story about a lighthouse keeper.")
+        started = time.monotonic()
+        qtbot.waitUntil(lambda: w.streaming and len(w.history[-1].content) > 20
+                        and time.monotonic() - started > 1.5, timeout=120_000)
+        qtbot.waitUntil(lambda: (db_rows(store, w.conversation.id)[-1][1] or "") != "", timeout=5_000)
+        row = db_rows(store, w.conversation.id)[-1]
+        assert row[0] == "assistant" and row[2] == 0 and w.history[-1].content.startswith(row[1])  # saved while streaming
+        with qtbot.waitSignal(w.failure_shown, timeout=60_000) as shown:
+            m.get("starter").proc.kill()
+        dialog = shown.args[0]
+        assert dialog.isVisible()
+        kept = w.history[-1].content
+        assert kept and db_rows(store, w.conversation.id)[-1] == ("assistant", kept, 0)
+        assert w.send_button.isEnabled() and w.status.text().startswith("Failed")
+        dialog.close()
+    finally:
+        w.shutdown()
+        m.stop_all()
