@@ -278,13 +278,13 @@ def _setup_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     _setup_logging()
+    if hand_over():  # before any window-system connection: a second start exits at once
+        print("Ember is already running: its window is shown.")
+        return 0
     qapp = QApplication.instance() or QApplication(["ember", *(argv or [])])
     qapp.setApplicationName("Ember")
     qapp.setDesktopFileName("ember")
     qapp.setWindowIcon(icons.app_icon())
-    if hand_over():
-        print("Ember is already running: its window is shown.")
-        return 0
     instance = SingleInstance()
     instance.listen()
     app = EmberApp(qapp, started_at=started)

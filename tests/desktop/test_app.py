@@ -200,7 +200,7 @@ def test_models_window_launch_idle_unload_and_quit(qtbot, ember_app, fresh_home)
     assert not run.proc.running and app.manager.running() == []
 
 
-def test_log_viewer_follows_a_growing_log(qtbot, tmp_path):
+def test_log_viewer_follows_a_growing_log(qtbot, tmp_path, screenshot):
     from desktop.log_viewer import LogViewer
     path = tmp_path / "engine.log"
     path.write_text("first line\n")
@@ -211,3 +211,4 @@ def test_log_viewer_follows_a_growing_log(qtbot, tmp_path):
     with path.open("a") as f:
         f.write("llama_model_load: error loading model\n")
     qtbot.waitUntil(lambda: "error loading model" in viewer.text.toPlainText(), timeout=5_000)
+    screenshot(viewer, "log-viewer")
