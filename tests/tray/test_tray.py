@@ -119,8 +119,9 @@ def test_tray_icon_is_embedded_and_its_menu_opens(display, trayer):
                         "Ember's icon inside trayer's panel")
         w, h, ax, ay = icon
         assert w >= 16 and h >= 16
+        center = [str(ax + w // 2), str(ay + h // 2)]
         before = set(visible_windows(display, app.pid))
-        x(display, "xdotool", "mousemove", str(ax + w // 2), str(ay + h // 2))
+        x(display, "xdotool", "mousemove", *center)
         x(display, "xdotool", "click", "3")  # right click: the context menu
         menu = wait_for(lambda: set(visible_windows(display, app.pid)) - before, 15, "the tray menu to open")
         geometry = x(display, "xdotool", "getwindowgeometry", sorted(menu)[0])
@@ -130,7 +131,20 @@ def test_tray_icon_is_embedded_and_its_menu_opens(display, trayer):
         x(display, "import", "-window", "root", "-crop", "440x260+840+540", "+repage",
           str(screenshot_dir() / "tray-menu.png"))
         x(display, "xdotool", "key", "Escape")
+        wait_for(lambda: not (set(visible_windows(display, app.pid)) & menu), 10, "the menu to close")
+
+        x(display, "xdotool", "click", "1")  # left click: the chat window
+        chat = wait_for(lambda: [wid for wid in visible_windows(display, app.pid)
+                                 if x(display, "xdotool", "getwindowname", wid).strip() == "Ember"], 30,
+                        "the chat window after a click on the icon")
+        assert chat
+        before = set(visible_windows(display, app.pid))
+        x(display, "xdotool", "mousemove", *center)
+        x(display, "xdotool", "click", "3")
+        wait_for(lambda: set(visible_windows(display, app.pid)) - before, 15, "the tray menu to open again")
         assert app.poll() is None
+        x(display, "xdotool", "key", "Up", "Return")  # the last item: Quit
+        wait_for(lambda: app.poll() is not None, 30, "Quit from the tray menu to end the app")
     finally:
         out = stop_app(app)
     assert app.returncode == 0, out
