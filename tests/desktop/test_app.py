@@ -178,7 +178,7 @@ def test_models_window_launch_idle_unload_and_quit(qtbot, ember_app, fresh_home)
     with qtbot.waitSignal(app.bridge.ready, timeout=120_000):
         emit(launch.plan("starter", overrides={"n_ctx": 512}))
     qtbot.waitUntil(lambda: app.chat is not None and app.chat.isVisible(), timeout=5_000)
-    assert app.chat.current_model_name() == "starter"
+    qtbot.waitUntil(lambda: app.chat.current_model_name() == "starter", timeout=10_000)
     run = app.manager.get("starter")
     assert run.proc.running and app.tray.state.state == "ready"
     assert app.tray.state.tooltip == "Ember: starter ready"

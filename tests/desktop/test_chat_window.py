@@ -32,7 +32,8 @@ def db_rows(store: Store, conversation_id: int) -> list[tuple]:
 
 def test_reply_streams_into_the_window_and_is_saved(qtbot, window, store):
     window.max_tokens = 40
-    assert window.current_model_name() == "starter"
+    # the model list is refreshed off the GUI thread (remotes answer over the network): wait for it
+    qtbot.waitUntil(lambda: window.current_model_name() == "starter", timeout=10_000)
     seen: list[str] = []
     saved_partial = []
 
@@ -139,7 +140,8 @@ def test_no_model_offers_the_starter_in_one_click(qtbot, store, starter_path):
             qtbot.mouseClick(w.offer_button, Qt.MouseButton.LeftButton)
         assert w.busy.isVisible() and w.stop_button.isEnabled()
         qtbot.waitUntil(lambda: not w.loading, timeout=120_000)
-        assert w.current_model_name() == "starter" and not w.offer.isVisible()
+        qtbot.waitUntil(lambda: w.current_model_name() == "starter", timeout=10_000)
+        assert not w.offer.isVisible()
         assert m.get("starter").proc.running
     finally:
         m.stop_all()
