@@ -146,11 +146,20 @@ def bench_stream(tokens: int) -> None:
         QTimer.singleShot(600_000, app.quit)
         app.exec()
         heartbeat.stop()
+        # the same request straight to the engine, no GUI: the tokens/s the window should match
+        from engines.client import ChatStream, Finished
+        run = manager.get("starter")
+        raw = [e for e in ChatStream(run.proc.base_url, window.api_messages()[:1], run.proc.api_key,
+                                     max_tokens=tokens) if isinstance(e, Finished)]
     finally:
         window.shutdown()
         manager.stop_all()
         shutil.rmtree(home, ignore_errors=True)
     fin = done[0] if done else None
+    raw_tps = raw[0].tokens_per_second if raw else None
+    win_tps = getattr(fin, "tokens_per_second", None)
+    if raw_tps and win_tps:
+        print(f"tokens/s in the chat window {win_tps:.1f} vs the raw engine {raw_tps:.1f} -> {win_tps / raw_tps:.2f}x")
     n_out = getattr(getattr(fin, "usage", None), "completion_tokens", None)
     gaps = gaps[1:]
     if not gaps:
