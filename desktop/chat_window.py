@@ -414,7 +414,7 @@ class ChatWindow(QMainWindow):
         if self._busy_name:
             self._busy_cancelled = True
             self.status.setText(f"Cancelling the start of {self._busy_name}…")
-            for name in list(self.manager._loading):  # noqa: SLF001 - the name may be the resolved one
+            for name in self.manager.loading():  # the name may be the resolved one
                 self.manager.cancel_loading(name)
 
     # -- conversations --------------------------------------------------------------

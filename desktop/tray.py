@@ -27,7 +27,7 @@ class TrayState:
 def compute_state(manager: EngineManager, last_error: str | None = None) -> TrayState:
     """What the tray shows, from the manager's state (loading wins, then ready, error, unloaded)."""
     running = manager.running()
-    loading = [n for n in list(manager._loading)]  # noqa: SLF001 - read-only peek
+    loading = manager.loading()
     if loading:
         return TrayState("loading", f"Ember: loading {', '.join(loading)}…")
     if running:
@@ -103,7 +103,7 @@ class Tray(QObject):
         m.addAction("Chat", self.chat_requested.emit)
         m.addAction("Models…", self.models_requested.emit)
         running = self.manager.running()
-        loading = list(self.manager._loading)  # noqa: SLF001
+        loading = self.manager.loading()
         unloaded = self.manager.unloaded()
         if running or loading or unloaded:
             m.addSeparator()

@@ -80,6 +80,11 @@ class EngineManager:
         with self._lock:
             return dict(self._unloaded)
 
+    def loading(self) -> list[str]:
+        """Names of the models being started right now."""
+        with self._lock:
+            return list(self._loading)
+
     def is_loading(self, name: str) -> bool:
         with self._lock:
             return name in self._loading
@@ -141,7 +146,7 @@ class EngineManager:
     def stop_all(self) -> None:
         for name in [r.plan.model.name for r in self.running()]:
             self.stop(name, "quit")
-        for name in list(self._loading):
+        for name in self.loading():
             self.cancel_loading(name)
 
     def touch(self, name: str) -> None:
