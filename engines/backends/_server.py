@@ -51,6 +51,31 @@ def at_least(lo: int) -> Callable[[object], str | None]:
     return lambda v: None if v >= lo else f"must be at least {lo}, got {v}"
 
 
+def full_table(engine: str, documented: dict[str, Arg],
+               introspect: Callable[[str, str], dict[str, Arg]]) -> dict[str, Arg]:
+    """The documented arguments, plus every field the engine that would run reports of itself."""
+    a = availability(engine)
+    extra = introspect(a.interpreter, a.version or "") if a.installed and a.interpreter else {}
+    return {**extra, **documented}
+
+
+def default_context(spec, out: dict[str, object], key: str, default: int, beyond: str) -> list[str]:
+    """Ember's context default (at most ``default``, never past training); a warning when asked past it."""
+    trained = spec.context_length or default
+    out.setdefault(key, min(default, trained))
+    if out[key] > trained:
+        return [f"{key} {out[key]:,} is larger than the context the model was trained on ({trained:,}); {beyond}"]
+    return []
+
+
+def gpu_count_warning(hw, out: dict[str, object], key: str) -> list[str]:
+    n_gpus = sum(1 for g in hw.gpus if g.backend == "cuda")
+    tp = int(out.get(key, 1))
+    if n_gpus and tp > n_gpus:
+        return [f"{key} {tp} asks for more GPUs than this computer has ({n_gpus})"]
+    return []
+
+
 def validate(engine: str, pairs, table: dict[str, Arg]) -> dict[str, object]:
     """``key=value`` pairs checked against an engine's table; ParamError on the first bad one."""
     if isinstance(pairs, (list, tuple)):

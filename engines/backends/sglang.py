@@ -108,10 +108,7 @@ def introspect(python: str, version: str = "") -> dict[str, S.Arg]:
 
 def table() -> dict[str, S.Arg]:
     """The documented arguments, plus every ``ServerArgs`` field of the SGLang that would run."""
-    from . import availability
-    a = availability(NAME)
-    extra = introspect(a.interpreter, a.version or "") if a.installed and a.interpreter else {}
-    return {**extra, **TABLE}
+    return S.full_table(NAME, TABLE, introspect)
 
 
 def schema() -> dict[str, P.ParamSpec]:
@@ -125,13 +122,9 @@ def validate(pairs) -> dict[str, object]:
 def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
             ) -> tuple[dict[str, object], None, list[str]]:
     out = dict(values)
-    warnings: list[str] = []
-    trained = spec.context_length or DEFAULT_CTX
-    out.setdefault("context_length", min(DEFAULT_CTX, trained))
-    n_gpus = sum(1 for g in hw.gpus if g.backend == "cuda")
-    tp = int(out.get("tp_size", 1))
-    if n_gpus and tp > n_gpus:
-        warnings.append(f"tp_size {tp} asks for more GPUs than this computer has ({n_gpus})")
+    warnings = S.default_context(spec, out, "context_length", DEFAULT_CTX,
+                                 "answers past that length may degrade")
+    warnings += S.gpu_count_warning(hw, out, "tp_size")
     return out, None, warnings
 
 

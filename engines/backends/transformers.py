@@ -75,12 +75,7 @@ def validate(pairs) -> dict[str, object]:
 def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
             ) -> tuple[dict[str, object], None, list[str]]:
     out = dict(values)
-    warnings: list[str] = []
-    trained = spec.context_length or DEFAULT_CTX
-    out.setdefault("max_model_len", min(DEFAULT_CTX, trained))
-    if out["max_model_len"] > trained:
-        warnings.append(f"max_model_len {out['max_model_len']:,} is larger than the context the model was "
-                        f"trained on ({trained:,}); answers past that length may degrade")
+    warnings = S.default_context(spec, out, "max_model_len", DEFAULT_CTX, "answers past that length may degrade")
     device = out.get("device", "auto")
     if device == "cuda" and not hw.has_cuda:
         warnings.append("device=cuda was asked for but no NVIDIA GPU was found; the engine will fail to start")

@@ -133,10 +133,7 @@ def introspect(python: str, version: str = "") -> dict[str, S.Arg]:
 
 def table() -> dict[str, S.Arg]:
     """The documented arguments, plus every ``EngineArgs`` field of the vLLM that would run."""
-    from . import availability
-    a = availability(NAME)
-    extra = introspect(a.interpreter, a.version or "") if a.installed and a.interpreter else {}
-    return {**extra, **COMMON}
+    return S.full_table(NAME, COMMON, introspect)
 
 
 def schema() -> dict[str, P.ParamSpec]:
@@ -152,16 +149,9 @@ def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
     """Ember's defaults: a context of at most 4096 tokens (vLLM's default, the model's full
     context, often does not fit the KV cache), one GPU per model unless asked."""
     out = dict(values)
-    warnings: list[str] = []
-    trained = spec.context_length or DEFAULT_CTX
-    out.setdefault("max_model_len", min(DEFAULT_CTX, trained))
-    if out["max_model_len"] > trained:
-        warnings.append(f"max_model_len {out['max_model_len']:,} is larger than the model's trained context "
-                        f"({trained:,}); vLLM refuses that unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1")
-    n_gpus = sum(1 for g in hw.gpus if g.backend == "cuda")
-    tp = int(out.get("tensor_parallel_size", 1))
-    if n_gpus and tp > n_gpus:
-        warnings.append(f"tensor_parallel_size {tp} asks for more GPUs than this computer has ({n_gpus})")
+    warnings = S.default_context(spec, out, "max_model_len", DEFAULT_CTX,
+                                 "vLLM refuses that unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1")
+    warnings += S.gpu_count_warning(hw, out, "tensor_parallel_size")
     return out, None, warnings
 
 
