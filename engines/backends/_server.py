@@ -59,6 +59,21 @@ def full_table(engine: str, documented: dict[str, Arg],
     return {**extra, **documented}
 
 
+def introspect_dataclass(python: str, version: str, module: str, cls: str, cache_name: str,
+                         skip: tuple[str, ...], negatable: bool) -> dict[str, Arg]:
+    """An engine's argument dataclass (vLLM's EngineArgs, SGLang's ServerArgs) as Ember arguments.
+
+    Booleans are flags; ``negatable`` when the engine also takes ``--no-flag``
+    (argparse's BooleanOptionalAction)."""
+    found: dict[str, Arg] = {}
+    for name, annotation, default in dataclass_fields(python, version, module, cls, cache_name):
+        if name in OWNED or name in skip:
+            continue
+        t = type_of(annotation, default)
+        found[name] = arg(name, t, default, store_true=(t == "bool"), negatable=negatable and t == "bool")
+    return found
+
+
 def default_context(spec, out: dict[str, object], key: str, default: int, beyond: str) -> list[str]:
     """Ember's context default (at most ``default``, never past training); a warning when asked past it."""
     trained = spec.context_length or default

@@ -96,14 +96,8 @@ def fixes_for(kind: str, facts: dict, plan=None) -> list[dict]:
 @functools.lru_cache(maxsize=8)
 def introspect(python: str, version: str = "") -> dict[str, S.Arg]:
     """SGLang's ``ServerArgs`` fields, read by the SGLang interpreter (cached: importing it is slow)."""
-    fields = S.dataclass_fields(python, version, "sglang.srt.server_args", "ServerArgs", "sglang-server-args")
-    found: dict[str, S.Arg] = {}
-    for name, annotation, default in fields:
-        if name in S.OWNED or name in ("model_path", "served_model_name", "tokenizer_path"):
-            continue
-        t = S.type_of(annotation, default)
-        found[name] = S.arg(name, t, default, store_true=(t == "bool"))  # SGLang's flags are store_true
-    return found
+    return S.introspect_dataclass(python, version, "sglang.srt.server_args", "ServerArgs", "sglang-server-args",
+                                  skip=("model_path", "served_model_name", "tokenizer_path"), negatable=False)
 
 
 def table() -> dict[str, S.Arg]:

@@ -120,15 +120,9 @@ def fixes_for(kind: str, facts: dict, plan=None) -> list[dict]:
 @functools.lru_cache(maxsize=8)
 def introspect(python: str, version: str = "") -> dict[str, S.Arg]:
     """vLLM's ``EngineArgs`` fields, read by the vLLM interpreter (cached: importing vLLM is slow)."""
-    fields = S.dataclass_fields(python, version, "vllm.engine.arg_utils", "EngineArgs", "vllm-engine-args")
-    found: dict[str, S.Arg] = {}
-    for name, annotation, default in fields:
-        if name in S.OWNED or name in ("model", "served_model_name", "tokenizer"):
-            continue
-        t = S.type_of(annotation, default)
-        # vLLM's bool arguments are BooleanOptionalAction: --flag / --no-flag
-        found[name] = S.arg(name, t, default, store_true=(t == "bool"), negatable=(t == "bool"))
-    return found
+    # vLLM's bool arguments are BooleanOptionalAction: --flag / --no-flag
+    return S.introspect_dataclass(python, version, "vllm.engine.arg_utils", "EngineArgs", "vllm-engine-args",
+                                  skip=("model", "served_model_name", "tokenizer"), negatable=True)
 
 
 def table() -> dict[str, S.Arg]:
