@@ -2,18 +2,11 @@
 and where the suite writes its screenshots (EMBER_SCREENSHOTS, default screenshots/)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def screenshot_dir() -> Path:
-    path = Path(os.environ.get("EMBER_SCREENSHOTS", ROOT / "screenshots"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+from tests.helpers import screenshot_dir
 
 
 def screenshot(widget, name: str) -> Path:

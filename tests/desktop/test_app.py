@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QApplication
 
 from desktop.app import EmberApp
 from engines import autostart, settings
+from tests.helpers import wait_for
 
 APP_CMD = [sys.executable, "-m", "desktop.launcher"]
 # A tray icon forced on under the offscreen platform (which has no tray): Qt's own warning, not ours.
@@ -23,14 +24,6 @@ APP_CMD = [sys.executable, "-m", "desktop.launcher"]
 offscreen_tray = pytest.mark.qt_log_ignore("systemTrayWindowChanged")
 
 
-def wait_for(predicate, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture

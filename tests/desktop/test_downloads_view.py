@@ -1,7 +1,6 @@
 """The downloads panel over the real download core and a FAKE hub on 127.0.0.1; embedded in the models window."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,9 +9,10 @@ from PySide6.QtCore import QThreadPool
 from engines import downloads as D, hardware
 from engines.manager import EngineManager
 from tests.fakehub.server import FakeHub
+from tests.helpers import screenshot_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = Path(os.environ.get("EMBER_SCREENSHOTS", ROOT / "screenshots"))
+SHOTS = screenshot_dir()
 REPO, FILE = "ggml-org/gemma-3-270m-GGUF", "gemma-3-270m-Q4_K_M.gguf"
 NAME = f"{REPO}:{FILE}"
 

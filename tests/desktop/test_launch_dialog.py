@@ -2,17 +2,17 @@
 the plan it returns, the estimate and warnings, and choices remembered per model."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt, QThreadPool
 
 from engines import hardware, model_prefs, models
+from tests.helpers import screenshot_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "hardware"
-SHOTS = Path(os.environ.get("EMBER_SCREENSHOTS", ROOT / "screenshots"))
+SHOTS = screenshot_dir()
 
 
 @pytest.fixture(autouse=True)

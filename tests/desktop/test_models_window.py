@@ -12,10 +12,11 @@ from PySide6.QtCore import QThreadPool
 from engines import hardware, models
 from engines.launch import LaunchPlan
 from engines.manager import EngineManager
+from tests.helpers import screenshot_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "hardware"
-SHOTS = Path(os.environ.get("EMBER_SCREENSHOTS", ROOT / "screenshots"))
+SHOTS = screenshot_dir()
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.helpers import screenshot_dir, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("Xvfb", "trayer", "xwininfo", "xdotool", "import")
 missing = [t for t in TOOLS if shutil.which(t) is None]
 pytestmark = [pytest.mark.slow,
@@ -25,20 +25,6 @@ pytestmark = [pytest.mark.slow,
 APP_CMD = [sys.executable, "-m", "desktop.launcher"]
 
 
-def screenshot_dir() -> Path:
-    path = Path(os.environ.get("EMBER_SCREENSHOTS", ROOT / "screenshots"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def wait_for(predicate, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def x(env, *argv: str) -> str:

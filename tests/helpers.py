@@ -1,0 +1,26 @@
+"""Small helpers shared by the test folders."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def screenshot_dir() -> Path:
+    """Where the suite writes its screenshots: EMBER_SCREENSHOTS, default screenshots/ (the README's)."""
+    path = Path(os.environ.get("EMBER_SCREENSHOTS", ROOT / "screenshots"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """Poll ``predicate`` (for another process or the X server) until it returns something true."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
