@@ -270,7 +270,7 @@ def _fit_gguf(spec: models.ModelSpec, hw: HardwareProfile, n_ctx: int, r: dict) 
         r.update(fit="none", gpu_layers=0, reason=f"needs about {_gb(need)}; this computer has {_gb(cap)} "
                                                   f"of RAM and GPU memory together; {numbers}")
     else:
-        r["reason"] = f"{r['reason']}; {est.summary()}; {numbers}"
+        r["reason"] = f"{r['reason']}; {est.summary(kv=False)}; {numbers}"
 
 
 def _fit_other(spec: models.ModelSpec, hw: HardwareProfile, n_ctx: int, r: dict, engine: str | None) -> None:

@@ -54,7 +54,8 @@ class FitEstimate:
             return "cpu"
         return "gpu" if self.gpu_layers >= self.total_layers else "partial"
 
-    def summary(self) -> str:
+    def summary(self, kv: bool = True) -> str:
+        """One line for people; ``kv=False`` where the caller states the KV cache itself."""
         mib = 1024 ** 2
         if not self.devices:
             return f"CPU only: no GPU that llama.cpp can use ({self.total_layers} layers on the CPU)"
@@ -62,8 +63,8 @@ class FitEstimate:
             return f"estimate failed ({self.fallback}); offloading all layers as the seed prescribes"
         per = ", ".join(f"{d['name']} {b / mib:,.0f} MiB of {d['memory_free'] / mib:,.0f} MiB free"
                         for d, b in zip(self.devices, self.gpu_bytes or [0] * len(self.devices)))
-        return (f"{self.gpu_layers} of {self.total_layers} layers on GPU; KV cache {self.kv_cache_bytes / mib:,.0f} MiB; "
-                f"{per}")
+        kv_text = f"KV cache {self.kv_cache_bytes / mib:,.0f} MiB; " if kv else ""
+        return f"{self.gpu_layers} of {self.total_layers} layers on GPU; {kv_text}{per}"
 
     def to_dict(self) -> dict:
         d = asdict(self)
