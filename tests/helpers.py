@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "hardware"  # hardware profiles (fakes with real shapes)
 
 
 def screenshot_dir() -> Path:

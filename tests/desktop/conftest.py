@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import QThreadPool
 
 from tests.helpers import screenshot_dir
 
@@ -39,3 +40,10 @@ def store(tmp_path):
     s = Store(tmp_path / "chats.sqlite3")
     yield s
     s.close()
+
+
+@pytest.fixture(autouse=True)
+def _drain_pool():
+    """Work a test started on Qt's thread pool ends before the next test's widgets exist."""
+    yield
+    QThreadPool.globalInstance().waitForDone(60_000)

@@ -5,7 +5,7 @@ thread) and completes the same chat."""
 from __future__ import annotations
 
 import pytest
-from PySide6.QtCore import Qt, QThreadPool
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDialog
 
 from engines import launch
@@ -13,11 +13,6 @@ from engines.manager import EngineManager
 
 LONG = "The quick brown fox jumps over the lazy dog. " * 100  # about 1,000 tokens
 
-
-@pytest.fixture(autouse=True)
-def _drain_pool():
-    yield
-    QThreadPool.globalInstance().waitForDone(60_000)
 
 
 @pytest.fixture

@@ -1,26 +1,18 @@
 """The downloads panel over the real download core and a FAKE hub on 127.0.0.1; embedded in the models window."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QThreadPool
 
 from engines import downloads as D, hardware
 from engines.manager import EngineManager
 from tests.fakehub.server import FakeHub
-from tests.helpers import screenshot_dir
+from tests.helpers import FIXTURES, screenshot_dir
 
-ROOT = Path(__file__).resolve().parents[2]
 SHOTS = screenshot_dir()
 REPO, FILE = "ggml-org/gemma-3-270m-GGUF", "gemma-3-270m-Q4_K_M.gguf"
 NAME = f"{REPO}:{FILE}"
 
-
-@pytest.fixture(autouse=True)
-def _drain_pool():
-    yield
-    QThreadPool.globalInstance().waitForDone(60_000)
 
 
 @pytest.fixture
@@ -71,7 +63,7 @@ def test_embedded_in_the_models_window_with_a_download_action(qtbot, hub):
     from desktop.downloads_view import attach
     from desktop.models_window import ModelsWindow
     manager = EngineManager(idle_timeout=None)
-    hw = hardware.HardwareProfile.load(ROOT / "tests" / "fixtures" / "hardware" / "nvidia_24gb.json")
+    hw = hardware.HardwareProfile.load(FIXTURES / "nvidia_24gb.json")
     w = ModelsWindow(manager, hardware=hw)
     qtbot.addWidget(w)
     with qtbot.waitSignal(w.models_loaded, timeout=60_000):

@@ -2,23 +2,15 @@
 the plan it returns, the estimate and warnings, and choices remembered per model."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt, QThreadPool
+from PySide6.QtCore import Qt
 
 from engines import hardware, model_prefs, models
-from tests.helpers import screenshot_dir
+from tests.helpers import FIXTURES, screenshot_dir
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "tests" / "fixtures" / "hardware"
 SHOTS = screenshot_dir()
 
-
-@pytest.fixture(autouse=True)
-def _drain_pool():
-    yield
-    QThreadPool.globalInstance().waitForDone(60_000)
 
 
 @pytest.fixture

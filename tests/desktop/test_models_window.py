@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QThreadPool
 
 from engines import hardware, models
 from engines.launch import LaunchPlan
 from engines.manager import EngineManager
-from tests.helpers import screenshot_dir
+from tests.helpers import FIXTURES, screenshot_dir
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "tests" / "fixtures" / "hardware"
 SHOTS = screenshot_dir()
 
-
-@pytest.fixture(autouse=True)
-def _drain_pool():
-    yield
-    QThreadPool.globalInstance().waitForDone(60_000)
 
 
 @pytest.fixture
