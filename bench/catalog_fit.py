@@ -11,7 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engines import catalog, hardware  # noqa: E402
+from engines.models import catalog
+from engines.machine import hardware  # noqa: E402
 
 TARGET_S = 0.100
 

@@ -109,11 +109,12 @@ def bench_stream(tokens: int) -> None:
     from PySide6.QtWidgets import QApplication
 
     from desktop.chat_window import ChatWindow
-    from engines import launch, models
-    from engines.manager import EngineManager
+    from engines.running import launch
+    from engines.models import store
+    from engines.running.manager import EngineManager
 
     app = QApplication.instance() or QApplication([])
-    models.ensure_starter()
+    store.ensure_starter()
     manager = EngineManager(idle_timeout=None)
     manager.launch(launch.plan("starter", overrides={"n_ctx": 4096}))
     window = ChatWindow(manager)
@@ -147,7 +148,7 @@ def bench_stream(tokens: int) -> None:
         app.exec()
         heartbeat.stop()
         # the same request straight to the engine, no GUI: the tokens/s the window should match
-        from engines.client import ChatStream, Finished
+        from engines.chat.client import ChatStream, Finished
         run = manager.get("starter")
         raw = [e for e in ChatStream(run.proc.base_url, window.api_messages()[:1], run.proc.api_key,
                                      max_tokens=tokens) if isinstance(e, Finished)]

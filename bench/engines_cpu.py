@@ -18,8 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engines import launch, models  # noqa: E402
-from engines.client import ChatStream, Finished  # noqa: E402
+from engines.running import launch
+from engines.models import store  # noqa: E402
+from engines.chat.client import ChatStream, Finished  # noqa: E402
 
 
 def converted_folder() -> Path:
@@ -27,7 +28,7 @@ def converted_folder() -> Path:
     spec = importlib.util.spec_from_file_location("ember_test_safetensors_model", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.ensure(models.ensure_starter())
+    return mod.ensure(store.ensure_starter())
 
 
 def measure(model: str, engine: str, tokens: int) -> tuple[float, float]:

@@ -1,7 +1,7 @@
 """Ember's overhead over the raw engine, measured in one run on the starter model.
 
 1. Decode speed: tokens/s streamed through Ember (supervisor child process +
-   engines.client) vs the raw ``xllamacpp.Server`` in this process read with a
+   engines.chat.client) vs the raw ``xllamacpp.Server`` in this process read with a
    bare httpx loop, same prompt and settings, alternating, median of N runs.
 2. Time to ready: ``ember serve starter`` until it prints its JSON line vs the
    raw ``xllamacpp.Server(params)`` constructor.
@@ -31,7 +31,7 @@ def measure_stream(base_url: str, api_key: str | None, use_ember_client: bool) -
     body = {"messages": PROMPT, "max_tokens": N_TOKENS, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}, "ignore_eos": True}
     if use_ember_client:
-        from engines.client import ChatStream, Delta, Finished
+        from engines.chat.client import ChatStream, Delta, Finished
         first = last = None
         n = 0
         for ev in ChatStream(base_url, PROMPT, api_key, max_tokens=N_TOKENS, temperature=0, ignore_eos=True):
@@ -101,8 +101,8 @@ def main() -> None:
     home = tempfile.mkdtemp(prefix="ember-bench-")
     env = dict(os.environ, EMBER_HOME=os.environ.get("EMBER_HOME", home))
     os.environ["EMBER_HOME"] = env["EMBER_HOME"]
-    from engines import models
-    path = str(models.ensure_starter())
+    from engines.models import store
+    path = str(store.ensure_starter())
 
     # time to ready, alternating, after one warm-up of each so the file is in the page cache
     raw_ready, ember_ready = [], []

@@ -18,8 +18,10 @@ from PySide6.QtGui import QDesktopServices
 from PySide6.QtNetwork import QLocalServer, QLocalSocket
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
 
-from engines import autostart, paths, settings
-from engines.manager import EngineManager
+from engines import autostart
+from engines import paths
+from engines import settings
+from engines.running.manager import EngineManager
 
 from . import icons
 from .bridge import ManagerBridge, run_async
@@ -208,7 +210,7 @@ class EmberApp(QObject):
             self.chat_window().show_log(run.proc.log_path)
 
     def show_about(self) -> None:
-        from engines.cli import version
+        from engines.version import version
         box = QMessageBox(QMessageBox.Icon.NoIcon, "About Ember",
                           f"<b>Ember {version()}</b><p>Run large language models on this computer.</p>"
                           f"<p>Logs: {paths.log_dir()}</p>", QMessageBox.StandardButton.Close, self.chat)

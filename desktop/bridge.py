@@ -1,6 +1,6 @@
 """The one place where the Qt-free core meets Qt.
 
-:class:`ManagerBridge` turns :class:`engines.manager.EngineManager` listener calls
+:class:`ManagerBridge` turns :class:`engines.running.manager.EngineManager` listener calls
 (made from worker threads) into typed Qt signals, delivered queued on the GUI
 thread. :func:`run_async` runs a blocking core call (engine launch, stop, idle
 unload) on a worker thread and reports back through signals, so the GUI thread
@@ -14,7 +14,7 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, Signal
 
-from engines.manager import EngineManager
+from engines.running.manager import EngineManager
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,11 @@ from PySide6.QtWidgets import (QComboBox, QFrame, QHBoxLayout, QLabel, QLineEdit
                                QMainWindow, QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QSplitter,
                                QTextBrowser, QVBoxLayout, QWidget)
 
-from engines import conversations, paths, settings
-from engines.client import ChatStream, Delta, Finished
-from engines.manager import EngineManager, Endpoint
+from engines.chat import conversations
+from engines import paths
+from engines import settings
+from engines.chat.client import ChatStream, Delta, Finished
+from engines.running.manager import EngineManager, Endpoint
 
 from . import icons
 from .bridge import ManagerBridge, run_async
@@ -365,11 +367,12 @@ class ChatWindow(QMainWindow):
 
     def launch_model(self, name: str, then=None) -> None:
         """Start a model by name off the GUI thread (busy row with Cancel); ``then()`` once ready."""
-        from engines import launch, models  # imported here: keeps the window's import light
+        from engines.running import launch
+        from engines.models import store  # imported here: keeps the window's import light
         n_ctx = int(settings.get("default_n_ctx") or 4096)
 
         def work():
-            spec = models.resolve(name)
+            spec = store.resolve(name)
             ctx = min(n_ctx, spec.context_length) if spec.context_length else n_ctx
             plan = launch.plan(spec, overrides={"n_ctx": ctx})
             self.plans[spec.name] = plan
@@ -672,7 +675,7 @@ class ChatWindow(QMainWindow):
 
     def _preload(self) -> None:
         """Import the failure modules before they are needed, so a first failure shows at once."""
-        for module in ("engines.diagnosis", "desktop.diagnosis_dialog"):
+        for module in ("engines.diagnosis.diagnose", "desktop.diagnosis_dialog"):
             try:
                 __import__(module)
             except ImportError:
@@ -730,7 +733,7 @@ class ChatWindow(QMainWindow):
         self.failed_plan = plan
         diagnosis = None
         try:
-            from engines import diagnosis as diag_mod
+            from engines.diagnosis import diagnose as diag_mod
             diagnosis = diag_mod.diagnose_exception(exc, proc=proc, plan=plan)
         except ImportError:
             pass
@@ -811,7 +814,7 @@ class ChatWindow(QMainWindow):
     def _diagnose_finish(self, fin: Finished, ep: Endpoint | None) -> None:
         self._last_finish_diagnosis = None
         try:
-            from engines import diagnosis as diag_mod
+            from engines.diagnosis import diagnose as diag_mod
         except ImportError:
             return
         run = self.manager.get(ep.name) if ep else None

@@ -1,7 +1,7 @@
 """The downloads panel: the queue with progress, speed and time left, pause/resume/cancel per item,
 and the disk space downloaded models take, with delete.
 
-All the work is :class:`engines.downloads.DownloadManager`'s (its worker
+All the work is :class:`engines.models.downloads.DownloadManager`'s (its worker
 threads); this widget only shows it. The manager's listener runs on those
 threads, so it only emits a Qt signal carrying the model name; the row is
 updated on the GUI thread. Deleting files runs in the thread pool too.
@@ -17,7 +17,7 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import (QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                                QVBoxLayout, QWidget)
 
-from engines import downloads as D
+from engines.models import downloads as D
 
 from .widgets import error_label, human_bytes, muted_label, run_in_pool
 

@@ -16,10 +16,13 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QCompleter, QDialog, QDialo
                                QFrame, QGridLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox,
                                QToolButton, QVBoxLayout, QWidget)
 
-from engines import launch, model_prefs, params as P, selection
-from engines.backends import LABELS, installed_engines
-from engines.hardware import HardwareProfile
-from engines.models import ModelSpec
+from engines.running import launch
+from engines import model_prefs
+from engines.running import params as P
+from engines.running import selection
+from engines.running.backends import LABELS, installed_engines
+from engines.machine.hardware import HardwareProfile
+from engines.models.store import ModelSpec
 
 from .widgets import apply_style, error_label, human_bytes, muted_label, primary_button, run_in_pool
 

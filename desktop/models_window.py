@@ -1,12 +1,12 @@
 """The models window: this computer's hardware, every model with whether it runs here, and launch.
 
 All facts come from the core (``hardware.detect``, ``catalog.rows``,
-``models.add_local``); this module only lays them out. Detection, the model
+``store.add_local``); this module only lays them out. Detection, the model
 list and stopping an engine run off the GUI thread so the window opens at
 once and never freezes.
 
 For the app (part A): ``ModelsWindow(manager)``; connect ``launch_requested``
-(a :class:`engines.launch.LaunchPlan`) to whatever starts it (``manager.launch``
+(a :class:`engines.running.launch.LaunchPlan`) to whatever starts it (``manager.launch``
 off the GUI thread). For downloads: connect ``download_requested`` (a model
 name) and put the download panel in with :meth:`ModelsWindow.add_downloads_panel`;
 call :meth:`ModelsWindow.refresh` when a download finishes.
@@ -22,10 +22,12 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGridL
                                QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea, QSizePolicy, QToolButton,
                                QVBoxLayout, QWidget)
 
-from engines import catalog, hardware as H, models
-from engines.backends import LABELS
-from engines.launch import LaunchPlan
-from engines.manager import EngineManager
+from engines.models import catalog
+from engines.machine import hardware as H
+from engines.models import store
+from engines.running.backends import LABELS
+from engines.running.launch import LaunchPlan
+from engines.running.manager import EngineManager
 
 from .launch_dialog import LaunchDialog
 from .widgets import (FIT_ORDER, apply_style, FitBadge, human_bytes, human_gib, muted_label,
@@ -185,7 +187,7 @@ class ModelRow(QFrame):
 class ModelsWindow(QWidget):
     """Hardware summary, the model list with fit badges, and Launch."""
 
-    launch_requested = Signal(object)    # engines.launch.LaunchPlan
+    launch_requested = Signal(object)    # engines.running.launch.LaunchPlan
     download_requested = Signal(str)     # a catalog model's name (the downloads engineer connects it)
     models_loaded = Signal()             # the list is on screen (tests and the app may wait for it)
     _engine_event = Signal(str, str)     # from the manager's threads to the GUI thread
@@ -362,8 +364,8 @@ class ModelsWindow(QWidget):
         if self.hw is None:
             return None
         try:
-            spec = models.resolve(name)
-        except models.ModelError as exc:
+            spec = store.resolve(name)
+        except store.ModelError as exc:
             self.show_notice(f"{exc.name}: {exc.problem}", error=True)
             return None
         dlg = LaunchDialog(spec, self.hw, self)
@@ -372,12 +374,12 @@ class ModelsWindow(QWidget):
         dlg.open()
         return dlg
 
-    def import_path(self, path: str | os.PathLike) -> models.ModelSpec | None:
+    def import_path(self, path: str | os.PathLike) -> store.ModelSpec | None:
         """Check and add a model file or folder; the core's reason is shown when it is refused."""
         label = Path(path).name
         try:
-            spec = models.add_local(path)
-        except models.ModelError as exc:
+            spec = store.add_local(path)
+        except store.ModelError as exc:
             self.show_notice(f"{label} was not added: {exc.problem}", error=True)
             return None
         except OSError as exc:
@@ -392,10 +394,10 @@ class ModelsWindow(QWidget):
         """Forget a user-added model; the file itself is never deleted."""
         row = next((r for r in self.rows if r["name"] == name), {})
         try:
-            where = models.resolve(name).path
-        except models.ModelError:
+            where = store.resolve(name).path
+        except store.ModelError:
             where = None
-        if models.remove_local(name):
+        if store.remove_local(name):
             self.show_notice(f"Removed {row.get('display_name') or name} from Ember's list. The file itself "
                              f"was not deleted" + (f" and is still at {where}." if where else "."))
         self.refresh(redetect=False)

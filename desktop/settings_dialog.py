@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout
                                QLabel, QLineEdit, QSpinBox, QVBoxLayout, QWidget)
 
 from engines import settings
-from engines.backends import ENGINES, LABELS
+from engines.running.backends import ENGINES, LABELS
 
 log = logging.getLogger(__name__)
 

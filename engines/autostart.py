@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import paths
+from engines import paths
 
 log = logging.getLogger(__name__)
 

@@ -11,23 +11,21 @@ import logging
 import signal
 import sys
 import threading
-from importlib import metadata
 
-from . import hardware, launch, models, params as P, selection, supervisor
-from .backends import ENGINES, LABELS, availability
+from engines.machine import hardware
+from engines.running import launch
+from engines.models import store
+from engines.running import params as P
+from engines.running import selection
+from engines.running import supervisor
+from engines.running.backends import ENGINES, LABELS, availability
+from engines.version import version
 
 log = logging.getLogger(__name__)
 
 CUDA_INSTALL = ("pip install --force-reinstall xllamacpp "
                 "--index-url https://xorbitsai.github.io/xllamacpp/whl/cu128")
 
-
-def version() -> str:
-    try:
-        return metadata.version("ember")
-    except metadata.PackageNotFoundError:
-        from . import _version
-        return _version.VERSION
 
 
 def _hardware(args) -> hardware.HardwareProfile:
@@ -89,7 +87,7 @@ def cmd_doctor(args) -> int:
 
 def model_rows(hw: hardware.HardwareProfile, rules_only: bool = False) -> list[dict]:
     """``rules_only``: judge engines by the rules alone (a profile of another machine)."""
-    from . import catalog
+    from engines.models import catalog
     return catalog.rows(hw, installed=None) if rules_only else catalog.rows(hw)
 
 
@@ -124,7 +122,7 @@ def _bar(pr, width: int = 30) -> str:
 def cmd_pull(args) -> int:
     """Download with a progress bar on a terminal, plain lines otherwise; Ctrl-C pauses (rerun resumes)."""
     import signal
-    from . import downloads
+    from engines.models import downloads
     tty = sys.stdout.isatty()
     stop = {"why": None}
     last = {"t": 0.0, "pct": -1}
@@ -178,11 +176,11 @@ def _fail(message: str, code: int = 1) -> int:
 def _explain(exc: BaseException, args, proc=None, plan=None) -> int:
     """Print a failure: the diagnosis when available, the error's own message otherwise."""
     try:
-        from . import diagnosis
+        from engines.diagnosis import diagnose
     except ImportError:
         diagnosis = None
     if diagnosis is not None:
-        d = diagnosis.diagnose_exception(exc, proc=proc, plan=plan)
+        d = diagnose.diagnose_exception(exc, proc=proc, plan=plan)
         if d is not None:
             if getattr(args, "json", False):
                 print(json.dumps(d.to_dict(), indent=2), file=sys.stderr)
@@ -196,7 +194,7 @@ def _explain(exc: BaseException, args, proc=None, plan=None) -> int:
 def _start(args):
     try:
         plan = _plan_from_args(args)
-    except (P.ParamError, launch.PlanError, models.ModelError, ValueError) as exc:
+    except (P.ParamError, launch.PlanError, store.ModelError, ValueError) as exc:
         return None, None, _explain(exc, args)
     for w in plan.warnings:
         print(f"ember: warning: {w}", file=sys.stderr)
@@ -234,7 +232,7 @@ def cmd_serve(args) -> int:
 
 
 def _chat_once(proc, plan, messages, args) -> tuple[str | None, int]:
-    from .client import ChatStream, Delta, Finished
+    from engines.chat.client import ChatStream, Delta, Finished
     stream = ChatStream(proc.base_url, messages, proc.api_key, max_tokens=args.max_tokens,
                         temperature=args.temperature)
     text = ""
@@ -249,8 +247,8 @@ def _chat_once(proc, plan, messages, args) -> tuple[str | None, int]:
                 sys.stdout.write("\n")
                 sys.stdout.flush()
                 try:
-                    from . import diagnosis
-                    d = diagnosis.diagnose_finish(ev, plan=plan)
+                    from engines.diagnosis import diagnose
+                    d = diagnose.diagnose_finish(ev, plan=plan)
                     if d is not None:
                         print(d.render_text(), file=sys.stderr)
                 except ImportError:
@@ -310,7 +308,7 @@ def cmd_params(args) -> int:
 
 def cmd_engine_python(args) -> int:
     """Show or set the Python interpreter that runs an engine (vLLM/SGLang live in their own environments)."""
-    from . import engine_env
+    from engines.running import engine_env
     if args.reset:
         engine_env.set_python(args.engine, None)
     elif args.python:
@@ -332,7 +330,7 @@ def cmd_engine_python(args) -> int:
 # -- remote endpoints -----------------------------------------------------------
 
 def cmd_remote(args) -> int:
-    from . import remotes
+    from engines.chat import remotes
     action = args.remote_action
     try:
         if action == "add":
@@ -371,7 +369,7 @@ def cmd_remote(args) -> int:
 
 
 def _remote_chat(args, remotes) -> int:
-    from .client import ChatStream, Delta
+    from engines.chat.client import ChatStream, Delta
     ep = remotes.endpoint(args.name, args.model)
     stream = ChatStream(ep.base_url, [{"role": "user", "content": " ".join(args.prompt)}], ep.api_key,
                         model=ep.model_id, max_tokens=args.max_tokens)
@@ -471,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["engine-worker"]:  # the frozen app re-invokes itself for the engine child
-        from . import worker
+        from engines.running import worker
         return worker.main(argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -490,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (models.ModelError, P.ParamError, launch.PlanError, ValueError) as exc:
+    except (store.ModelError, P.ParamError, launch.PlanError, ValueError) as exc:
         return _explain(exc, args)
 
 

@@ -20,7 +20,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import paths
+from engines import paths
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()

@@ -11,7 +11,7 @@ import logging
 import threading
 from pathlib import Path
 
-from . import paths
+from engines import paths
 
 log = logging.getLogger(__name__)
 

@@ -30,14 +30,14 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(scope="session")
 def starter_path() -> Path:
-    from engines import models
-    return models.ensure_starter()
+    from engines.models import store
+    return store.ensure_starter()
 
 
 @pytest.fixture(scope="session")
 def starter_spec(starter_path):
-    from engines import models
-    return models.resolve("starter")
+    from engines.models import store
+    return store.resolve("starter")
 
 
 @pytest.fixture
@@ -45,8 +45,8 @@ def fresh_home(tmp_path, monkeypatch, starter_path):
     """An empty EMBER_HOME with the starter model already in place (hard-linked, so fast)."""
     home = tmp_path / "home"
     monkeypatch.setenv("EMBER_HOME", str(home))
-    from engines import models
-    target = models.starter_path()
+    from engines.models import store
+    target = store.starter_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     for src in (starter_path, starter_path.with_name(starter_path.name + ".verified")):
         dst = target.parent / src.name
@@ -59,15 +59,16 @@ def fresh_home(tmp_path, monkeypatch, starter_path):
 
 @pytest.fixture(scope="session")
 def hw():
-    from engines import hardware
+    from engines.machine import hardware
     return hardware.detect()
 
 
 @pytest.fixture(scope="module")
 def starter_engine():
     """A real llama.cpp engine with the starter model, shared by a module's tests."""
-    from engines import launch, models
-    models.ensure_starter()
+    from engines.running import launch
+    from engines.models import store
+    store.ensure_starter()
     proc = launch.start(launch.plan("starter", overrides={"n_ctx": 2048}))
     yield proc
     proc.stop()

@@ -26,8 +26,8 @@ def screenshot_fixture():
 @pytest.fixture(scope="module")
 def manager(starter_path):
     """An EngineManager with the starter model running (n_ctx 2048), shared by a module's tests."""
-    from engines import launch
-    from engines.manager import EngineManager
+    from engines.running import launch
+    from engines.running.manager import EngineManager
     m = EngineManager(idle_timeout=None)
     m.launch(launch.plan("starter", overrides={"n_ctx": 2048}))
     yield m
@@ -36,7 +36,7 @@ def manager(starter_path):
 
 @pytest.fixture
 def store(tmp_path):
-    from engines.conversations import Store
+    from engines.chat.conversations import Store
     s = Store(tmp_path / "chats.sqlite3")
     yield s
     s.close()

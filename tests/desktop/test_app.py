@@ -15,7 +15,8 @@ import pytest
 from PySide6.QtWidgets import QApplication
 
 from desktop.app import EmberApp
-from engines import autostart, settings
+from engines import autostart
+from engines import settings
 from tests.helpers import wait_for
 
 APP_CMD = [sys.executable, "-m", "desktop.launcher"]
@@ -159,7 +160,7 @@ def test_settings_dialog_saves_and_the_app_applies(qtbot, ember_app, screenshot)
 @pytest.mark.slow
 def test_models_window_launch_idle_unload_and_quit(qtbot, ember_app, fresh_home):
     """Models window -> launch -> ready in tray and chat; idle unload shows 'unloaded'; Quit stops engines."""
-    from engines import launch
+    from engines.running import launch
     app = ember_app(use_tray=True)
     app.show_models()
     if app.models_window is not None:  # part B's window: launches reach the app through launch_requested

@@ -8,9 +8,9 @@ import pytest
 from PySide6.QtCore import Qt
 
 from desktop.chat_window import ChatWindow
-from engines.conversations import Store
-from engines.manager import EngineManager
-from engines.supervisor import EngineStartError
+from engines.chat.conversations import Store
+from engines.running.manager import EngineManager
+from engines.running.supervisor import EngineStartError
 
 pytestmark = pytest.mark.slow
 
@@ -192,7 +192,7 @@ def test_a_failure_shows_the_error_and_its_log(qtbot, window, tmp_path):
 
 def test_a_remote_endpoint_is_listed_and_chats(qtbot, manager, tmp_path, monkeypatch):
     """A remote server (here: the starter's own OpenAI server, reached as a remote) in the picker."""
-    remotes = pytest.importorskip("engines.remotes")
+    remotes = pytest.importorskip("engines.chat.remotes")
     monkeypatch.setenv("EMBER_HOME", str(tmp_path / "home"))
     run = manager.get("starter")
     monkeypatch.setenv("EMBER_TEST_REMOTE_KEY", run.proc.api_key)
@@ -213,7 +213,7 @@ def test_a_remote_endpoint_is_listed_and_chats(qtbot, manager, tmp_path, monkeyp
 
 def test_engine_crash_mid_reply_keeps_the_partial_reply_and_explains(qtbot, store, starter_spec, hw):
     """kill -9 of the engine while it answers: the text so far is in SQLite, the failure is shown."""
-    from engines import launch
+    from engines.running import launch
     m = EngineManager(idle_timeout=None)
     m.launch(launch.plan(starter_spec, hw, overrides={"n_ctx": 1024}))
     w = ChatWindow(m, store=store)

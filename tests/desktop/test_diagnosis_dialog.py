@@ -8,8 +8,8 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDialog
 
-from engines import launch
-from engines.manager import EngineManager
+from engines.running import launch
+from engines.running.manager import EngineManager
 
 LONG = "The quick brown fox jumps over the lazy dog. " * 100  # about 1,000 tokens
 
@@ -27,7 +27,7 @@ def small_manager(starter_spec, hw):
 @pytest.fixture
 def window(qtbot, small_manager, tmp_path):
     from desktop.chat_window import ChatWindow
-    from engines.conversations import Store
+    from engines.chat.conversations import Store
     store = Store(tmp_path / "chats.sqlite3")
     w = ChatWindow(small_manager, store=store)
     qtbot.addWidget(w)
@@ -83,7 +83,7 @@ def test_context_error_dialog_fix_relaunches_and_completes(qtbot, window, small_
 def test_action_fix_and_keyboard(qtbot):
     """A fix without parameter changes (new conversation) still reports which fix; Esc closes."""
     from desktop.diagnosis_dialog import DiagnosisDialog
-    from engines.diagnosis import Diagnosis, Fix, Kind
+    from engines.diagnosis.diagnose import Diagnosis, Fix, Kind
 
     d = Diagnosis(Kind.ENGINE_CRASHED, "The engine crashed", "The engine was killed by SIGKILL while answering.",
                   {"signal": 9, "signal_name": "SIGKILL"}, [Fix("Restart the engine", {}, "", action="relaunch")],
@@ -124,8 +124,8 @@ def test_action_fix_and_keyboard(qtbot):
 def test_out_of_memory_dialog_lists_the_fixes_in_order(qtbot, starter_path, screenshot, tmp_path):
     """CUDA out of memory at load (log fixture, fake GPU machine): fewer layers first, each fix with its numbers."""
     from desktop.diagnosis_dialog import DiagnosisDialog
-    from engines import diagnosis
-    from engines.hardware import GPU, HardwareProfile
+    from engines.diagnosis import diagnose
+    from engines.machine.hardware import GPU, HardwareProfile
     gib = 1024 ** 3
     fake_cuda_pc = HardwareProfile("linux", "x86_64", 16, 64 * gib, 58 * gib,
                                    [GPU("NVIDIA GeForce RTX 4090 (fake)", "nvidia", "cuda", 24 * gib, 22 * gib,
@@ -136,7 +136,7 @@ def test_out_of_memory_dialog_lists_the_fixes_in_order(qtbot, starter_path, scre
              "out of memory",
              "alloc_tensor_range: failed to allocate CUDA0 buffer of size 50331648",
              "ember-worker: llama.cpp failed to start: Failed to init server, please check the input params."]
-    d = diagnosis.diagnose_log(lines, plan, "start", path=str(tmp_path / "engine.log"))
+    d = diagnose.diagnose_log(lines, plan, "start", path=str(tmp_path / "engine.log"))
     dlg = DiagnosisDialog(d)
     qtbot.addWidget(dlg)
     dlg.show()

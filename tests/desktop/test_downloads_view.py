@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engines import downloads as D, hardware
-from engines.manager import EngineManager
+from engines.models import downloads as D
+from engines.machine import hardware
+from engines.running.manager import EngineManager
 from tests.fakehub.server import FakeHub
 from tests.helpers import FIXTURES, screenshot_dir
 

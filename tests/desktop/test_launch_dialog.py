@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import Qt
 
-from engines import hardware, model_prefs, models
+from engines.machine import hardware
+from engines import model_prefs
+from engines.models import store
 from tests.helpers import FIXTURES, screenshot_dir
 
 SHOTS = screenshot_dir()
@@ -15,7 +17,7 @@ SHOTS = screenshot_dir()
 
 @pytest.fixture
 def spec(fresh_home):
-    return models.resolve("starter")
+    return store.resolve("starter")
 
 
 def make_dialog(qtbot, spec, hw):
@@ -157,12 +159,13 @@ def test_screenshot_launch_dialog_with_an_invalid_row(qtbot, spec):
 
 def test_other_engines_get_their_own_fields(qtbot, fresh_home, hw):
     """A safetensors folder runs on Transformers: its schema's fields, not llama.cpp's."""
-    from engines import launch, params as P
-    from engines.backends import availability
+    from engines.running import launch
+    from engines.running import params as P
+    from engines.running.backends import availability
     if not availability("transformers").installed:
         pytest.skip("transformers is not installed")
     from tests.fixtures.safetensors_model import ensure
-    spec = models.spec_from_folder(ensure())
+    spec = store.spec_from_folder(ensure())
     dlg = make_dialog(qtbot, spec, hw)
     assert dlg.engine == "transformers"
     assert dlg.ctx_spin.isVisible(), "max_model_len is the context size"

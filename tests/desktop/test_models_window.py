@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 
-from engines import hardware, models
-from engines.launch import LaunchPlan
-from engines.manager import EngineManager
+from engines.machine import hardware
+from engines.models import store
+from engines.running.launch import LaunchPlan
+from engines.running.manager import EngineManager
 from tests.helpers import FIXTURES, screenshot_dir
 
 SHOTS = screenshot_dir()
@@ -99,8 +100,8 @@ def test_only_models_that_run_here(qtbot, fresh_home, manager):
 
 
 def _core_problem(path) -> str:
-    with pytest.raises(models.ModelError) as info:
-        models.spec_from_path(path)
+    with pytest.raises(store.ModelError) as info:
+        store.spec_from_path(path)
     return info.value.problem
 
 
@@ -117,7 +118,7 @@ def test_add_model_file_refuses_broken_files_with_the_cores_reason(qtbot, fresh_
         assert w.import_path(bad) is None
         assert w.notice.isVisible()
         assert w.notice_label.text() == f"{bad.name} was not added: {problem}"
-    assert models.local_models(assemble_starter=False)[1:] == [], "nothing was added"
+    assert store.local_models(assemble_starter=False)[1:] == [], "nothing was added"
     assert not any(n.startswith(("half", "notes")) for n in w.row_widgets)
 
 
@@ -157,7 +158,7 @@ def test_launch_from_the_window_emits_a_plan(qtbot, fresh_home, manager):
 @pytest.mark.slow
 def test_running_model_is_marked_and_stops(qtbot, fresh_home, manager):
     w = open_window(qtbot, manager)
-    from engines import launch
+    from engines.running import launch
     plan = launch.plan("starter", w.hw, overrides={"n_ctx": 1024})
     manager.launch(plan, timeout=120)
     row = w.row_widget("starter")

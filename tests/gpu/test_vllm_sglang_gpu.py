@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from engines import hardware, launch, supervisor
-from engines.backends import _server as S, availability
-from engines.client import ChatStream, Delta
+from engines.machine import hardware
+from engines.running import launch
+from engines.running import supervisor
+from engines.running.backends import _server as S, availability
+from engines.chat.client import ChatStream, Delta
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,5 +95,5 @@ def test_provoked_out_of_memory_is_diagnosed(engine, params, hw, folder, templat
     kind, facts = S.match_log(mod.LOG_PATTERNS, lines)
     assert kind == "oom_load", "\n".join(lines[-30:])
     assert mod.fixes_for(kind, facts, plan)
-    from engines import diagnosis
-    assert diagnosis.diagnose_exception(err.value, plan=plan).kind == "oom_load"
+    from engines.diagnosis import diagnose
+    assert diagnose.diagnose_exception(err.value, plan=plan).kind == "oom_load"

@@ -11,7 +11,10 @@ import httpx
 import psutil
 import pytest
 
-from engines import client, launch, models, supervisor
+from engines.chat import client
+from engines.running import launch
+from engines.models import store
+from engines.running import supervisor
 
 from ..conftest import ember_cmd
 
@@ -27,25 +30,25 @@ def run(*args, timeout=120, env=None):
 
 def test_starter_assembles_once_and_atomically(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBER_HOME", str(tmp_path))
-    target = models.starter_path()
+    target = store.starter_path()
     # an interrupted earlier assembly left a partial file and a half-written target without a stamp
     target.parent.mkdir(parents=True)
     (target.parent / (target.name + ".partial")).write_bytes(b"GGUF" + b"\0" * 1000)
     target.write_bytes(b"GGUF" + b"\0" * 1000)
-    path = models.ensure_starter()
+    path = store.ensure_starter()
     assert path == target and path.stat().st_size == 253113024
     assert not (target.parent / (target.name + ".partial")).exists()
     mtime = path.stat().st_mtime_ns
     t0 = time.monotonic()
-    models.ensure_starter()
+    store.ensure_starter()
     assert path.stat().st_mtime_ns == mtime  # assembling twice does nothing
     assert time.monotonic() - t0 < 0.5
-    assert models.resolve("starter").block_count == 18
+    assert store.resolve("starter").block_count == 18
 
 
 def test_killed_assembly_never_leaves_a_usable_looking_file(tmp_path):
     env = dict(os.environ, EMBER_HOME=str(tmp_path))
-    code = "from engines import models; models.ensure_starter()"
+    code = "from engines.models import store; store.ensure_starter()"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     partial = None
     deadline = time.monotonic() + 30
@@ -60,7 +63,7 @@ def test_killed_assembly_never_leaves_a_usable_looking_file(tmp_path):
     assert partial is not None, "assembly finished before it could be interrupted"
     target = partial.with_name(partial.name.removesuffix(".partial"))
     assert not target.exists()
-    env_ok = subprocess.run([sys.executable, "-c", "from engines import models; print(models.ensure_starter())"],
+    env_ok = subprocess.run([sys.executable, "-c", "from engines.models import store; print(store.ensure_starter())"],
                             env=env, capture_output=True, text=True, timeout=60)
     assert env_ok.returncode == 0 and target.stat().st_size == 253113024
 
@@ -198,7 +201,7 @@ def test_request_in_flight_when_the_engine_dies_ends_with_an_error_not_a_hang():
 def test_start_failure_carries_the_log(tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\x03\0\0\0" + b"\0" * 100)
-    spec = models.ModelSpec("bad", "gguf", "Q4_K_M", path=str(bad), block_count=1, context_length=2048)
+    spec = store.ModelSpec("bad", "gguf", "Q4_K_M", path=str(bad), block_count=1, context_length=2048)
     p = launch.plan(spec, overrides={"n_ctx": 512})
     with pytest.raises(supervisor.EngineStartError) as err:
         launch.start(p, timeout=30)

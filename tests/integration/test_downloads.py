@@ -74,7 +74,8 @@ def _sha256(path) -> str:
 
 
 def test_full_download_is_verified_and_becomes_a_local_model(env, hub, blobs):
-    from engines import downloads, models
+    from engines.models import downloads
+    from engines.models import store
     out = _pull(env, NAME)
     assert out.returncode == 0, out.stderr
     assert "is ready (verified)" in out.stdout
@@ -85,7 +86,7 @@ def test_full_download_is_verified_and_becomes_a_local_model(env, hub, blobs):
     from huggingface_hub import hf_hub_download
     assert Path(hf_hub_download(REPO, FILE, cache_dir=str(env["cache"]), local_files_only=True)).resolve() == \
         Path(path).resolve()
-    assert any(s.name == "gemma-3-270m-q4_k_m" for s in models.local_models(assemble_starter=False))
+    assert any(s.name == "gemma-3-270m-q4_k_m" for s in store.local_models(assemble_starter=False))
     # a second pull fetches nothing
     hub.reset_counts()
     assert _pull(env, NAME).returncode == 0
@@ -117,7 +118,7 @@ def test_killed_download_resumes_without_refetching(env, hub, blobs):
     refetched = hub.served[f"{REPO}/{FILE}"]
     print(f"\nkilled at {kept:,} bytes; the resume fetched {refetched:,} bytes (file {size:,})")
     assert refetched == size - kept
-    from engines import downloads
+    from engines.models import downloads
     assert _sha256(downloads.ready_path(NAME)) == _sha256(blobs["starter"])
 
 
@@ -139,7 +140,7 @@ def test_ctrl_c_pauses_and_keeps_the_partial(env, hub, blobs):
 
 
 def test_corrupted_byte_is_caught_by_the_checksum(env, hub):
-    from engines import downloads
+    from engines.models import downloads
     out = _pull(env, "acme/corrupt-GGUF:broken.gguf")
     assert out.returncode == 1
     assert "broken.gguf of acme/corrupt-GGUF:broken.gguf is corrupted" in out.stderr
@@ -196,7 +197,7 @@ def test_not_enough_space_is_refused_before_starting(env, hub, small_disk, monke
 def test_disk_full_is_reported_and_the_partial_kept(env, hub, small_disk, monkeypatch):
     """The space check passes when the download starts; the disk fills while it runs (another program
     could do that). Here the check is switched off to reach the ENOSPC path."""
-    from engines import downloads
+    from engines.models import downloads
     monkeypatch.setenv("HF_HUB_CACHE", str(small_disk / "hub"))
     with pytest.raises(downloads.DiskFullError) as info:
         downloads.download("acme/big-GGUF:big.gguf", check_disk=False)
@@ -209,7 +210,7 @@ def test_disk_full_is_reported_and_the_partial_kept(env, hub, small_disk, monkey
 
 
 def test_queue_runs_pauses_resumes_and_cancels(env, hub, blobs):
-    from engines import downloads
+    from engines.models import downloads
     hub.repos[REPO].files[FILE].throttle_bps = 50_000_000
     mgr = downloads.DownloadManager(max_parallel=1)
     seen = []
@@ -243,7 +244,8 @@ def test_queue_runs_pauses_resumes_and_cancels(env, hub, blobs):
 
 
 def test_remote_header_is_read_with_range_requests(env, hub, blobs):
-    from engines import gguf_info, remote_gguf
+    from engines.machine import gguf_info
+    from engines.models import remote_gguf
     info = remote_gguf.read(REPO, FILE)
     local = gguf_info.read(blobs["starter"])
     assert info.block_count == local.block_count == 18
@@ -257,7 +259,9 @@ def test_remote_header_is_read_with_range_requests(env, hub, blobs):
 def test_catalog_fit_uses_the_remote_header_where_the_catalog_lacks_facts(env, hub, blobs):
     """Gemma 3 has no parameter count in the catalog: its fit is unknown until the header is read.
     (The FAKE hub serves the starter's bytes under that catalog file name: a real header, another model's.)"""
-    from engines import catalog, hardware, remote_gguf
+    from engines.models import catalog
+    from engines.machine import hardware
+    from engines.models import remote_gguf
     spec = catalog.resolve("gemma-3-1b-it-q4_k_m")
     hub.add(spec.repo, spec.files[0], blobs["starter"])
     hw = hardware.HardwareProfile.load(Path(__file__).parents[1] / "fixtures" / "hardware" / "nvidia_24gb.json")

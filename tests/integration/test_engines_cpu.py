@@ -2,7 +2,7 @@
 
 One engine start per engine for the module's tests (the conversion is cached in
 .cache/test). The CLI tests run the real ``ember chat`` as a subprocess. The last
-test of each engine kills its server mid-answer and checks the diagnosis.
+test of each engine kills its server mid-answer and checks the diagnose.
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engines import launch, supervisor
-from engines.client import ChatStream, Delta, EngineHTTPError, Finished, StreamBroken
+from engines.running import launch
+from engines.running import supervisor
+from engines.chat.client import ChatStream, Delta, EngineHTTPError, Finished, StreamBroken
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINES = ["transformers", "mlx"]
@@ -79,8 +80,8 @@ def test_wrong_key_is_refused_and_diagnosed(engine):
     with pytest.raises(EngineHTTPError) as err:
         list(ChatStream(proc.base_url, [{"role": "user", "content": "hi"}], "wrong-key", max_tokens=2))
     assert err.value.status == 401
-    from engines import diagnosis
-    assert diagnosis.diagnose_exception(err.value, proc, plan).kind == "auth_failed"
+    from engines.diagnosis import diagnose
+    assert diagnose.diagnose_exception(err.value, proc, plan).kind == "auth_failed"
 
 
 def test_prompt_longer_than_the_context_is_diagnosed(engine):
@@ -91,8 +92,8 @@ def test_prompt_longer_than_the_context_is_diagnosed(engine):
         _chat(proc, "word " * 5000, max_tokens=4)
     assert err.value.status == 400 and err.value.type == "exceed_context_size_error"
     assert err.value.fields["n_ctx"] == plan.params["max_model_len"] == 4096
-    from engines import diagnosis
-    d = diagnosis.diagnose_exception(err.value, proc, plan)
+    from engines.diagnosis import diagnose
+    d = diagnose.diagnose_exception(err.value, proc, plan)
     assert d.kind == "context_exceeded"
 
 
@@ -138,8 +139,8 @@ def test_a_broken_weights_file_fails_the_start_with_a_diagnosis(name, safetensor
     with pytest.raises(supervisor.EngineStartError) as err:
         launch.start(plan, timeout=120)
     assert not err.value.timed_out and err.value.status is not None
-    from engines import diagnosis
-    d = diagnosis.diagnose_exception(err.value, plan=plan)
+    from engines.diagnosis import diagnose
+    d = diagnose.diagnose_exception(err.value, plan=plan)
     assert d.kind == "invalid_model", d.render_text()
 
 
@@ -157,7 +158,7 @@ def test_killed_mid_stream_is_diagnosed_as_a_crash(engine):
                 if got.strip():
                     os.kill(server.pid, signal.SIGKILL)
     assert got.strip()
-    from engines import diagnosis
-    d = diagnosis.diagnose_exception(err.value, proc, plan)
+    from engines.diagnosis import diagnose
+    d = diagnose.diagnose_exception(err.value, proc, plan)
     assert d.kind == "engine_crashed", d.render_text()
     assert d.fixes and d.fixes[0].action == "relaunch"

@@ -17,8 +17,12 @@ from dataclasses import replace
 
 import pytest
 
-from engines import client, diagnosis, launch, params, supervisor
-from engines.diagnosis import Kind
+from engines.chat import client
+from engines.diagnosis import diagnose
+from engines.running import launch
+from engines.running import params
+from engines.running import supervisor
+from engines.diagnosis.diagnose import Kind
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +40,7 @@ def _fails(proc, plan, text=LONG, max_tokens=8):
     try:
         _ask(proc, text, max_tokens)
     except client.ClientError as exc:
-        d = diagnosis.diagnose_exception(exc, proc=proc, plan=plan)
+        d = diagnose.diagnose_exception(exc, proc=proc, plan=plan)
         assert d is not None
         return d
     raise AssertionError("the request did not fail")
@@ -46,7 +50,7 @@ def _start_fails(plan, **kw):
     with pytest.raises(supervisor.EngineStartError) as info:
         proc = launch.start(plan, timeout=60, **kw)
         proc.stop()
-    d = diagnosis.diagnose_exception(info.value, plan=plan)
+    d = diagnose.diagnose_exception(info.value, plan=plan)
     assert d is not None
     return d, info.value
 
@@ -132,7 +136,7 @@ def test_shared_kv_cache_full_with_concurrent_streams(starter_spec, hw):
         results = four_at_once(proc)
         errors = [r for r in results if isinstance(r, client.EngineHTTPError)]
         assert errors, results
-        d = diagnosis.diagnose_exception(errors[0], proc=proc, plan=plan, log_offset=offset)
+        d = diagnose.diagnose_exception(errors[0], proc=proc, plan=plan, log_offset=offset)
     assert d.kind == Kind.KV_CACHE_FULL
     assert d.facts["status"] == 500 and d.facts["cause"] == "space" and d.facts["kv_unified"] is True
     assert "shared by 4 slots" in d.explanation
@@ -210,11 +214,11 @@ def test_missing_model_file_at_engine_start(tmp_path, starter_spec, hw):
                                             ("truncated", "truncated")])
 def test_broken_model_file_before_launch(tmp_path, starter_path, make, kind_word):
     """Ember's own header check refuses the file before any engine starts."""
-    from engines import models
+    from engines.models import store
     path = _broken(tmp_path, starter_path, make)
-    with pytest.raises(models.ModelError) as info:
+    with pytest.raises(store.ModelError) as info:
         launch.plan(str(path))
-    d = diagnosis.diagnose_exception(info.value)
+    d = diagnose.diagnose_exception(info.value)
     assert d.kind == Kind.INVALID_MODEL and kind_word in d.explanation
 
 
@@ -236,7 +240,7 @@ def test_engine_killed_mid_stream(starter_spec, hw):
         # a wrong API key first (what a misconfigured remote endpoint answers too)
         with pytest.raises(client.EngineHTTPError) as wrong:
             list(client.ChatStream(proc.base_url, [{"role": "user", "content": "Hi"}], "wrong-key", max_tokens=2))
-        d = diagnosis.diagnose_exception(wrong.value)
+        d = diagnose.diagnose_exception(wrong.value)
         assert d.kind == Kind.AUTH_FAILED and d.facts["status"] == 401
         stream = client.ChatStream(proc.base_url, [{"role": "user", "content": "Count from one to a thousand."}],
                                    proc.api_key, max_tokens=400)
@@ -244,7 +248,7 @@ def test_engine_killed_mid_stream(starter_spec, hw):
             for n, ev in enumerate(stream):
                 if n == 3:
                     os.kill(proc.pid, signal.SIGKILL)
-        d = diagnosis.diagnose_exception(info.value, proc=proc, plan=plan)
+        d = diagnose.diagnose_exception(info.value, proc=proc, plan=plan)
     finally:
         proc.stop()
     assert d.kind == Kind.ENGINE_CRASHED
@@ -254,14 +258,14 @@ def test_engine_killed_mid_stream(starter_spec, hw):
     # the address no longer answers: for a remote endpoint (no process of ours) that is "unreachable"
     with pytest.raises(client.StreamBroken) as gone:
         list(client.ChatStream(proc.base_url, [{"role": "user", "content": "Hi"}], proc.api_key, max_tokens=2))
-    d = diagnosis.diagnose_exception(gone.value)
+    d = diagnose.diagnose_exception(gone.value)
     assert d.kind == Kind.UNREACHABLE and f"127.0.0.1:{proc.port}" in d.explanation
 
 
 def test_n_parallel_zero_refused_before_launch():
     with pytest.raises(params.ParamError) as info:
         launch.plan("starter", overrides={"n_parallel": 0})
-    d = diagnosis.diagnose_exception(info.value)
+    d = diagnose.diagnose_exception(info.value)
     assert d.kind == Kind.BAD_PARAMETER
     assert "n_parallel" in d.title and "wait forever" in d.explanation
     assert d.primary_fix.changes == {"n_parallel": 1}
@@ -272,7 +276,7 @@ def test_reply_cut_short_by_slot_context(starter_spec, hw):
     with launch.start(plan, timeout=60) as proc:
         fin = _ask(proc, "Count from one to one hundred, one number per line.", 300)
     assert fin.finish_reason == "length" and fin.usage.completion_tokens < 260
-    d = diagnosis.diagnose_finish(fin, plan)
+    d = diagnose.diagnose_finish(fin, plan)
     assert d.kind == Kind.REPLY_CUT_SHORT
     assert d.facts["n_ctx_slot"] == 256
     assert "filling the slot's 256 tokens (n_ctx 512 / n_parallel 2)" in d.explanation
@@ -296,7 +300,7 @@ def test_engine_that_cannot_run_the_model(starter_spec, hw):
     """Asking for vLLM for a GGUF file: the reasons from selection, and the engine that can."""
     with pytest.raises(launch.PlanError) as info:
         launch.plan(starter_spec, hw, engine="vllm")
-    d = diagnosis.diagnose_exception(info.value)
+    d = diagnose.diagnose_exception(info.value)
     assert d.kind == Kind.NOT_SUPPORTED
     assert "vLLM: vLLM runs PyTorch, AWQ or GPTQ models; this one is GGUF" in d.explanation
     assert d.primary_fix.label == "Use llama.cpp instead" and d.primary_fix.action == "use_engine:llamacpp"

@@ -18,9 +18,11 @@ import keyring.backend
 import keyring.backends.fail
 import pytest
 
-from engines import diagnosis, remotes, supervisor
-from engines.client import ChatStream, Delta, EngineHTTPError, StreamBroken
-from engines.manager import EngineManager
+from engines.diagnosis import diagnose
+from engines.chat import remotes
+from engines.running import supervisor
+from engines.chat.client import ChatStream, Delta, EngineHTTPError, StreamBroken
+from engines.running.manager import EngineManager
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,7 +117,7 @@ def test_wrong_key_is_diagnosed(home, served, fake_keyring):
     assert err.value.status == 401
     with pytest.raises(EngineHTTPError) as err:
         list(ChatStream(r.url, [{"role": "user", "content": "hi"}], remotes.api_key(r), max_tokens=4))
-    d = diagnosis.diagnose_exception(err.value)
+    d = diagnose.diagnose_exception(err.value)
     assert d.kind == "auth_failed"
     assert remotes.endpoints() == []  # a remote that refuses us lists nothing, and raises nothing
 
@@ -127,7 +129,7 @@ def test_unreachable_host_is_diagnosed(home):
     with pytest.raises(StreamBroken) as err:
         list(ChatStream(r.url, [{"role": "user", "content": "hi"}], None, max_tokens=4))
     assert err.value.connect
-    assert diagnosis.diagnose_exception(err.value).kind == "unreachable"
+    assert diagnose.diagnose_exception(err.value).kind == "unreachable"
     assert remotes.endpoints() == []
     assert "ConnectError" in remotes.last_error("gone")
 

@@ -81,7 +81,7 @@ def test_heavy_engines_are_not_collected(bundle, exe):
     on_disk = {p.name.split(".")[0].split("-")[0] for p in (bundle / "_internal").iterdir()}
     assert not on_disk & set(exclusions.MUST_NOT_SHIP)
     # ... while everything the app imports by name at run time is in
-    for needed in ("engines.worker", "engines.backends.llamacpp", "engines.backends.transformers",
+    for needed in ("engines.running.worker", "engines.running.backends.llamacpp", "engines.running.backends.transformers",
                    "xllamacpp", "desktop", "resources"):
         assert needed in modules, needed
 

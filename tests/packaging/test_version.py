@@ -10,8 +10,8 @@ from tests.conftest import ROOT
 
 
 def test_checkout_fallback_reads_pyproject():
-    from engines import _version
-    assert _version.VERSION == project_version()
+    from engines import version
+    assert version.VERSION == project_version()
 
 
 def test_cli_version_is_the_pyproject_version():

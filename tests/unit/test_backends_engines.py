@@ -11,10 +11,11 @@ import sys
 
 import pytest
 
-from engines import params as P, selection
-from engines.backends import _server as S, mlx, sglang, transformers, vllm
-from engines.hardware import GPU, HardwareProfile
-from engines.models import ModelSpec
+from engines.running import params as P
+from engines.running import selection
+from engines.running.backends import _server as S, mlx, sglang, transformers, vllm
+from engines.machine.hardware import GPU, HardwareProfile
+from engines.models.store import ModelSpec
 
 BACKENDS = (transformers, mlx, vllm, sglang)
 
@@ -110,7 +111,7 @@ def test_vllm_command_maps_params_and_keeps_key_off_the_command_line():
     argv = cmd.argv
     program = engine_program(cmd)
     assert program[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    assert argv[:argv.index("--")][-2:] == ["engines.worker", "exec"]  # never outlives Ember
+    assert argv[:argv.index("--")][-2:] == ["engines.running.worker", "exec"]  # never outlives Ember
     pairs = dict(zip(program[3::2], program[4::2]))
     assert pairs["--model"] == spec.path and pairs["--host"] == "127.0.0.1" and pairs["--port"] == "8123"
     assert pairs["--max-model-len"] == "4096"
@@ -147,7 +148,7 @@ def test_transformers_command_uses_our_server_with_key_in_environment(tmp_path):
     values, _, warnings = transformers.prepare(spec, cpu_hw(), transformers.validate(["temperature=0"]))
     cmd = transformers.command(spec, values, "127.0.0.1", 9000, "k-123")
     program = engine_program(cmd)
-    assert program[1:3] == ["-m", "engines.hf_server"]
+    assert program[1:3] == ["-m", "engines.running.hf_server"]
     assert program[program.index("--max-model-len") + 1] == "4096"
     assert program[program.index("--temperature") + 1] == "0.0"
     assert "k-123" not in " ".join(cmd.argv) and cmd.env["EMBER_API_KEY"] == "k-123"

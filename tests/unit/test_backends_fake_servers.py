@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from engines import engine_env, launch, supervisor
-from engines.backends import _server as S, availability
-from engines.client import ChatStream, Delta, EngineHTTPError, Finished
-from engines.hardware import GPU, HardwareProfile
+from engines.running import engine_env
+from engines.running import launch
+from engines.running import supervisor
+from engines.running.backends import _server as S, availability
+from engines.chat.client import ChatStream, Delta, EngineHTTPError, Finished
+from engines.machine.hardware import GPU, HardwareProfile
 
 FAKES = Path(__file__).resolve().parent.parent / "fixtures" / "fake_engines"
 
@@ -73,7 +75,8 @@ def test_interpreter_setting_is_probed_for_the_engine(home):
 
 
 def test_doctor_shows_each_engines_interpreter(home):
-    from engines import cli, hardware
+    from engines import cli
+    from engines.machine import hardware
     python = fake_python(home)
     engine_env.set_python("vllm", python)
     report = cli.doctor_report(hardware.HardwareProfile.from_dict(cuda_hw().to_dict()))
@@ -124,10 +127,10 @@ def test_startup_oom_is_a_failed_start_classified_from_the_log(home, engine, mod
     for key, value in fixes[0]["changes"].items():
         assert changed.params[key] == value
     try:
-        from engines import diagnosis
+        from engines.diagnosis import diagnose
     except ImportError:
         return
-    d = diagnosis.diagnose_exception(exc, plan=plan)
+    d = diagnose.diagnose_exception(exc, plan=plan)
     assert d is not None and d.kind in ("oom_load", "kv_cache_full")
 
 
@@ -161,7 +164,7 @@ def test_engine_server_dies_with_a_killed_worker(home):
 
 def test_vllm_engine_arguments_are_read_from_the_installed_vllm(home):
     """Beyond the documented table, every EngineArgs field of the user's vLLM is a valid key."""
-    from engines.backends import vllm
+    from engines.running.backends import vllm
     if importlib.util.find_spec("vllm") is None:
         assert "block_size" not in vllm.schema()  # no vLLM here: the documented table only
     engine_env.set_python("vllm", fake_python(home))
@@ -172,7 +175,7 @@ def test_vllm_engine_arguments_are_read_from_the_installed_vllm(home):
     assert "model" not in schema  # Ember's own
     assert schema["gpu_memory_utilization"].default == 0.9  # the documented entry wins
     values = vllm.validate(["block_size=32", "enable_chunked_prefill=true", "tokenizer_mode=slow"])
-    spec = launch.models.spec_from_folder(model_folder(home))
+    spec = launch.store.spec_from_folder(model_folder(home))
     program = vllm.command(spec, values, "127.0.0.1", 8000, "k").argv
     assert program[program.index("--block-size") + 1] == "32"
     assert "--enable-chunked-prefill" in program
@@ -187,22 +190,22 @@ def test_vllm_engine_arguments_are_read_from_the_installed_vllm(home):
 
 
 def test_transformers_in_another_interpreter_finds_embers_server(home):
-    """A separate transformers environment runs engines.hf_server from Ember's folder."""
-    from engines.backends import transformers
+    """A separate transformers environment runs engines.running.hf_server from Ember's folder."""
+    from engines.running.backends import transformers
     engine_env.set_python("transformers", fake_python(home))
-    spec = launch.models.spec_from_folder(model_folder(home))
+    spec = launch.store.spec_from_folder(model_folder(home))
     cmd = transformers.command(spec, {}, "127.0.0.1", 8000, "k")
-    assert cmd.env["PYTHONPATH"].split(os.pathsep)[0] == str(Path(launch.__file__).resolve().parent.parent)
+    assert cmd.env["PYTHONPATH"].split(os.pathsep)[0] == str(Path(launch.__file__).resolve().parents[2])
     assert fake_python(home) in cmd.argv
 
 
 def test_every_fix_the_diagnosis_offers_for_vllm_relaunches(home):
-    from engines import diagnosis
+    from engines.diagnosis import diagnose
     engine_env.set_python("vllm", fake_python(home))
     plan = launch.plan(str(model_folder(home, "kv")), cuda_hw(), "vllm")
     with pytest.raises(supervisor.EngineStartError) as err:
         launch.start(plan, timeout=30)
-    d = diagnosis.diagnose_exception(err.value, plan=plan)
+    d = diagnose.diagnose_exception(err.value, plan=plan)
     assert d.kind == "oom_load"
     assert d.fixes[0].changes == {"max_model_len": 1280}  # vLLM's own estimate (4096 // 3), rounded down
     for f in d.fixes:
@@ -236,7 +239,7 @@ def test_a_frozen_ember_needs_an_environment_for_python_engines(home, monkeypatc
 
 
 def test_sglang_server_arguments_are_read_from_the_installed_sglang(home):
-    from engines.backends import sglang
+    from engines.running.backends import sglang
     if importlib.util.find_spec("sglang") is None:
         assert "schedule_policy" not in sglang.schema()
     engine_env.set_python("sglang", fake_python(home))
@@ -244,7 +247,7 @@ def test_sglang_server_arguments_are_read_from_the_installed_sglang(home):
     assert schema["cuda_graph_max_bs"].type == "int" and schema["enable_torch_compile"].type == "bool"
     assert "model_path" not in schema
     values = sglang.validate(["schedule_policy=lpm", "enable_torch_compile=true", "cuda_graph_max_bs=8"])
-    spec = launch.models.spec_from_folder(model_folder(home))
+    spec = launch.store.spec_from_folder(model_folder(home))
     argv = sglang.command(spec, values, "127.0.0.1", 8000, "k").argv
     assert argv[argv.index("--schedule-policy") + 1] == "lpm" and "--enable-torch-compile" in argv
     assert argv[argv.index("--cuda-graph-max-bs") + 1] == "8"

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engines import catalog, fit as F, hardware
+from engines.models import catalog
+from engines.machine import fit as F
+from engines.machine import hardware
 from tests.conftest import ember_cmd
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "hardware"
@@ -31,7 +33,7 @@ def tables() -> dict[str, dict[str, dict]]:
 
 def test_every_catalog_variant_is_served(tables):
     n = sum(len(m["variants"]) for m in json.loads(
-        (Path(catalog.__file__).parents[1] / "resources" / "models.json").read_text())["models"])
+        (Path(catalog.__file__).parents[2] / "resources" / "models.json").read_text())["models"])
     for rows in tables.values():
         assert len(rows) == n
         assert all(r["fit"] in catalog.FITS for r in rows.values())

@@ -3,7 +3,7 @@
 Lines this CPU machine cannot produce (Metal, CUDA, image encoding) are the
 seed's verbatim logs and real-shaped variants: those tests are marked
 ``logfixture``. The GPU machines are fake hardware profiles (named as such),
-with the shapes ``engines.hardware`` produces.
+with the shapes ``engines.machine.hardware`` produces.
 """
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ import types
 
 import pytest
 
-from engines import client, diagnosis, launch, supervisor
-from engines.diagnosis import Kind
-from engines.hardware import GPU, HardwareProfile
+from engines.chat import client
+from engines.diagnosis import diagnose
+from engines.running import launch
+from engines.running import supervisor
+from engines.diagnosis.diagnose import Kind
+from engines.machine.hardware import GPU, HardwareProfile
 
 GIB = 1024 ** 3
 
@@ -132,7 +135,7 @@ LINES = [
 
 @pytest.mark.parametrize("line,kind,facts", LINES)
 def test_one_line(line, kind, facts):
-    found = diagnosis.classify_lines([line])
+    found = diagnose.classify_lines([line])
     if kind is None:
         assert not found or found[0].kind not in ("invalid_model", "port_in_use", "context_exceeded")
         return
@@ -148,11 +151,11 @@ def test_seed_image_failure(plans):
     plan = plans["mac"]
     err = client.EngineHTTPError(500, {"error": {"code": 500, "message": "failed to process image",
                                                  "type": "server_error"}})
-    d = diagnosis.diagnose_exception(err, plan=plan)
+    d = diagnose.diagnose_exception(err, plan=plan)
     assert d.kind == Kind.IMAGE_FAILED
     assert d.primary_fix.changes == {"n_ctx": 4096}
     assert "8,192" in d.explanation
-    from_log = diagnosis.diagnose_log(SEED_IMAGE, plan, phase="run")
+    from_log = diagnose.diagnose_log(SEED_IMAGE, plan, phase="run")
     assert from_log.kind == Kind.IMAGE_FAILED
 
 
@@ -161,7 +164,7 @@ def test_seed_kv_cache_full_on_metal(plans):
     plan = plans["mac"]
     err = client.EngineHTTPError(500, {"error": {"code": 500, "message": "Input prompt is too big compared to KV "
                                                  "size. Please try increasing KV size.", "type": "server_error"}})
-    d = diagnosis.diagnose_exception(err, plan=plan)
+    d = diagnose.diagnose_exception(err, plan=plan)
     assert d.kind == Kind.KV_CACHE_FULL
     changes = [f.changes for f in d.fixes]
     assert {"n_ctx": 4096} in changes               # lower n_ctx
@@ -170,7 +173,7 @@ def test_seed_kv_cache_full_on_metal(plans):
     assert "does not help" in raise_par.note and "serial" in raise_par.note  # ... which does not help serial use
     fewer = next(f for f in d.fixes if "n_gpu_layers" in f.changes)
     assert 0 <= fewer.changes["n_gpu_layers"] < plan.fit.gpu_layers
-    from_log = diagnosis.diagnose_log(SEED_KV_FULL, plan, phase="run")
+    from_log = diagnose.diagnose_log(SEED_KV_FULL, plan, phase="run")
     assert from_log.kind == Kind.KV_CACHE_FULL and from_log.facts["cause"] == "memory"
 
 
@@ -181,7 +184,7 @@ def test_cuda_out_of_memory_while_loading(plans, tmp_path):
     log_path.write_text("# ember launch 2026-01-01 {}\n" + "\n".join(CUDA_OOM_LOAD) + "\n")
     exc = supervisor.EngineStartError("The llamacpp engine exited with status 2 while starting.",
                                       supervisor.ExitStatus(2), CUDA_OOM_LOAD[-3:], log_path)
-    d = diagnosis.diagnose_exception(exc, plan=plan)
+    d = diagnose.diagnose_exception(exc, plan=plan)
     assert d.kind == Kind.OOM_LOAD
     assert d.facts["memory"] == "gpu" and d.facts["alloc_bytes"] == 48 * 1024 ** 2
     assert "the GPU's memory ran out" in d.explanation and "48 MiB" in d.explanation
@@ -198,7 +201,7 @@ def test_cuda_out_of_memory_while_loading(plans, tmp_path):
 @pytest.mark.logfixture
 def test_cuda_out_of_memory_for_kv_cache(plans):
     plan = launch.plan("starter", fake_cuda_pc(), overrides={"n_ctx": 131072})
-    d = diagnosis.diagnose_log(CUDA_OOM_KV, plan, phase="start")
+    d = diagnose.diagnose_log(CUDA_OOM_KV, plan, phase="start")
     assert d.kind == Kind.OOM_LOAD and d.facts["alloc_bytes"] == 16 * GIB
     assert "KV cache" in d.explanation
     # the KV cache is bigger than the weights: a smaller context comes first
@@ -207,7 +210,7 @@ def test_cuda_out_of_memory_for_kv_cache(plans):
 
 @pytest.mark.logfixture
 def test_warm_up_decode_failure_at_start_is_out_of_memory(plans):
-    d = diagnosis.diagnose_log(SEED_KV_FULL, plans["mac"], phase="start")
+    d = diagnose.diagnose_log(SEED_KV_FULL, plans["mac"], phase="start")
     assert d.kind == Kind.OOM_LOAD
 
 
@@ -215,7 +218,7 @@ def test_old_context_message_uses_the_plan_numbers(plans):
     err = client.EngineHTTPError(400, {"error": {"code": 400, "message": "the request exceeds the available context "
                                                  "size. try increasing the context size or enable context shift",
                                                  "type": "invalid_request_error"}})
-    d = diagnosis.diagnose_exception(err, plan=plans["mac"])
+    d = diagnose.diagnose_exception(err, plan=plans["mac"])
     assert d.kind == Kind.CONTEXT_EXCEEDED
     assert "each slot holds 4,096 tokens (n_ctx 8,192 / n_parallel 2)" in d.explanation
     assert any(f.changes.get("n_ctx") == 16384 for f in d.fixes)
@@ -225,7 +228,7 @@ def test_new_context_error_fields(plans):
     body = {"error": {"code": 400, "message": "request (3024 tokens) exceeds the available context size "
                       "(2048 tokens), try increasing it", "type": "exceed_context_size_error",
                       "n_prompt_tokens": 3024, "n_ctx": 2048}}
-    d = diagnosis.diagnose_exception(client.EngineHTTPError(400, body), plan=plans["cpu"])
+    d = diagnose.diagnose_exception(client.EngineHTTPError(400, body), plan=plans["cpu"])
     assert d.kind == Kind.CONTEXT_EXCEEDED
     assert "Your message needs 3,024 tokens; each slot holds 2,048 (n_ctx 2,048 / n_parallel 1)." in d.explanation
     assert d.facts["n_prompt_tokens"] == 3024 and d.facts["n_ctx_slot"] == 2048
@@ -235,7 +238,7 @@ def test_new_context_error_fields(plans):
 
 def test_prompt_longer_than_the_trained_context(plans):
     body = {"error": {"type": "exceed_context_size_error", "n_prompt_tokens": 50000, "n_ctx": 2048, "message": "x"}}
-    d = diagnosis.diagnose_exception(client.EngineHTTPError(400, body), plan=plans["cpu"])
+    d = diagnose.diagnose_exception(client.EngineHTTPError(400, body), plan=plans["cpu"])
     assert "32,768" in d.explanation
     assert all(f.changes.get("n_ctx", 0) <= 32768 for f in d.fixes)
     assert d.primary_fix.action == "new_conversation" or d.primary_fix.changes == {"n_ctx": 32768}
@@ -245,7 +248,7 @@ def test_multimodal_note(plans):
     from dataclasses import replace
     plan = replace(plans["cpu"], model=replace(plans["cpu"].model, has_vision=True))
     body = {"error": {"type": "exceed_context_size_error", "n_prompt_tokens": 3000, "n_ctx": 2048, "message": "x"}}
-    d = diagnosis.diagnose_exception(client.EngineHTTPError(400, body), plan=plan)
+    d = diagnose.diagnose_exception(client.EngineHTTPError(400, body), plan=plan)
     assert "context shift is off" in d.explanation
 
 
@@ -253,27 +256,27 @@ def test_remote_context_error_without_a_plan():
     err = client.EngineHTTPError(400, {"object": "error", "message": "This model's maximum context length is 2048 "
                                        "tokens. However, your request has 3000 input tokens.",
                                        "type": "BadRequestError", "code": 400})
-    d = diagnosis.diagnose_exception(err)
+    d = diagnose.diagnose_exception(err)
     assert d.kind == Kind.CONTEXT_EXCEEDED
     assert d.explanation.startswith("Your message needs 3,000 tokens; each slot holds 2,048.")
     assert [f.action for f in d.fixes] == ["new_conversation"]  # no launch of ours to change
 
 
 def test_auth_and_unreachable():
-    d = diagnosis.diagnose_exception(client.EngineHTTPError(401, {"error": {"message": "Invalid API Key",
+    d = diagnose.diagnose_exception(client.EngineHTTPError(401, {"error": {"message": "Invalid API Key",
                                                                            "type": "authentication_error"}}))
     assert d.kind == Kind.AUTH_FAILED and "API key" in d.explanation
-    d = diagnosis.diagnose_exception(client.StreamBroken("cannot connect to http://10.9.9.9:8000/v1: refused",
+    d = diagnose.diagnose_exception(client.StreamBroken("cannot connect to http://10.9.9.9:8000/v1: refused",
                                                          connect=True))
     assert d.kind == Kind.UNREACHABLE and "10.9.9.9" in d.explanation
 
 
 def test_engine_missing_and_not_supported():
-    d = diagnosis.diagnose_exception(launch.PlanError("qwen-7b-awq", {"vllm": "not installed"}, "vllm",
+    d = diagnose.diagnose_exception(launch.PlanError("qwen-7b-awq", {"vllm": "not installed"}, "vllm",
                                                       "pip install vllm"))
     assert d.kind == Kind.ENGINE_MISSING and d.primary_fix.note == "pip install vllm"
     assert d.primary_fix.action == "install"
-    d = diagnosis.diagnose_exception(launch.PlanError("qwen-7b-awq", {"vllm": "needs a CUDA GPU; none found",
+    d = diagnose.diagnose_exception(launch.PlanError("qwen-7b-awq", {"vllm": "needs a CUDA GPU; none found",
                                                                       "llamacpp": "runs GGUF files only"}))
     assert d.kind == Kind.NOT_SUPPORTED
     assert "vLLM: needs a CUDA GPU; none found" in d.explanation
@@ -282,16 +285,16 @@ def test_engine_missing_and_not_supported():
 def test_start_timeout_and_unknown_exception(tmp_path):
     exc = supervisor.EngineStartError("The llamacpp engine is running but did not answer within 60 s.", None,
                                       ["loading..."], tmp_path / "none.log", timed_out=True)
-    d = diagnosis.diagnose_exception(exc)
+    d = diagnose.diagnose_exception(exc)
     assert d.kind == Kind.STARTUP_FAILED and "60 s" in d.explanation
-    assert diagnosis.diagnose_exception(KeyError("x")) is None
+    assert diagnose.diagnose_exception(KeyError("x")) is None
 
 
 def test_crash_at_start_with_signal(tmp_path):
     log = tmp_path / "e.log"
     log.write_text("# ember launch x {}\nllama_model_load: loading\nGGML_ASSERT(n_tokens > 0) failed\n")
     exc = supervisor.EngineStartError("died", supervisor.ExitStatus(None, 6), [], log)
-    d = diagnosis.diagnose_exception(exc)
+    d = diagnose.diagnose_exception(exc)
     assert d.kind == Kind.ENGINE_CRASHED
     assert d.facts["signal_name"] == "SIGABRT" and "GGML_ASSERT(n_tokens > 0) failed" in d.explanation
 
@@ -299,29 +302,29 @@ def test_crash_at_start_with_signal(tmp_path):
 def test_reply_cut_short(plans):
     plan = launch.plan("starter", fake_cpu_box(), overrides={"n_ctx": 512, "n_parallel": 2})
     fin = client.Finished("length", client.Usage(30, 226), max_tokens=400)
-    d = diagnosis.diagnose_finish(fin, plan)
+    d = diagnose.diagnose_finish(fin, plan)
     assert d.kind == Kind.REPLY_CUT_SHORT
     assert "the message took 30 tokens and the answer 226" in d.explanation
     assert d.primary_fix.changes == {"n_ctx": 2048}
     # stopped at max_tokens as asked, or stopped normally: nothing to diagnose
-    assert diagnosis.diagnose_finish(client.Finished("length", client.Usage(30, 400), max_tokens=400), plan) is None
-    assert diagnosis.diagnose_finish(client.Finished("stop", client.Usage(30, 20), max_tokens=400), plan) is None
+    assert diagnose.diagnose_finish(client.Finished("length", client.Usage(30, 400), max_tokens=400), plan) is None
+    assert diagnose.diagnose_finish(client.Finished("stop", client.Usage(30, 20), max_tokens=400), plan) is None
 
 
 def test_backend_log_patterns_are_consulted(monkeypatch):
-    mod = types.ModuleType("engines.backends.fakeengine")
+    mod = types.ModuleType("engines.running.backends.fakeengine")
     mod.LOG_PATTERNS = [(r"torch\.OutOfMemoryError: CUDA out of memory. Tried to allocate (?P<alloc_mib>[\d.]+) MiB",
                          "oom_load", {"memory": "gpu"})]
-    monkeypatch.setitem(sys.modules, "engines.backends.fakeengine", mod)
+    monkeypatch.setitem(sys.modules, "engines.running.backends.fakeengine", mod)
     line = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity"
-    m = diagnosis.best_match([line], "fakeengine")
+    m = diagnose.best_match([line], "fakeengine")
     assert m.kind == "oom_load" and m.facts == {"memory": "gpu", "alloc_mib": "20.00"}
-    assert diagnosis.best_match(["nothing to see"], "fakeengine") is None
+    assert diagnose.best_match(["nothing to see"], "fakeengine") is None
 
 
 def test_render_text_and_json(plans):
     body = {"error": {"type": "exceed_context_size_error", "n_prompt_tokens": 3024, "n_ctx": 2048, "message": "m"}}
-    d = diagnosis.diagnose_exception(client.EngineHTTPError(400, body), plan=plans["cpu"])
+    d = diagnose.diagnose_exception(client.EngineHTTPError(400, body), plan=plans["cpu"])
     text = d.render_text()
     assert text.startswith("Error: The conversation is longer than the engine's context")
     assert "--set n_ctx=4096" in text
@@ -332,14 +335,14 @@ def test_render_text_and_json(plans):
 def test_preflight_warns_before_launch(starter_path):
     plan = launch.plan("starter", fake_cpu_box(), overrides={"n_ctx": 10_000_000})
     assert any("more than this computer has" in w for w in plan.warnings)
-    d = diagnosis.preflight(plan)
+    d = diagnose.preflight(plan)
     assert d.kind == Kind.OOM_LOAD and d.primary_fix.changes == {"n_ctx": 32768}
-    assert diagnosis.preflight(launch.plan("starter", fake_cpu_box(), overrides={"n_ctx": 2048})) is None
+    assert diagnose.preflight(launch.plan("starter", fake_cpu_box(), overrides={"n_ctx": 2048})) is None
 
 
 def test_diagnosis_never_imports_qt():
     code = ("import sys; sys.modules['PySide6'] = None\n"
-            "import engines.diagnosis, engines.diagnosis_patterns\n"
+            "import engines.diagnosis.diagnose, engines.diagnosis.patterns\n"
             "assert not any(m.startswith('PySide6.') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -348,7 +351,7 @@ def test_slot_context_as_llama_cpp_really_sets_it():
     """n_ctx 256 with n_parallel 2: llama.cpp rounds the total up to 512 (256 per slot), seen on this build."""
     plan = launch.plan("starter", fake_cpu_box(), overrides={"n_ctx": 256, "n_parallel": 2})
     fin = client.Finished("length", client.Usage(35, 221), max_tokens=400)
-    d = diagnosis.diagnose_finish(fin, plan)
+    d = diagnose.diagnose_finish(fin, plan)
     assert d.facts["n_ctx_slot"] == 256
     assert "filling the slot's 256 tokens (n_ctx 512 / n_parallel 2; llama.cpp changed the n_ctx 256 you set)" \
         in d.explanation
@@ -357,17 +360,17 @@ def test_slot_context_as_llama_cpp_really_sets_it():
 def test_other_engines_get_their_own_fixes(monkeypatch):
     """A vLLM-like backend: its LOG_PATTERNS classify, its fixes_for gives the parameter fixes in its own keys;
     llama.cpp's keys (n_ctx, cache_type_k...) are never offered to it."""
-    mod = types.ModuleType("engines.backends.fakeengine")
+    mod = types.ModuleType("engines.running.backends.fakeengine")
     mod.LOG_PATTERNS = [(r"No available memory for the cache blocks", "oom_load", {"memory": "gpu"})]
     mod.fixes_for = lambda kind, facts, plan: ([{"label": "Lower the context to 2,048 tokens",
                                                  "changes": {"max_model_len": 2048}, "note": "n"}]
                                                if kind == "oom_load" else [])
-    monkeypatch.setitem(sys.modules, "engines.backends.fakeengine", mod)
+    monkeypatch.setitem(sys.modules, "engines.running.backends.fakeengine", mod)
     model = types.SimpleNamespace(context_length=8192, path=None, format="pytorch", has_vision=False,
                                   block_count=28, quantization="none")
     plan = types.SimpleNamespace(engine="fakeengine", params={"max_model_len": 4096}, model=model,
                                  hardware=fake_cuda_pc(), fit=None)
-    d = diagnosis.diagnose_log(["ValueError: No available memory for the cache blocks. Try increasing "
+    d = diagnose.diagnose_log(["ValueError: No available memory for the cache blocks. Try increasing "
                                 "`gpu_memory_utilization`"], plan, "start")
     assert d.kind == Kind.OOM_LOAD
     assert d.primary_fix.changes == {"max_model_len": 2048}
@@ -375,6 +378,6 @@ def test_other_engines_get_their_own_fixes(monkeypatch):
     assert keys == {"max_model_len"}
     body = {"error": {"message": "This model's maximum context length is 4096 tokens. However, your request has "
                                  "5000 input tokens.", "type": "BadRequestError"}}
-    d = diagnosis.diagnose_exception(client.EngineHTTPError(400, body), plan=plan)
+    d = diagnose.diagnose_exception(client.EngineHTTPError(400, body), plan=plan)
     assert d.kind == Kind.CONTEXT_EXCEEDED and "(context length 4,096)" in d.explanation
     assert [f.action for f in d.fixes] == ["new_conversation"]

@@ -5,9 +5,10 @@ xllamacpp.get_device_info() returns on a CUDA build.
 """
 import pytest
 
-from engines import fit, gguf_info
-from engines.backends import llamacpp
-from engines.hardware import GPU, HardwareProfile
+from engines.machine import fit
+from engines.machine import gguf_info
+from engines.running.backends import llamacpp
+from engines.machine.hardware import GPU, HardwareProfile
 
 GiB, MiB = 1024 ** 3, 1024 ** 2
 
@@ -48,7 +49,7 @@ def test_ollama_two_gpu_table(tmp_path, layer0, layer1, expect0, expect1):
     for g in hw.gpus:
         g.memory_total_bytes = g.memory_free_bytes
     # Ollama's test sets a 2 KiB minimum per GPU; pass it the way xllamacpp reads it.
-    from engines import hardware
+    from engines.machine import hardware
     orig = hardware.llamacpp_device_dicts
     devices = [dict(d, memory_min=MIN_MEMORY) for d in orig(hw)]
     fit_mod_devices = fit.llamacpp_device_dicts

@@ -2,7 +2,8 @@ import shutil
 
 import pytest
 
-from engines import gguf_info, models
+from engines.machine import gguf_info
+from engines.models import store
 
 
 def test_reads_the_starter_header_fast(starter_path):
@@ -35,10 +36,10 @@ def test_folder_is_not_a_gguf(tmp_path):
 def test_add_local_checks_before_accepting(fresh_home, tmp_path, starter_path):
     bad = tmp_path / "half.gguf"
     bad.write_bytes(starter_path.read_bytes()[:5000000])
-    with pytest.raises(models.ModelError, match="truncated"):
-        models.add_local(bad)
+    with pytest.raises(store.ModelError, match="truncated"):
+        store.add_local(bad)
     good = tmp_path / "copy.gguf"
     shutil.copy(starter_path, good)
-    spec = models.add_local(good)
-    assert spec.name == "copy" and models.resolve("copy").path == str(good)
-    assert [m.name for m in models.local_models()] == ["starter", "copy"]
+    spec = store.add_local(good)
+    assert spec.name == "copy" and store.resolve("copy").path == str(good)
+    assert [m.name for m in store.local_models()] == ["starter", "copy"]

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from engines import hardware
-from engines.hardware import HardwareProfile
+from engines.machine import hardware
+from engines.machine.hardware import HardwareProfile
 
 
 def test_detect_reports_this_machine():

@@ -2,7 +2,7 @@
 import pytest
 import xllamacpp
 
-from engines import params as P
+from engines.running import params as P
 
 
 def test_keys_come_from_the_installed_xllamacpp():

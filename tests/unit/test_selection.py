@@ -1,9 +1,9 @@
 """The seed's engine rules, as a table: (format, quantization, architecture, machine) -> engine."""
 import pytest
 
-from engines import selection
-from engines.hardware import GPU, HardwareProfile
-from engines.models import ModelSpec
+from engines.running import selection
+from engines.machine.hardware import GPU, HardwareProfile
+from engines.models.store import ModelSpec
 
 GiB = 1024 ** 3
 

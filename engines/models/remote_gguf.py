@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
-from . import gguf_info, paths
+from engines.machine import gguf_info
+from engines import paths
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def read(repo: str, filename: str, revision: str = "main") -> gguf_info.GGUFInfo
     if hit is not None:
         return hit
     import httpx
-    from . import downloads
+    from engines.models import downloads
     if downloads.offline():
         raise RemoteHeaderError(repo, filename, "offline mode is on (HF_HUB_OFFLINE)")
     url = f"{downloads.endpoint()}/{repo}/resolve/{revision}/{quote(filename)}"
@@ -92,6 +93,6 @@ def read(repo: str, filename: str, revision: str = "main") -> gguf_info.GGUFInfo
     paths.atomic_write_text(base.with_suffix(".json"), json.dumps({"repo": repo, "file": filename,
                                                                     "revision": revision, "size": size}))
     log.info("read the header of %s/%s (%d bytes of %d)", repo, filename, want, size)
-    from . import catalog
+    from engines.models import catalog
     catalog.clear_cache()  # the fit of that variant now rests on its real header
     return _parse(base.with_suffix(".header"), size)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 
-from .. import fit, params as P
-from ..hardware import HardwareProfile
-from ..models import ModelSpec
-from ..supervisor import Command, worker_argv
+from engines.machine import fit
+from engines.running import params as P
+from engines.machine.hardware import HardwareProfile
+from engines.models.store import ModelSpec
+from engines.running.supervisor import Command, worker_argv
 
 NAME = "llamacpp"
 DEFAULT_CTX = 4096
@@ -47,7 +48,7 @@ def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
         if estimate.fallback and estimate.devices:
             warnings.append(f"auto-NGL could not estimate ({estimate.fallback}); offloading all layers")
         memory = hw.ram_total_bytes + sum(g.memory_total_bytes or 0 for g in hw.llamacpp_gpus())
-        if memory and estimate.total_bytes > memory:  # it would fail at start-up (see engines.diagnosis)
+        if memory and estimate.total_bytes > memory:  # it would fail at start-up (see engines.diagnosis.diagnose)
             warnings.append(f"n_ctx {n_ctx:,} needs about {estimate.total_bytes / 1024 ** 3:,.1f} GiB "
                             f"(KV cache {estimate.kv_cache_bytes / 1024 ** 3:,.1f} GiB), more than this computer "
                             f"has ({memory / 1024 ** 3:,.1f} GiB); lower n_ctx")

@@ -11,7 +11,7 @@ comes from:
 
 The key itself is never written to Ember's files. The list lives in
 ``config_dir()/remotes.json``. :func:`endpoints` turns each remote into one
-:class:`engines.manager.Endpoint` per model the server lists at ``/v1/models``.
+:class:`engines.running.manager.Endpoint` per model the server lists at ``/v1/models``.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from . import paths
+from engines import paths
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def api_key(remote: Remote) -> str | None:
 
 def models(remote: Remote, timeout: float = 5.0, use_cache: bool = True) -> list[str]:
     """Model ids the server lists; raises the client's EngineHTTPError / httpx errors."""
-    from .client import list_models
+    from engines.chat.client import list_models
     cached = _models_cache.get(remote.name)
     if use_cache and cached and time.monotonic() - cached[0] < LIST_TTL:
         return cached[1]
@@ -211,7 +211,7 @@ def endpoints(timeout: float = 3.0) -> list:
     A remote that does not answer is left out (see :func:`last_error`) and not asked
     again for ``LIST_TTL`` seconds, so a dead server does not slow every call down.
     """
-    from .manager import Endpoint
+    from engines.running.manager import Endpoint
     out = []
     for remote in list_remotes():
         failed = _failures.get(remote.name)
@@ -232,7 +232,7 @@ def endpoints(timeout: float = 3.0) -> list:
 
 def endpoint(name: str, model_id: str | None = None):
     """The Endpoint for ``name`` (a remote) and a model it serves (its first when not given)."""
-    from .manager import Endpoint
+    from engines.running.manager import Endpoint
     remote = get(name)
     if model_id is None:
         ids = models(remote)

@@ -49,11 +49,11 @@ def configured_python(engine: str) -> str | None:
     """The interpreter the user set for ``engine``, or None (Ember's own)."""
     value = None
     try:
-        from . import settings
+        from engines import settings
         value = settings.engine_python(engine)
     except ImportError:  # settings module not present: read the file directly
         import json
-        from . import paths
+        from engines import paths
         try:
             data = json.loads((paths.config_dir() / "settings.json").read_text(encoding="utf-8"))
             value = data.get(f"engine_python.{engine}")
@@ -74,7 +74,7 @@ def python_for(engine: str) -> str | None:
 
 def set_python(engine: str, interpreter: str | None) -> None:
     """Remember an interpreter for an engine (None: back to Ember's own)."""
-    from . import settings
+    from engines import settings
     settings.set(f"engine_python.{engine}", str(interpreter) if interpreter else None)
     probe.cache_clear()
 
@@ -109,6 +109,6 @@ def child_env(interpreter: str) -> dict[str, str]:
     """Environment additions so ``interpreter -m engines.<module>`` finds Ember's own modules."""
     if interpreter == sys.executable:
         return {}
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parent.parent.parent)
     current = os.environ.get("PYTHONPATH")
     return {"PYTHONPATH": root + (os.pathsep + current if current else "")}

@@ -2,10 +2,10 @@
 
 Two sources: the local models (starter and user-added files, read from their
 own headers) and the curated catalog ``resources/models.json`` (one
-:class:`~engines.models.ModelSpec` per variant, named by the variant id).
+:class:`~engines.models.store.ModelSpec` per variant, named by the variant id).
 
 The fit of a GGUF is the same estimate auto-NGL uses at launch
-(:func:`engines.fit.estimate`, i.e. xllamacpp's): for a local file on its real
+(:func:`engines.machine.fit.estimate`, i.e. xllamacpp's): for a local file on its real
 header; for a catalog variant on a header read remotely (``remote_gguf``, when
 cached) or else on a synthetic header built from the catalog's facts, whose
 tensor sizes add up to the file size. Where the file size is not known it is
@@ -27,9 +27,12 @@ import logging
 from dataclasses import dataclass
 from importlib import resources
 
-from . import fit as F, gguf_info, models, selection
-from .backends import LABELS, availability, installed_engines
-from .hardware import HardwareProfile
+from engines.machine import fit as F
+from engines.machine import gguf_info
+from engines.models import store
+from engines.running import selection
+from engines.running.backends import LABELS, availability, installed_engines
+from engines.machine.hardware import HardwareProfile
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +82,9 @@ def _quant_label(v: dict) -> str:
         v["format"], f"{v['format'].upper()} {v['quantization']}" if v["format"] == "gptq" else v["quantization"])
 
 
-def spec_of(entry: Entry, with_path: bool = True) -> models.ModelSpec:
+def spec_of(entry: Entry, with_path: bool = True) -> store.ModelSpec:
     m, v = entry.model, entry.variant
-    spec = models.ModelSpec(
+    spec = store.ModelSpec(
         name=v["id"], format=v["format"], quantization=v["quantization"], architecture=m["architecture"],
         display_name=f"{m['display_name']} ({_quant_label(v)})", source="catalog",
         gguf_architecture=m.get("gguf_architecture", "") if v["format"] == "gguf" else "",
@@ -98,17 +101,17 @@ def spec_of(entry: Entry, with_path: bool = True) -> models.ModelSpec:
 
 def _ready_path(name: str) -> str | None:
     try:
-        from . import downloads
+        from engines.models import downloads
     except ImportError:
         return None
     return downloads.ready_path(name)
 
 
-def catalog_specs() -> list[models.ModelSpec]:
+def catalog_specs() -> list[store.ModelSpec]:
     return [spec_of(e) for e in entries().values()]
 
 
-def resolve(name: str) -> models.ModelSpec:
+def resolve(name: str) -> store.ModelSpec:
     """A catalog variant by id (``path`` set once downloaded and verified); LookupError if none.
 
     A model id (``qwen3-8b``) picks its first GGUF Q4_K_M variant, else its first variant.
@@ -124,7 +127,7 @@ def resolve(name: str) -> models.ModelSpec:
 
 # -- memory facts ---------------------------------------------------------------------------------
 
-def default_context(spec: models.ModelSpec) -> int:
+def default_context(spec: store.ModelSpec) -> int:
     return min(DEFAULT_CONTEXT, spec.context_length or DEFAULT_CONTEXT)
 
 
@@ -133,7 +136,7 @@ def _vocab(name: str) -> int | None:
     return e.model.get("vocab_size") if e else None
 
 
-def estimated_gguf_size(spec: models.ModelSpec) -> tuple[int | None, str]:
+def estimated_gguf_size(spec: store.ModelSpec) -> tuple[int | None, str]:
     """File size of a catalog GGUF: exact from the catalog, else parameters x llama.cpp's bits per weight."""
     if spec.size_bytes:
         return spec.size_bytes, "catalog"
@@ -145,7 +148,7 @@ def estimated_gguf_size(spec: models.ModelSpec) -> tuple[int | None, str]:
     return int(spec.parameters * bpw / 8), f"estimated: {spec.parameters / 1e9:.1f}B parameters x {bpw:.2f} bits"
 
 
-def synthetic_info(spec: models.ModelSpec) -> tuple[gguf_info.GGUFInfo | None, str]:
+def synthetic_info(spec: store.ModelSpec) -> tuple[gguf_info.GGUFInfo | None, str]:
     """A GGUF header made of the catalog's facts, for the same estimate auto-NGL runs; (None, why) if it can't be.
 
     The tensor table has one tensor per block and the output/token-embedding
@@ -182,17 +185,17 @@ def synthetic_info(spec: models.ModelSpec) -> tuple[gguf_info.GGUFInfo | None, s
     return gguf_info.GGUFInfo(Path(spec.name + ".gguf"), size, md, tensors), source
 
 
-def _cached_remote_header(spec: models.ModelSpec):
+def _cached_remote_header(spec: store.ModelSpec):
     if not (spec.repo and spec.files):
         return None
     try:
-        from . import remote_gguf
+        from engines.models import remote_gguf
     except ImportError:
         return None
     return remote_gguf.cached(spec.repo, spec.files[0])
 
 
-def kv_cache_bytes(spec: models.ModelSpec, n_ctx: int) -> int | None:
+def kv_cache_bytes(spec: store.ModelSpec, n_ctx: int) -> int | None:
     """f16 KV cache of every layer at n_ctx (an upper bound for sliding-window models)."""
     att = spec.attention
     heads, kv_heads = att.get("head_count"), att.get("head_count_kv", att.get("head_count"))
@@ -204,7 +207,7 @@ def kv_cache_bytes(spec: models.ModelSpec, n_ctx: int) -> int | None:
     return spec.block_count * n_ctx * kv_heads * (k + v) * 2
 
 
-def weights_bytes(spec: models.ModelSpec) -> tuple[int | None, str]:
+def weights_bytes(spec: store.ModelSpec) -> tuple[int | None, str]:
     if spec.size_bytes and spec.format != "gguf":
         return spec.size_bytes, "download size"
     per = BYTES_PER_WEIGHT.get((spec.format, spec.quantization.lower()))
@@ -230,7 +233,7 @@ def _gb(n: int | None) -> str:
 
 # -- one row ----------------------------------------------------------------------------------------
 
-def _base_row(spec: models.ModelSpec, sel: selection.Selection, hw: HardwareProfile, n_ctx: int) -> dict:
+def _base_row(spec: store.ModelSpec, sel: selection.Selection, hw: HardwareProfile, n_ctx: int) -> dict:
     return {"name": spec.name, "display_name": spec.display_name or spec.name, "format": spec.format,
             "quantization": spec.quantization, "architecture": spec.architecture, "engine": sel.engine,
             "fit": "unavailable", "badge": "", "gpu_layers": 0,
@@ -243,7 +246,7 @@ def _base_row(spec: models.ModelSpec, sel: selection.Selection, hw: HardwareProf
             "ram_total_bytes": hw.ram_total_bytes, "ram_available_bytes": hw.ram_available_bytes}
 
 
-def _fit_gguf(spec: models.ModelSpec, hw: HardwareProfile, n_ctx: int, r: dict) -> None:
+def _fit_gguf(spec: store.ModelSpec, hw: HardwareProfile, n_ctx: int, r: dict) -> None:
     info, source = None, ""
     if spec.is_local:
         try:
@@ -273,7 +276,7 @@ def _fit_gguf(spec: models.ModelSpec, hw: HardwareProfile, n_ctx: int, r: dict) 
         r["reason"] = f"{r['reason']}; {est.summary(kv=False)}; {numbers}"
 
 
-def _fit_other(spec: models.ModelSpec, hw: HardwareProfile, n_ctx: int, r: dict, engine: str | None) -> None:
+def _fit_other(spec: store.ModelSpec, hw: HardwareProfile, n_ctx: int, r: dict, engine: str | None) -> None:
     weights, wsource = weights_bytes(spec)
     kv = kv_cache_bytes(spec, n_ctx)
     r.update(weights_bytes=weights, weights_source=wsource, kv_cache_bytes=kv)
@@ -323,7 +326,7 @@ def _fit_other(spec: models.ModelSpec, hw: HardwareProfile, n_ctx: int, r: dict,
                                     f"GPU memory together; {numbers}")
 
 
-def row(spec: models.ModelSpec, hw: HardwareProfile, installed: dict[str, bool] | None | str = AUTO,
+def row(spec: store.ModelSpec, hw: HardwareProfile, installed: dict[str, bool] | None | str = AUTO,
         n_ctx: int | None = None) -> dict:
     """One model's line in `ember models --json` and the models window.
 
@@ -391,7 +394,7 @@ def catalog_rows(hw: HardwareProfile, installed: dict[str, bool] | None | str = 
 
 def _ready_map() -> dict[str, str]:
     try:
-        from . import downloads
+        from engines.models import downloads
     except ImportError:
         return {}
     return downloads.ready_map()
@@ -411,7 +414,7 @@ def rows(hw: HardwareProfile, installed: dict[str, bool] | None | str = AUTO, n_
     """
     if installed == AUTO:
         installed = installed_engines()
-    out = [row(spec, hw, installed, n_ctx) for spec in models.local_models()]
+    out = [row(spec, hw, installed, n_ctx) for spec in store.local_models()]
     out += catalog_rows(hw, installed, n_ctx)
     if fits:
         out = [r for r in out if r["fit"] in ("gpu", "partial", "cpu")]

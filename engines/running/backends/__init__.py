@@ -43,7 +43,7 @@ def availability(engine: str) -> Availability:
     process (cached); otherwise Ember's own environment is looked at without importing.
     """
     module, dist, cmd = _PACKAGES[engine]
-    from .. import engine_env
+    from engines.running import engine_env
     if engine != "llamacpp":  # llama.cpp runs inside Ember's own worker
         configured = engine_env.check(engine)
         if configured is not None:

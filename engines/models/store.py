@@ -17,7 +17,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from . import gguf_info, paths
+from engines.machine import gguf_info
+from engines import paths
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +304,7 @@ def resolve(name_or_path: str) -> ModelSpec:
     if p.exists() or os.sep in name_or_path or name_or_path.endswith(".gguf"):
         return spec_from_path(p)
     try:
-        from . import catalog  # the catalog knows downloadable models
+        from engines.models import catalog  # the catalog knows downloadable models
         return catalog.resolve(name_or_path)
     except (ImportError, AttributeError, LookupError):
         pass

@@ -14,11 +14,11 @@ falls back to the plain server. The engine listens on 127.0.0.1 only.
 """
 from __future__ import annotations
 
-from .. import params as P
-from ..hardware import HardwareProfile
-from ..models import ModelSpec
-from ..supervisor import Command
-from . import _server as S
+from engines.running import params as P
+from engines.machine.hardware import HardwareProfile
+from engines.models.store import ModelSpec
+from engines.running.supervisor import Command
+from engines.running.backends import _server as S
 
 NAME = "mlx"
 
@@ -71,7 +71,7 @@ TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("log_level", "enum", "INFO", choices=("debug", "info", "warning", "error", "critical")),
 )}
 
-#: (regex, kind[, facts]) in the shape of ``engines.diagnosis_patterns``.
+#: (regex, kind[, facts]) in the shape of ``engines.diagnosis.patterns``.
 LOG_PATTERNS: list[tuple] = [
     (r"kIOGPUCommandBufferCallbackErrorOutOfMemory|Command buffer execution failed: Insufficient Memory",
      "oom_load", {"memory": "gpu"}),

@@ -6,6 +6,7 @@ A build writes the pyproject version into a ``VERSION`` file beside this module
 from __future__ import annotations
 
 import re
+from importlib import metadata
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -26,3 +27,11 @@ def _read() -> str:
 
 
 VERSION = _read()
+
+
+def version() -> str:
+    """The installed distribution's version; the stamped or pyproject one without metadata."""
+    try:
+        return metadata.version("ember")
+    except metadata.PackageNotFoundError:
+        return VERSION

@@ -19,8 +19,8 @@ import re
 import threading
 from dataclasses import asdict, dataclass, field
 
-from . import gguf_info
-from .hardware import HardwareProfile, llamacpp_device_dicts
+from engines.machine import gguf_info
+from engines.machine.hardware import HardwareProfile, llamacpp_device_dicts
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import functools
 
-from .. import params as P
-from ..hardware import HardwareProfile
-from ..models import ModelSpec
-from ..supervisor import Command
-from . import _server as S
+from engines.running import params as P
+from engines.machine.hardware import HardwareProfile
+from engines.models.store import ModelSpec
+from engines.running.supervisor import Command
+from engines.running.backends import _server as S
 
 NAME = "sglang"
 DEFAULT_CTX = 4096

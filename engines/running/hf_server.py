@@ -27,7 +27,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-log = logging.getLogger("engines.hf_server")
+log = logging.getLogger("engines.running.hf_server")
 
 PREFIX = "ember-hf:"
 

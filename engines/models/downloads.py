@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
 
-from . import paths
+from engines import paths
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class Target:
 
 
 def target(name: str) -> Target:
-    from . import catalog
+    from engines.models import catalog
     try:
         spec = catalog.resolve(name)
         return Target(spec.name, spec.repo or "", list(spec.files), catalog=True)
@@ -330,8 +330,8 @@ def delete(name: str) -> int:
                     os.unlink(p)
         paths.atomic_write_text(_records_path(), json.dumps(recs, indent=2))
     try:
-        from . import models
-        models.remove_local(name)
+        from engines.models import store
+        store.remove_local(name)
     except Exception:
         pass
     return freed
@@ -577,10 +577,10 @@ def download(name: str, listener: Callable[[Progress], None] | None = None,
         base += f.size
     path = _save_record(p, done_files)
     if not t.catalog and t.single_file:
-        from . import models
+        from engines.models import store
         try:
-            models.add_local(path, _local_name(t))
-        except models.ModelError as exc:
+            store.add_local(path, _local_name(t))
+        except store.ModelError as exc:
             log.warning("downloaded %s but it cannot be used: %s", t.name, exc.problem)
     pr = Progress(t.name, "ready", total, total, filename=path)
     listener(pr)

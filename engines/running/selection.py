@@ -12,9 +12,9 @@ import functools
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .backends import ENGINES, LABELS
-from .hardware import HardwareProfile
-from .models import ModelSpec
+from engines.running.backends import ENGINES, LABELS
+from engines.machine.hardware import HardwareProfile
+from engines.models.store import ModelSpec
 
 VLLM_QUANTIZATIONS = {"pytorch": {"none"}, "awq": {"int4"}, "gptq": {"int3", "int4", "int8"}}
 

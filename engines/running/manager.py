@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import launch, supervisor
+from engines.running import launch
+from engines.running import supervisor
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class EngineManager:
             eps = [r.endpoint for r in self._running.values()]
             eps += [Endpoint(n, "", None, "unloaded", None, p.engine) for n, p in self._unloaded.items()]
         try:
-            from . import remotes
+            from engines.chat import remotes
             eps += remotes.endpoints()
         except ImportError:
             pass

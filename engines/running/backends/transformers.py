@@ -1,6 +1,6 @@
 """transformers: the default engine for PyTorch-format models.
 
-Served by Ember's own thin OpenAI-compatible worker (:mod:`engines.hf_server`)
+Served by Ember's own thin OpenAI-compatible worker (:mod:`engines.running.hf_server`)
 because ``transformers serve`` needs FastAPI/Uvicorn, loads models on demand and
 has no API key. The server is started with the engine's interpreter (settings
 ``engine_python.transformers``, else Ember's own) and the key in its
@@ -8,11 +8,12 @@ environment, never on the command line.
 """
 from __future__ import annotations
 
-from .. import engine_env, params as P
-from ..hardware import HardwareProfile
-from ..models import ModelSpec
-from ..supervisor import Command
-from . import _server as S
+from engines.running import engine_env
+from engines.running import params as P
+from engines.machine.hardware import HardwareProfile
+from engines.models.store import ModelSpec
+from engines.running.supervisor import Command
+from engines.running.backends import _server as S
 
 NAME = "transformers"
 DEFAULT_CTX = 4096
@@ -30,7 +31,7 @@ TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("trust_remote_code", "bool", False, store_true=True, help="run the model folder's own Python code"),
 )}
 
-#: (regex, kind[, facts]) in the shape of ``engines.diagnosis_patterns``; most specific first.
+#: (regex, kind[, facts]) in the shape of ``engines.diagnosis.patterns``; most specific first.
 LOG_PATTERNS: list[tuple] = [
     # torch's allocator; the size in the unit diagnosis reads (alloc_mib), GiB kept apart
     (r"CUDA out of memory\. Tried to allocate (?P<alloc_mib>[\d.]+) MiB", "oom_load", {"memory": "gpu"}),
@@ -86,7 +87,7 @@ def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
 
 def command(spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
     python = S.interpreter(NAME)
-    program = [python, "-m", "engines.hf_server", "--model", str(spec.path), "--host", host, "--port", str(port),
+    program = [python, "-m", "engines.running.hf_server", "--model", str(spec.path), "--host", host, "--port", str(port),
                "--served-model-name", spec.name, *S.flags(values, TABLE)]
     env = {"EMBER_API_KEY": api_key, **engine_env.child_env(python)}
     return S.exec_command(NAME, program, env, health_path="/health")

@@ -4,7 +4,7 @@ Start spawns the child on 127.0.0.1 and a free port with a fresh API key,
 waits for ``/health`` while watching for an early exit, and keeps every
 line the child prints in a per-launch log file. Stop is SIGTERM, a grace
 period, then SIGKILL, and only for the process we started. The child dies
-with us even after ``kill -9`` (see ``engines.worker``).
+with us even after ``kill -9`` (see ``engines.running.worker``).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from . import paths
+from engines import paths
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def worker_argv(*args: str) -> list[str]:
     """How to run our own worker: the frozen executable re-invokes itself."""
     if getattr(sys, "frozen", False):
         return [sys.executable, "engine-worker", *args]
-    return [sys.executable, "-m", "engines.worker", *args]
+    return [sys.executable, "-m", "engines.running.worker", *args]
 
 
 def launch_log_path(model: str, engine: str) -> Path:

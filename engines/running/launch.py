@@ -10,11 +10,14 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from . import hardware, models, selection, supervisor
-from .backends import LABELS, availability, installed_engines
-from .fit import FitEstimate
-from .hardware import HardwareProfile
-from .models import ModelSpec
+from engines.machine import hardware
+from engines.models import store
+from engines.running import selection
+from engines.running import supervisor
+from engines.running.backends import LABELS, availability, installed_engines
+from engines.machine.fit import FitEstimate
+from engines.machine.hardware import HardwareProfile
+from engines.models.store import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +58,13 @@ class LaunchPlan:
 
 
 def backend(engine: str):
-    return importlib.import_module(f"engines.backends.{engine}")
+    return importlib.import_module(f"engines.running.backends.{engine}")
 
 
 def plan(model: ModelSpec | str, hw: HardwareProfile | None = None, engine: str | None = None,
          overrides: dict[str, object] | list[str] | None = None) -> LaunchPlan:
     """Choose the engine, validate parameters, estimate GPU layers. Raises PlanError / ParamError."""
-    spec = models.resolve(model) if isinstance(model, str) else model
+    spec = store.resolve(model) if isinstance(model, str) else model
     hw = hw or hardware.detect()
     sel = selection.select(spec, hw, engine, installed_engines())
     if sel.engine is None:
@@ -70,7 +73,7 @@ def plan(model: ModelSpec | str, hw: HardwareProfile | None = None, engine: str 
             raise PlanError(spec.name, sel.reasons, wanted, availability(wanted).install_command)
         raise PlanError(spec.name, sel.reasons)
     if not spec.is_local:
-        raise models.ModelError(spec.name, "is not downloaded yet; get it with: ember pull " + spec.name,
+        raise store.ModelError(spec.name, "is not downloaded yet; get it with: ember pull " + spec.name,
                                 "not_downloaded")
     mod = backend(sel.engine)
     user = mod.validate(overrides or {})

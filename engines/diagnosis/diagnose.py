@@ -6,7 +6,7 @@ log lines (since launch, or since a request when the caller passes
 ``log_offset``), the child's exit status, and the launch plan. Structured
 fields are trusted first (llama.cpp's ``exceed_context_size_error`` carries
 ``n_prompt_tokens`` and ``n_ctx``); log and message patterns second
-(:mod:`engines.diagnosis_patterns`, ordered, specific before generic).
+(:mod:`engines.diagnosis.patterns`, ordered, specific before generic).
 
 Each diagnosis has a kind, a one-line title, an explanation with the numbers,
 the numbers themselves (``facts``) and fixes. A fix is a concrete parameter
@@ -18,9 +18,9 @@ the CLI prints :meth:`Diagnosis.render_text`, ``--json`` prints
 
 Other engines
 -------------
-A backend module (``engines.backends.<engine>``) may define ``LOG_PATTERNS``,
+A backend module (``engines.running.backends.<engine>``) may define ``LOG_PATTERNS``,
 a list of ``(regex, kind)`` or ``(regex, kind, facts_dict)`` tuples with the
-same meaning as :data:`engines.diagnosis_patterns.LLAMACPP`: regex searched
+same meaning as :data:`engines.diagnosis.patterns.LLAMACPP`: regex searched
 in one log line or error message (case-insensitive when given as a string),
 ``kind`` a :class:`Kind` value such as ``"oom_load"``, named groups and the
 optional dict become facts. They are consulted before the llama.cpp table.
@@ -48,7 +48,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 
-from . import diagnosis_patterns
+from engines.diagnosis import patterns
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +191,13 @@ def patterns_for(engine: str | None) -> list[tuple[re.Pattern, str, dict]]:
     tables: list[list] = []
     if engine:
         try:
-            from .launch import backend
+            from engines.running.launch import backend
             extra = getattr(backend(engine), "LOG_PATTERNS", None)
             if extra:
                 tables.append(extra)
         except Exception as exc:  # a missing backend must not hide the diagnosis
             log.info("no log patterns from backend %s: %s", engine, exc)
-    tables += [diagnosis_patterns.LLAMACPP, diagnosis_patterns.HTTP]
+    tables += [patterns.LLAMACPP, patterns.HTTP]
     out = []
     for t in tables:
         out += _compile(t)
@@ -329,7 +329,7 @@ def _pow2_floor(n: int) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _gguf(path: str):
-    from . import gguf_info
+    from engines.machine import gguf_info
     return gguf_info.read(path, check_data=False)
 
 
@@ -347,7 +347,7 @@ def _estimate(plan, n_ctx: int, n_parallel: int | None = None, cache_type: str |
     if plan is None or not getattr(plan.model, "path", None) or plan.model.format != "gguf":
         return None
     try:
-        from . import fit
+        from engines.machine import fit
         return fit.estimate(_gguf(plan.model.path), plan.hardware, n_ctx, n_parallel or _slots(plan),
                             cache_type or str(_p(plan, "cache_type_k", "f16")))
     except Exception as exc:
@@ -811,7 +811,7 @@ def _for_engine(d: Diagnosis | None, plan) -> Diagnosis | None:
         return d
     own: list[Fix] = []
     try:
-        from .launch import backend
+        from engines.running.launch import backend
         fn = getattr(backend(engine), "fixes_for", None)
         for f in (fn(str(d.kind), dict(d.facts), plan) if fn else []):
             own.append(f if isinstance(f, Fix) else Fix(f.get("label", ""), dict(f.get("changes") or {}),
@@ -823,7 +823,11 @@ def _for_engine(d: Diagnosis | None, plan) -> Diagnosis | None:
 
 
 def _diagnose_exception(exc: BaseException, proc=None, plan=None, log_offset: int = 0) -> Diagnosis | None:
-    from . import client, launch, models, params, supervisor
+    from engines.chat import client
+    from engines.running import launch
+    from engines.models import store
+    from engines.running import params
+    from engines.running import supervisor
     try:
         if isinstance(exc, supervisor.EngineStartError):
             return _from_start_error(exc, plan)
@@ -842,7 +846,7 @@ def _diagnose_exception(exc: BaseException, proc=None, plan=None, log_offset: in
             return Diagnosis(Kind.BAD_PARAMETER, f"The parameter {exc.key or ''} cannot be used".replace("  ", " "),
                              exc.message, {"key": exc.key, "value": _jsonable(exc.value),
                                            "suggestions": list(exc.suggestions)}, fixes)
-        if isinstance(exc, models.ModelError):
+        if isinstance(exc, store.ModelError):
             if exc.kind == "not_downloaded":
                 return Diagnosis(Kind.MODEL_NOT_DOWNLOADED, f"{exc.name} is not downloaded yet",
                                  f"{exc.name} {exc.problem}", {"model": exc.name},
@@ -983,7 +987,7 @@ def _from_broken(exc, proc, plan, offset) -> Diagnosis:
 
 
 def _from_plan_error(exc) -> Diagnosis:
-    from .backends import LABELS
+    from engines.running.backends import LABELS
     reasons = {LABELS.get(e, e): r for e, r in (exc.reasons or {}).items()}
     if exc.engine and exc.install_command:
         label = LABELS.get(exc.engine, exc.engine)
@@ -993,7 +997,7 @@ def _from_plan_error(exc) -> Diagnosis:
                           "reasons": reasons},
                          [Fix(f"Install {label}", {}, exc.install_command, action="install")])
     why = "\n".join(f"- {e}: {r}" for e, r in reasons.items())
-    from .backends import ENGINES
+    from engines.running.backends import ENGINES
     able = [e for e in ENGINES if e not in (exc.reasons or {})]
     if able:  # the engine asked for cannot, another can
         return Diagnosis(Kind.NOT_SUPPORTED, f"The chosen engine cannot run {exc.model}",

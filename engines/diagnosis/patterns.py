@@ -4,7 +4,7 @@ Each entry is ``(regex, kind)`` or ``(regex, kind, facts)``:
 
 - ``regex``: a string (compiled case-insensitively) or a compiled pattern,
   searched in one log line (or in an HTTP error message);
-- ``kind``: a :class:`engines.diagnosis.Kind` value (plain string);
+- ``kind``: a :class:`engines.diagnosis.diagnose.Kind` value (plain string);
 - ``facts`` (optional): a dict merged into the diagnosis' facts when the
   line matches, e.g. ``{"problem": "wrong_magic"}``. Named groups of the regex
   become facts too (``(?P<mib>[\\d.]+) MiB`` -> ``facts["mib"] = "1234.5"``).
@@ -12,7 +12,7 @@ Each entry is ``(regex, kind)`` or ``(regex, kind, facts)``:
 The table is ordered: when several lines match, the entry that comes first in
 the table wins (specific before generic). An engine's backend module may
 define its own ``LOG_PATTERNS`` list of the same shape; it is consulted before
-this table (see ``engines.diagnosis.patterns_for``).
+this table (see ``engines.diagnosis.diagnose.patterns_for``).
 
 Sources: the seed's "Common Issues" (older llama.cpp, Metal), the lines
 provoked on this machine (FACTS.md, xllamacpp 2026.10, CPU) and the CUDA

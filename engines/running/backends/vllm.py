@@ -17,11 +17,11 @@ from __future__ import annotations
 import functools
 import logging
 
-from .. import params as P
-from ..hardware import HardwareProfile
-from ..models import ModelSpec
-from ..supervisor import Command
-from . import _server as S
+from engines.running import params as P
+from engines.machine.hardware import HardwareProfile
+from engines.models.store import ModelSpec
+from engines.running.supervisor import Command
+from engines.running.backends import _server as S
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ COMMON: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("trust_remote_code", "bool", False, store_true=True),
 )}
 
-#: (regex, kind[, facts]) in the shape of ``engines.diagnosis_patterns``; most specific first.
+#: (regex, kind[, facts]) in the shape of ``engines.diagnosis.patterns``; most specific first.
 LOG_PATTERNS: list[tuple] = [
     (r"To serve at least one request with the models?'s max seq len \((?P<max_model_len>\d+)\), "
      r"\((?P<needed_gib>[\d.]+) GiB KV cache is needed, which is larger than the available KV cache memory "

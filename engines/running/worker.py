@@ -1,4 +1,4 @@
-"""The engine child process: ``python -m engines.worker`` or ``ember engine-worker``.
+"""The engine child process: ``python -m engines.running.worker`` or ``ember engine-worker``.
 
 Two modes:
 
@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 
-log = logging.getLogger("engines.worker")
+log = logging.getLogger("engines.running.worker")
 
 
 def _die_with_parent(stop: threading.Event) -> None:
@@ -84,7 +84,7 @@ def _let_engine_log_drain(quiet: float = 0.25, limit: float = 2.0) -> None:
 def run_llamacpp(config: dict, stop: threading.Event) -> int:
     import xllamacpp
 
-    from . import params as P
+    from engines.running import params as P
 
     p = xllamacpp.CommonParams()
     P.apply(p, config.get("params", {}))

@@ -12,9 +12,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .. import engine_env, params as P
-from ..supervisor import Command, worker_argv
-from . import LABELS, availability
+from engines.running import engine_env
+from engines.running import params as P
+from engines.running.supervisor import Command, worker_argv
+from engines.running.backends import LABELS, availability
 
 #: Keys Ember sets itself for these engines.
 OWNED = {
@@ -182,7 +183,7 @@ class LogPattern:
 def match_log(patterns: list[tuple], lines: list[str]) -> tuple[str | None, dict]:
     """The first pattern (in table order) that matches any line: ``(kind, facts)``; ``(None, {})`` if none.
 
-    The same reading ``engines.diagnosis`` gives a backend's ``LOG_PATTERNS``; here for
+    The same reading ``engines.diagnosis.diagnose`` gives a backend's ``LOG_PATTERNS``; here for
     the backends' own use and their tests.
     """
     for entry in patterns:
@@ -197,7 +198,7 @@ def match_log(patterns: list[tuple], lines: list[str]) -> tuple[str | None, dict
 
 
 def fix(label: str, changes: dict[str, object], note: str = "") -> dict:
-    """One fix in the shape of ``engines.diagnosis.Fix`` (label, changes, note)."""
+    """One fix in the shape of ``engines.diagnosis.diagnose.Fix`` (label, changes, note)."""
     return {"label": label, "changes": changes, "note": note}
 
 
@@ -253,7 +254,7 @@ def dataclass_fields(python: str, version: str, module: str, cls: str, cache_nam
     import logging
     import subprocess
 
-    from .. import paths
+    from engines import paths
     log = logging.getLogger(__name__)
     digest = hashlib.sha1(f"{python}\0{version}".encode()).hexdigest()[:16]
     cache = paths.data_dir() / "cache" / f"{cache_name}-{digest}.json"

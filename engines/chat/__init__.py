@@ -1,0 +1,1 @@
+"""Talking to a running model: the streaming client, conversation history, remote endpoints."""

@@ -1,0 +1,1 @@
+"""Failures explained: the Diagnosis and Fix types, classification, computed fixes."""

@@ -1,0 +1,1 @@
+"""This computer: hardware detection, GGUF headers, and how much of a model fits (auto-NGL)."""

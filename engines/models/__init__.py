@@ -1,0 +1,1 @@
+"""Models: the local store, the curated catalog, downloads and Hub access."""

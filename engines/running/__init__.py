@@ -1,0 +1,1 @@
+"""Running engines: engine choice, parameters, launch, child processes, the backends."""
