@@ -41,7 +41,8 @@ def test_queue_progress_pause_resume_and_delete(qtbot, hub):
     qtbot.waitUntil(lambda: NAME in view.rows and view.rows[NAME].bar.value() > 150, timeout=30_000)
     row = view.rows[NAME]
     assert row.state.text() == "Downloading"
-    assert " of 253 MB \u00b7 " in row.numbers.text() and "MB/s" in row.numbers.text() and "left" in row.numbers.text()
+    numbers = row.numbers.text()
+    assert " of 241 MiB \u00b7 " in numbers and "MiB/s" in numbers and "left" in numbers
     SHOTS.mkdir(exist_ok=True)
     view.grab().save(str(SHOTS / "downloads_panel_downloading.png"))
     row.pause_button.click()
@@ -52,7 +53,7 @@ def test_queue_progress_pause_resume_and_delete(qtbot, hub):
     with qtbot.waitSignal(view.model_ready, timeout=60_000):
         row.pause_button.click()
     assert row.state.text() == "Ready (verified)" and row.bar.value() == 1000
-    assert "253 MB on disk" in view.disk_title.text()
+    assert "241 MiB on disk" in view.disk_title.text()
     qtbot.wait(100)
     view.grab().save(str(SHOTS / "downloads_panel_ready.png"))
     with qtbot.waitSignal(view.deleted, timeout=30_000):
