@@ -68,7 +68,7 @@ class AdvancedRow(QWidget):
     """One ``key = value`` row, with the core's complaint under it."""
 
     changed = Signal()
-    remove_requested = Signal(object)
+    remove_requested = Signal(QWidget)  # the row itself
 
     def __init__(self, keys: list[str], key: str = "", value: str = "", parent: QWidget | None = None):
         super().__init__(parent)

@@ -13,18 +13,7 @@ from desktop.bridge import ManagerBridge, run_async, wait_for_calls
 from engines.models import downloads as D
 from engines.running import launch, supervisor
 from engines.running.manager import EngineManager, Running
-
-
-class StandInProcess:
-    """What the manager uses of supervisor.EngineProcess (real launches: test_app, test_models_window)."""
-
-    base_url = "http://127.0.0.1:1"
-    api_key = "key"
-    running = True
-
-    def stop(self) -> supervisor.Stop:
-        self.running = False
-        return supervisor.Stop.OK
+from tests.helpers import StandInProcess
 
 
 @pytest.fixture

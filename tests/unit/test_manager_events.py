@@ -12,20 +12,7 @@ import pytest
 from engines.running import launch, supervisor
 from engines.running.manager import (EngineEvent, EngineFailed, EngineLoading, EngineManager, EngineReady,
                                      EngineStopped, EngineUnloaded)
-
-
-class StandInProcess:
-    """What the manager uses of supervisor.EngineProcess."""
-
-    base_url = "http://127.0.0.1:1"
-    api_key = "key"
-
-    def __init__(self):
-        self.running = True
-
-    def stop(self) -> supervisor.Stop:
-        self.running = False
-        return supervisor.Stop.OK
+from tests.helpers import StandInProcess
 
 
 @pytest.fixture
