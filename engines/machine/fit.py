@@ -85,8 +85,8 @@ class _HeaderReader:
 
 
 def _xllamacpp_memory():
-    """xllamacpp's estimate module, imported on first use: it loads llama.cpp's 50 MB library."""
-    from xllamacpp import memory
+    """xllamacpp's estimate module, imported on first use."""
+    from xllamacpp import memory  # loads llama.cpp (50 MB): only once an estimate is asked for
     return memory
 
 
