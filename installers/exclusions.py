@@ -21,7 +21,7 @@ UNUSED = [
     "cryptography", "OpenSSL", "click", "pygments", "rich",
 ]
 
-#: Reached only through imports Ember never runs, 48 MB together. ``gguf`` is imported by
+#: Reached only through imports Ember never runs, 52 MB of the bundle together. ``gguf`` is imported by
 #: xllamacpp.memory's reader, which engines/machine/fit.py answers from Ember's own header,
 #: and it drags in numpy with OpenBLAS (the quant sizes are engines/machine/ggml_types.py);
 #: pydantic serves huggingface_hub's webhooks server alone.
