@@ -20,6 +20,7 @@ from engines.running import launch
 from engines import model_prefs
 from engines.running import params as P
 from engines.running import selection
+from engines.running import backends
 from engines.running.backends import LABELS, installed_engines
 from engines.machine.hardware import HardwareProfile
 from engines.models.store import ModelSpec
@@ -345,7 +346,7 @@ class LaunchDialog(QDialog):
             problem = launch.PlanError(self.spec.name, self._selection.reasons).message
         else:
             try:
-                self._backend = launch.backend(engine)
+                self._backend = backends.get(engine)
                 self._schema = dict(self._backend.schema())
             except Exception as exc:  # a backend module missing or broken: say so, do not crash
                 problem = f"The {LABELS.get(engine, engine)} engine cannot be used: {_problem_text(exc)}"

@@ -18,6 +18,7 @@ from engines.models import store
 from engines.running import params as P
 from engines.running import selection
 from engines.running import supervisor
+from engines.running import backends
 from engines.running.backends import ENGINES, LABELS, availability
 from engines.version import version
 
@@ -294,7 +295,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_params(args) -> int:
-    schema = launch.backend(args.engine).schema()
+    schema = backends.get(args.engine).schema()
     rows = [{"key": s.key, "type": s.type, "default": s.default, "expects": s.expects} for s in schema.values()]
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
