@@ -50,7 +50,7 @@ LOG_PATTERNS = log_table(
     (r"No module named '?(?P<module>torch|transformers)'?", "startup_failed", {"problem": "engine_missing"}),
 )
 
-#: which parameters fix each memory (all keys :func:`validate` accepts); values come from :func:`fixes_for`.
+#: which parameters fix each memory (keys the engine's validate accepts); the values come from its fixes_for.
 FIXES = {"gpu": ["max_model_len", "dtype", "device"], "ram": ["max_model_len", "dtype"]}
 
 

@@ -78,7 +78,7 @@ LOG_PATTERNS = log_table(
     (r"Engine core initialization failed|EngineCore failed to start", "startup_failed"),
 )
 
-#: which parameters fix each cause (all keys :func:`validate` accepts); values come from :func:`fixes_for`.
+#: which parameters fix each cause (keys the engine's validate accepts); the values come from its fixes_for.
 FIXES = {
     "max_model_len": ["max_model_len", "gpu_memory_utilization", "tensor_parallel_size"],
     "kv_cache": ["gpu_memory_utilization", "max_model_len", "tensor_parallel_size"],
