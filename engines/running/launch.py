@@ -1,7 +1,8 @@
 """From "run this model" to a ready engine: plan (pure, shown before launch), then start.
 
 The CLI and the desktop both call :func:`plan` and :func:`start`, so what the
-launch dialog shows is exactly what the command line does.
+launch dialog shows is exactly what the command line does. Engines are reached
+through their interface only (:func:`engines.running.backends.get`).
 """
 from __future__ import annotations
 

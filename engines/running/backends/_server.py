@@ -14,12 +14,14 @@ import logging
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
-from engines import paths
+from engines import paths, units
+from engines.machine.hardware import HardwareProfile
+from engines.models.store import ModelSpec
 from engines.running import engine_env
 from engines.running import params as P
-from engines.running.backends.base import Engine, PlanView
+from engines.running.backends.base import Engine, PlanView, Prepared
 from engines.running.backends.installed import LABELS, availability
 from engines.running.supervisor import Command, worker_argv
 
@@ -187,6 +189,21 @@ class ServerEngine(Engine):
 
     def validate(self, pairs) -> dict[str, object]:
         return validate(self.name, pairs, self.table())
+
+
+class GPUServerEngine(ServerEngine):
+    """vLLM and SGLang: Ember's context default, and tensor parallelism checked against the GPUs here."""
+
+    tensor_parallel: ClassVar[str]      # the key that splits the model over GPUs
+    past_training: ClassVar[str]        # what a context longer than the model's training leads to
+
+    def prepare(self, spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]) -> Prepared:
+        """A context of at most DEFAULT_N_CTX tokens (the engine's default, the model's full context,
+        often does not fit the KV cache), one GPU per model unless asked."""
+        out = dict(values)
+        warnings = default_context(spec, out, self.roles.context, units.DEFAULT_N_CTX, self.past_training)
+        warnings += gpu_count_warning(hw, out, self.tensor_parallel)
+        return Prepared(out, None, warnings)
 
 
 def cuda_gpus(plan: PlanView | None) -> int:

@@ -16,10 +16,9 @@ from typing import Mapping
 
 from engines import units
 from engines.diagnosis.types import Fix, Kind, log_table
-from engines.machine.hardware import HardwareProfile
 from engines.models.store import ModelSpec
 from engines.running.backends import _server as S
-from engines.running.backends.base import PlanView, Prepared, Roles, plan_param
+from engines.running.backends.base import PlanView, Roles, plan_param
 from engines.running.backends.installed import LABELS
 from engines.running.supervisor import Command
 
@@ -79,21 +78,16 @@ def table() -> dict[str, S.Arg]:
     return S.full_table(NAME, TABLE, introspect)
 
 
-class SGLang(S.ServerEngine):
+class SGLang(S.GPUServerEngine):
     name = NAME
     label = LABELS[NAME]
     roles = Roles(context="context_length", parallel="max_running_requests")
     log_patterns = LOG_PATTERNS
+    tensor_parallel = "tp_size"
+    past_training = "answers past that length may degrade"
 
     def table(self) -> dict[str, S.Arg]:
         return table()
-
-    def prepare(self, spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]) -> Prepared:
-        out = dict(values)
-        warnings = S.default_context(spec, out, "context_length", units.DEFAULT_N_CTX,
-                                     "answers past that length may degrade")
-        warnings += S.gpu_count_warning(hw, out, "tp_size")
-        return Prepared(out, None, warnings)
 
     def command(self, spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
         python = S.interpreter(NAME)

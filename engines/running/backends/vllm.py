@@ -20,10 +20,9 @@ from typing import Mapping
 
 from engines import units
 from engines.diagnosis.types import Fix, Kind, log_table
-from engines.machine.hardware import HardwareProfile
 from engines.models.store import ModelSpec
 from engines.running.backends import _server as S
-from engines.running.backends.base import PlanView, Prepared, Roles, plan_param
+from engines.running.backends.base import PlanView, Roles, plan_param
 from engines.running.backends.installed import LABELS
 from engines.running.supervisor import Command
 
@@ -100,23 +99,16 @@ def table() -> dict[str, S.Arg]:
     return S.full_table(NAME, COMMON, introspect)
 
 
-class VLLM(S.ServerEngine):
+class VLLM(S.GPUServerEngine):
     name = NAME
     label = LABELS[NAME]
     roles = Roles(context="max_model_len", parallel="max_num_seqs")
     log_patterns = LOG_PATTERNS
+    tensor_parallel = "tensor_parallel_size"
+    past_training = "vLLM refuses that unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1"
 
     def table(self) -> dict[str, S.Arg]:
         return table()
-
-    def prepare(self, spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]) -> Prepared:
-        """Ember's defaults: a context of at most 4096 tokens (vLLM's default, the model's full
-        context, often does not fit the KV cache), one GPU per model unless asked."""
-        out = dict(values)
-        warnings = S.default_context(spec, out, "max_model_len", units.DEFAULT_N_CTX,
-                                     "vLLM refuses that unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1")
-        warnings += S.gpu_count_warning(hw, out, "tensor_parallel_size")
-        return Prepared(out, None, warnings)
 
     def command(self, spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
         python = S.interpreter(NAME)
