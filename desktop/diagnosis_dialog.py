@@ -1,6 +1,6 @@
 """The guided error dialog: what happened, why (with the numbers), and one button per fix.
 
-It only shows an :class:`engines.diagnosis.diagnose.Diagnosis`; applying a fix is the
+It only shows an :class:`engines.diagnosis.types.Diagnosis`; applying a fix is the
 caller's job (the chat window relaunches with ``plan.with_changes(changes)``
 and resends the last message). Clicking a fix emits :attr:`fix_action` with the
 whole :class:`Fix` and, when the fix relaunches (parameter changes or the
@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFrame, QHBoxLayout, Q
                                QSizePolicy, QVBoxLayout, QWidget)
 
 from engines import units
-from engines.diagnosis.diagnose import Diagnosis, Fix
+from engines.diagnosis.types import Diagnosis, Fix
 
 from .widgets import ACCENT, ACCENT_TEXT
 

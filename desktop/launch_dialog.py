@@ -23,6 +23,7 @@ from engines.models.store import ModelSpec
 from engines.running import launch
 from engines.running import params as P
 from engines.running import selection
+from engines.running import backends
 from engines.running.backends import LABELS, installed_engines
 
 from .bridge import run_async
@@ -366,7 +367,7 @@ class LaunchDialog(QDialog):
             problem = launch.PlanError(self.spec.name, self._selection.reasons).message
         else:
             try:
-                self._backend = launch.backend(engine)
+                self._backend = backends.get(engine)
                 self._schema = dict(self._backend.schema())
             except Exception as exc:  # a backend module missing or broken: say so, do not crash
                 problem = f"The {LABELS.get(engine, engine)} engine cannot be used: {_problem_text(exc)}"

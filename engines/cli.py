@@ -12,12 +12,14 @@ import signal
 import sys
 import threading
 
+from engines.diagnosis import diagnose
 from engines.machine import hardware
 from engines.running import launch
 from engines.models import store
 from engines.running import params as P
 from engines.running import selection
 from engines.running import supervisor
+from engines.running import backends
 from engines.running.backends import ENGINES, LABELS, availability
 from engines.version import version
 
@@ -175,18 +177,13 @@ def _fail(message: str, code: int = 1) -> int:
 
 def _explain(exc: BaseException, args, proc=None, plan=None) -> int:
     """Print a failure: the diagnosis when available, the error's own message otherwise."""
-    try:
-        from engines.diagnosis import diagnose
-    except ImportError:
-        diagnosis = None
-    if diagnosis is not None:
-        d = diagnose.diagnose_exception(exc, proc=proc, plan=plan)
-        if d is not None:
-            if getattr(args, "json", False):
-                print(json.dumps(d.to_dict(), indent=2), file=sys.stderr)
-            else:
-                print(d.render_text(), file=sys.stderr)
-            return 1
+    d = diagnose.diagnose_exception(exc, proc=proc, plan=plan)
+    if d is not None:
+        if getattr(args, "json", False):
+            print(json.dumps(d.to_dict(), indent=2), file=sys.stderr)
+        else:
+            print(d.render_text(), file=sys.stderr)
+        return 1
     msg = getattr(exc, "message", None) or str(exc)
     return _fail(msg)
 
@@ -246,13 +243,9 @@ def _chat_once(proc, plan, messages, args) -> tuple[str | None, int]:
             elif isinstance(ev, Finished):
                 sys.stdout.write("\n")
                 sys.stdout.flush()
-                try:
-                    from engines.diagnosis import diagnose
-                    d = diagnose.diagnose_finish(ev, plan=plan)
-                    if d is not None:
-                        print(d.render_text(), file=sys.stderr)
-                except ImportError:
-                    pass
+                d = diagnose.diagnose_finish(ev, plan=plan)
+                if d is not None:
+                    print(d.render_text(), file=sys.stderr)
     except KeyboardInterrupt:
         stream.cancel()
         sys.stdout.write("\n")
@@ -294,7 +287,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_params(args) -> int:
-    schema = launch.backend(args.engine).schema()
+    schema = backends.get(args.engine).schema()
     rows = [{"key": s.key, "type": s.type, "default": s.default, "expects": s.expects} for s in schema.values()]
     if args.json:
         print(json.dumps(rows, indent=2, default=str))

@@ -11,7 +11,7 @@ import pytest
 
 from engines.machine import fit
 from engines.machine import gguf_info
-from engines.running.backends import llamacpp
+from engines.running import backends
 from engines.machine.hardware import GPU, HardwareProfile
 from tests.conftest import ROOT
 
@@ -136,14 +136,14 @@ def test_metal_device_is_passed_under_the_name_the_estimate_expects(starter_path
 
 
 def test_prepare_passes_the_estimate_explicitly(starter_spec):
-    values, est, _ = llamacpp.prepare(starter_spec, profile(1200 * MiB), {})
+    values, est, _ = backends.get("llamacpp").prepare(starter_spec, profile(1200 * MiB), {})
     assert values["n_gpu_layers"] == est.n_gpu_layers
-    values, est, _ = llamacpp.prepare(starter_spec, profile(1200 * MiB), {"n_gpu_layers": 5})
+    values, est, _ = backends.get("llamacpp").prepare(starter_spec, profile(1200 * MiB), {"n_gpu_layers": 5})
     assert values["n_gpu_layers"] == 5 and est is None
 
 
 def test_two_gpus_get_a_tensor_split(starter_spec):
-    values, est, _ = llamacpp.prepare(starter_spec, profile(8 * GiB, 8 * GiB), {})
+    values, est, _ = backends.get("llamacpp").prepare(starter_spec, profile(8 * GiB, 8 * GiB), {})
     assert sum(values["tensor_split"]) == est.gpu_layers
 
 
