@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 
 from engines.machine import hardware
-from engines.models import store
+from engines.models import lookup, store
 from engines.running import selection
 from engines.running import supervisor
 from engines.running.backends import LABELS, availability, installed_engines
@@ -64,7 +64,7 @@ def backend(engine: str):
 def plan(model: ModelSpec | str, hw: HardwareProfile | None = None, engine: str | None = None,
          overrides: dict[str, object] | list[str] | None = None) -> LaunchPlan:
     """Choose the engine, validate parameters, estimate GPU layers. Raises PlanError / ParamError."""
-    spec = store.resolve(model) if isinstance(model, str) else model
+    spec = lookup.resolve(model) if isinstance(model, str) else model
     hw = hw or hardware.detect()
     sel = selection.select(spec, hw, engine, installed_engines())
     if sel.engine is None:
