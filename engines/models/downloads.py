@@ -212,7 +212,7 @@ def _map_hub_error(exc: Exception, t: Target, filename: str | None = None) -> Do
 
 def plan(t: Target) -> Plan:
     """Sizes and checksums of what ``t`` needs, from the hub."""
-    if offline():
+    if hub.offline():
         raise OfflineError(t.name)
     from huggingface_hub import HfApi  # lazy: huggingface_hub costs a few hundred ms at import
     try:
