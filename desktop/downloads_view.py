@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLab
                                QVBoxLayout, QWidget)
 
 from engines.models import downloads as D
+from engines.models import hub, records
 
 from .widgets import error_label, human_bytes, muted_label, run_in_pool
 
@@ -185,10 +186,10 @@ class DownloadsView(QGroupBox):
             item = self.disk_list.takeAt(0)
             if item.widget():
                 item.widget().deleteLater()
-        items = D.downloaded()
+        items = records.downloaded()
         total = sum(i["bytes"] for i in items)
         self.disk_title.setText(f"<b>Downloaded models</b> \u2014 {human_bytes(total)} on disk in "
-                                f"{D.hub_cache()}" if items else "<b>Downloaded models</b> \u2014 none yet")
+                                f"{hub.cache()}" if items else "<b>Downloaded models</b> \u2014 none yet")
         for i in items:
             line = QHBoxLayout()
             w = QWidget()
