@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLab
 
 from engines import units
 from engines.models import downloads as D
+from engines.models import hub, records
 
 from .bridge import ManagerBridge, run_async
 from .widgets import error_label, muted_label
@@ -182,10 +183,10 @@ class DownloadsView(QGroupBox):
             item = self.disk_list.takeAt(0)
             if item.widget():
                 item.widget().deleteLater()
-        items = D.downloaded()
+        items = records.downloaded()
         total = sum(i["bytes"] for i in items)
         self.disk_title.setText(f"<b>Downloaded models</b> \u2014 {units.size(total)} on disk in "
-                                f"{D.hub_cache()}" if items else "<b>Downloaded models</b> \u2014 none yet")
+                                f"{hub.cache()}" if items else "<b>Downloaded models</b> \u2014 none yet")
         for i in items:
             line = QHBoxLayout()
             w = QWidget()

@@ -25,8 +25,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGridL
 
 from engines import units
 from engines.machine import hardware as H
-from engines.models import catalog
-from engines.models import store
+from engines.models import catalog, lookup, store
 from engines.running.backends import LABELS
 from engines.running.launch import LaunchPlan
 from engines.running.manager import EngineManager
@@ -391,7 +390,7 @@ class ModelsWindow(QWidget):
         if self.hw is None:
             return None
         try:
-            spec = store.resolve(name)
+            spec = lookup.resolve(name)
         except store.ModelError as exc:
             self.show_notice(f"{exc.name}: {exc.problem}", error=True)
             return None
@@ -422,7 +421,7 @@ class ModelsWindow(QWidget):
         """Forget a user-added model; the file itself is never deleted."""
         row = next((r for r in self.rows if r["name"] == name), {})
         try:
-            where = store.resolve(name).path
+            where = lookup.resolve(name).path
         except store.ModelError:
             where = None
         if store.remove_local(name):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from engines.machine import hardware
 from engines.machine.fit import FitEstimate
 from engines.machine.hardware import HardwareProfile
-from engines.models import store
+from engines.models import lookup, store
 from engines.models.store import ModelSpec
 from engines.running import backends, selection, supervisor
 from engines.running.backends import LABELS, availability, installed_engines
@@ -62,7 +62,7 @@ def plan(model: ModelSpec | str, hw: HardwareProfile | None = None, engine: str 
 
     ``context``: a context size in tokens for whichever engine is chosen (its own key, see
     :attr:`Engine.roles`), for callers that do not know the engine yet; ``overrides`` win."""
-    spec = store.resolve(model) if isinstance(model, str) else model
+    spec = lookup.resolve(model) if isinstance(model, str) else model
     hw = hw or hardware.detect()
     sel = selection.select(spec, hw, engine, installed_engines())
     if sel.engine is None:

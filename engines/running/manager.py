@@ -14,23 +14,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from engines.chat import remotes
+from engines.chat.endpoint import Endpoint
 from engines.running import launch
 from engines.running import supervisor
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Endpoint:
-    """Something the chat can talk to: a local engine Ember started, or a remote server."""
-
-    name: str
-    base_url: str
-    api_key: str | None
-    kind: str = "local"          # local | remote
-    model_id: str | None = None  # the model name to send, for servers with several models
-    engine: str | None = None
-
 
 @dataclass
 class Running:
@@ -135,12 +124,7 @@ class EngineManager:
         with self._lock:
             eps = [r.endpoint for r in self._running.values()]
             eps += [Endpoint(n, "", None, "unloaded", None, p.engine) for n, p in self._unloaded.items()]
-        try:
-            from engines.chat import remotes
-            eps += remotes.endpoints()
-        except ImportError:
-            pass
-        return eps
+        return eps + remotes.endpoints()
 
     # -- launch / stop ------------------------------------------------------------
     def launch(self, plan: launch.LaunchPlan, timeout: float = 300.0) -> Running:

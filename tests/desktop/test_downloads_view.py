@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engines.models import downloads as D
+from engines.models import records
 from engines.machine import hardware
 from engines.running.manager import EngineManager
 from tests.fakehub.server import FakeHub
@@ -58,7 +59,7 @@ def test_queue_progress_pause_resume_and_delete(qtbot, hub):
     view.grab().save(str(SHOTS / "downloads_panel_ready.png"))
     with qtbot.waitSignal(view.deleted, timeout=30_000):
         view.delete_model(NAME)
-    assert D.ready_path(NAME) is None and "none yet" in view.disk_title.text()
+    assert records.ready_path(NAME) is None and "none yet" in view.disk_title.text()
 
 
 def test_embedded_in_the_models_window_with_a_download_action(qtbot, hub):

@@ -17,7 +17,7 @@ SHOTS = screenshot_dir()
 
 @pytest.fixture
 def spec(fresh_home):
-    return store.resolve("starter")
+    return store.resolve_local("starter")
 
 
 def make_dialog(qtbot, spec, hw):

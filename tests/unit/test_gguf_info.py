@@ -41,7 +41,7 @@ def test_add_local_checks_before_accepting(fresh_home, tmp_path, starter_path):
     good = tmp_path / "copy.gguf"
     shutil.copy(starter_path, good)
     spec = store.add_local(good)
-    assert spec.name == "copy" and store.resolve("copy").path == str(good)
+    assert spec.name == "copy" and store.resolve_local("copy").path == str(good)
     assert [m.name for m in store.local_models()] == ["starter", "copy"]
 
 
