@@ -18,28 +18,16 @@ from engines.running import launch
 from engines.running.manager import EngineManager, Endpoint, Running
 
 from ..bridge import ManagerBridge, run_async
+from .notice import NoticeRow
 
 log = logging.getLogger(__name__)
 
 
-class OfferRow(QFrame):
-    """'No model is running': start the offered one in one click, or browse the models."""
-
-    start_clicked = Signal()
-    browse_clicked = Signal()
+class OfferRow(NoticeRow):
+    """'No model is running': start the offered one in one click (the action), or browse the models."""
 
     def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.setFrameShape(QFrame.Shape.StyledPanel)
-        row = QHBoxLayout(self)
-        self.label = QLabel("No model is running.")
-        row.addWidget(self.label, 1)
-        self.button = QPushButton("Start the starter model")
-        self.button.clicked.connect(self.start_clicked)
-        row.addWidget(self.button)
-        browse = QPushButton("Models…")
-        browse.clicked.connect(self.browse_clicked)
-        row.addWidget(browse)
+        super().__init__("No model is running.", "Start the starter model", "Models…", parent)
 
     def offer(self, name: str) -> None:
         label = "the starter model" if name == store.STARTER else name
@@ -94,8 +82,8 @@ class EngineControl(QObject):
         self.combo.setMinimumContentsLength(24)
         self.combo.setPlaceholderText("No model running")
         self.offer = OfferRow()
-        self.offer.start_clicked.connect(lambda: self.launch_model(self.offered_model()))
-        self.offer.browse_clicked.connect(self.models_requested)
+        self.offer.action_clicked.connect(lambda: self.launch_model(self.offered_model()))
+        self.offer.second_clicked.connect(self.models_requested)
         self.busy = BusyRow()
         self.busy.cancel_clicked.connect(self.cancel)
         bridge.changed.connect(self.refresh)

@@ -4,7 +4,7 @@ Re-parsing the whole conversation on every streamed flush made each flush cost m
 as the conversation grew. Here each message is parsed once, when it is added; only
 the streaming message (always the last) is parsed again, its range of the document
 replaced. The document is the one a single ``setMarkdown`` of the whole conversation
-gives: the messages separated by rules, fenced code shaded.
+gives: the messages separated by rules, code blocks shaded.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from PySide6.QtGui import (QPalette, QTextBlockFormat, QTextCharFormat, QTextCursor, QTextDocument,
+from PySide6.QtGui import (QColor, QPalette, QTextBlockFormat, QTextCharFormat, QTextCursor, QTextDocument,
                            QTextDocumentFragment, QTextFormat)
 from PySide6.QtWidgets import QTextBrowser, QWidget
 
@@ -47,6 +47,27 @@ def _rule_format() -> QTextBlockFormat:
     fmt = QTextBlockFormat()
     fmt.setProperty(QTextFormat.Property.BlockTrailingHorizontalRulerWidth, 1)
     return fmt
+
+
+def code_shade(palette: QPalette) -> QColor:
+    """The background of code blocks: the alternate base, or a touch darker than the base if they match."""
+    shade = palette.color(QPalette.ColorRole.AlternateBase)
+    return shade.darker(106) if shade == palette.color(QPalette.ColorRole.Base) else shade
+
+
+def shade_code_blocks(doc: QTextDocument, shade: QColor, start: int = 0, end: int | None = None) -> None:
+    """Give the code blocks between two positions a background (Qt's markdown import marks them, but
+    draws them plain)."""
+    end = doc.characterCount() if end is None else end
+    cursor = QTextCursor(doc)
+    block = doc.findBlock(start)
+    while block.isValid() and block.position() <= end:
+        fmt = block.blockFormat()
+        if fmt.hasProperty(QTextFormat.Property.BlockCodeFence) or fmt.nonBreakableLines():
+            fmt.setBackground(shade)
+            cursor.setPosition(block.position())
+            cursor.setBlockFormat(fmt)
+        block = block.next()
 
 
 @dataclass
@@ -135,23 +156,7 @@ class Transcript(QTextBrowser):
         parsed.setMarkdown(message_markdown(message))
         cursor.setBlockFormat(parsed.begin().blockFormat())  # an insert keeps the target block's format
         cursor.insertFragment(QTextDocumentFragment(parsed))
-        self._shade_code_blocks(start, cursor.position())
-
-    def _shade_code_blocks(self, start: int, end: int) -> None:
-        """Give code blocks a background (Qt's markdown import marks them, but draws them plain)."""
-        doc = self.document()
-        shade = self.palette().color(QPalette.ColorRole.AlternateBase)
-        if shade == self.palette().color(QPalette.ColorRole.Base):
-            shade = shade.darker(106)
-        cursor = QTextCursor(doc)
-        block = doc.findBlock(start)
-        while block.isValid() and block.position() <= end:
-            fmt = block.blockFormat()
-            if fmt.hasProperty(QTextFormat.Property.BlockCodeFence) or fmt.nonBreakableLines():
-                fmt.setBackground(shade)
-                cursor.setPosition(block.position())
-                cursor.setBlockFormat(fmt)
-            block = block.next()
+        shade_code_blocks(self.document(), code_shade(self.palette()), start, cursor.position())
 
     @contextmanager
     def _following_the_end(self) -> Iterator[None]:

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QMessageBox, QPushButton, QWidget
+from PySide6.QtWidgets import QMessageBox, QWidget
 
 from engines import paths
 from engines.chat.client import Finished
@@ -20,28 +20,18 @@ from engines.running.manager import EngineManager
 
 from ..diagnosis_dialog import DiagnosisDialog
 from ..log_viewer import LogViewer
+from .notice import NoticeRow
 
 log = logging.getLogger(__name__)
 
 
-class FinishBanner(QFrame):
-    """A finished reply that the diagnosis flags: what happened, How to fix…, Dismiss."""
-
-    fix_clicked = Signal()
+class FinishBanner(NoticeRow):
+    """A finished reply that the diagnosis flags: what happened, How to fix… (the action), Dismiss."""
 
     def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.setFrameShape(QFrame.Shape.StyledPanel)
-        row = QHBoxLayout(self)
-        self.label = QLabel()
+        super().__init__("", "How to fix…", "Dismiss", parent)
         self.label.setWordWrap(True)
-        row.addWidget(self.label, 1)
-        self.fix_button = QPushButton("How to fix…")
-        self.fix_button.clicked.connect(self.fix_clicked)
-        row.addWidget(self.fix_button)
-        close = QPushButton("Dismiss")
-        close.clicked.connect(self.hide)
-        row.addWidget(close)
+        self.second_clicked.connect(self.hide)
         self.hide()
 
 
@@ -64,7 +54,7 @@ class Troubleshooter(QObject):
         self.failed_plan: LaunchPlan | None = None   # what apply_fix changes
         self._finish_diagnosis: diagnose.Diagnosis | None = None
         self.banner = FinishBanner()
-        self.banner.fix_clicked.connect(self._open_finish_diagnosis)
+        self.banner.action_clicked.connect(self._open_finish_diagnosis)
 
     def show_failure(self, exc: BaseException, name: str | None = None) -> QWidget:
         """The guided diagnosis dialog if the failure is recognised, else a message with the log."""

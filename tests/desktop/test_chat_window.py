@@ -7,11 +7,10 @@ import time
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QPalette, QTextCursor, QTextFormat
 from PySide6.QtWidgets import QTextBrowser
 
 from desktop.chat import transcript as transcript_module
-from desktop.chat.transcript import ChatMessage, Transcript, message_markdown
+from desktop.chat.transcript import ChatMessage, Transcript, code_shade, message_markdown, shade_code_blocks
 
 from desktop.chat_window import ChatWindow
 from engines.chat.conversations import Store
@@ -42,20 +41,8 @@ def whole_conversation_html(messages: list[ChatMessage], like: QTextBrowser) -> 
     view = QTextBrowser()
     view.resize(like.size())
     view.setMarkdown("\n---\n\n".join(message_markdown(m) for m in messages))
-    doc = view.document()
-    shade = view.palette().color(QPalette.ColorRole.AlternateBase)
-    if shade == view.palette().color(QPalette.ColorRole.Base):
-        shade = shade.darker(106)
-    cursor = QTextCursor(doc)
-    block = doc.begin()
-    while block.isValid():
-        fmt = block.blockFormat()
-        if fmt.hasProperty(QTextFormat.Property.BlockCodeFence) or fmt.nonBreakableLines():
-            fmt.setBackground(shade)
-            cursor.setPosition(block.position())
-            cursor.setBlockFormat(fmt)
-        block = block.next()
-    html = doc.toHtml()
+    shade_code_blocks(view.document(), code_shade(view.palette()))
+    html = view.document().toHtml()
     view.deleteLater()
     return html
 
@@ -240,8 +227,7 @@ def test_stop_cancels_mid_stream_and_keeps_the_partial_reply(qtbot, window, stor
 def test_markdown_code_block_renders_mid_conversation(qtbot, window, store, screenshot):
     conv = store.create("Adding numbers in Python", "starter")
     store.add_message(conv.id, "user", "How do I add two numbers in Python?")
-    store.add_message(conv.id, "assistant", "Use a small function:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\n"
-                      "Then call it:\n\n- `add(2, 3)` gives **5**\n- `add(1.5, 2)` gives **3.5**\n", model="starter")
+    store.add_message(conv.id, "assistant", CODE_REPLY, model="starter")
     window.refresh_conversations()
     window.conversations.list.setCurrentRow(0)
     assert window.conversation.id == conv.id
