@@ -90,7 +90,8 @@ class Transcript(QTextBrowser):
 
     @property
     def messages(self) -> list[ChatMessage]:
-        """The messages shown, oldest first (change them only through this class)."""
+        """The messages shown, oldest first: add or drop them here; after the last one's text
+        changes, :meth:`refresh_last` shows it."""
         return self._messages
 
     def show_messages(self, messages: Sequence[ChatMessage]) -> None:
