@@ -172,10 +172,7 @@ class EmberApp(QObject):
 
     def launch_plan(self, plan) -> None:
         """A launch asked for by the models window: start it off the GUI thread, then open the chat."""
-        chat = self.chat_window()
-        name = plan.model.name
-        chat.plans[name] = plan
-        chat._run_busy(f"Starting {name}…", name, lambda: self.manager.launch(plan), then=self.show_chat)
+        self.chat_window().start_launch(plan, then=self.show_chat)
         if not self.use_tray:
             self.show_chat()
 

@@ -1,4 +1,5 @@
-"""The chat window against the real starter model: streaming, stop, history, idle relaunch, fixes."""
+"""The chat window against the real starter model: streaming, stop, history, idle relaunch, fixes;
+and its transcript, built one message at a time, against one markdown document of the whole conversation."""
 from __future__ import annotations
 
 import sqlite3
@@ -6,9 +7,14 @@ import time
 
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QTextBrowser
+
+from desktop.chat import transcript as transcript_module
+from desktop.chat.transcript import ChatMessage, Transcript, code_shade, message_markdown, shade_code_blocks
 
 from desktop.chat_window import ChatWindow
 from engines.chat.conversations import Store
+from engines.units import DEFAULT_N_CTX
 from engines.running.manager import EngineManager
 from engines.running.supervisor import EngineStartError
 
@@ -30,6 +36,147 @@ def db_rows(store: Store, conversation_id: int) -> list[tuple]:
                           (conversation_id,)).fetchall()
 
 
+def whole_conversation_html(messages: list[ChatMessage], like: QTextBrowser) -> str:
+    """What the window showed before it rendered per message: one markdown document, code shaded."""
+    view = QTextBrowser()
+    view.resize(like.size())
+    view.setMarkdown("\n---\n\n".join(message_markdown(m) for m in messages))
+    shade_code_blocks(view.document(), code_shade(view.palette()))
+    html = view.document().toHtml()
+    view.deleteLater()
+    return html
+
+
+CODE_REPLY = ("Use a small function:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\n"
+              "Then call it:\n\n- `add(2, 3)` gives **5**\n- `add(1.5, 2)` gives **3.5**\n")
+
+
+def mark_blocks(view: QTextBrowser, state: int) -> int:
+    """Tag every block now in the view; a block rendered again loses its tag. Returns how many."""
+    block, n = view.document().begin(), 0
+    while block.isValid():
+        block.setUserState(state)
+        block, n = block.next(), n + 1
+    return n
+
+
+def tagged_blocks(view: QTextBrowser, state: int) -> int:
+    block, n = view.document().begin(), 0
+    while block.isValid():
+        n += block.userState() == state
+        block = block.next()
+    return n
+
+
+def test_transcript_per_message_equals_one_markdown_document(qtbot):
+    """Appending, streaming into and dropping the last message give the document a whole render gives."""
+    view = Transcript()
+    qtbot.addWidget(view)
+    view.resize(600, 400)
+    view.show()
+    history = [ChatMessage("user", "Hi *there*"), ChatMessage("assistant", CODE_REPLY, model="starter"),
+               ChatMessage("user", "1. one\n2. two"),
+               ChatMessage("assistant", "> a quote\n\n    indented code\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")]
+    view.show_messages(history)
+    assert view.document().toHtml() == whole_conversation_html(history, view)
+    reply = ChatMessage("assistant", "", model="starter", streaming=True)
+    view.append(reply)
+    assert view.document().toHtml() == whole_conversation_html(history + [reply], view)
+    assert "…" in view.toPlainText().splitlines()[-1]
+    for piece in ("Sure", ": here it is\n\n```py\nx = 1", "\ny = 2\n```\n\nAnd a list:\n\n- a", "\n- b\n"):
+        reply.content += piece
+        view.refresh_last()
+        assert view.document().toHtml() == whole_conversation_html(history + [reply], view)
+        assert view.toPlainText().endswith("▍")
+    reply.streaming = False
+    view.refresh_last()
+    assert view.document().toHtml() == whole_conversation_html(history + [reply], view)
+    assert view.drop_last() is reply and view.messages == history
+    assert view.document().toHtml() == whole_conversation_html(history, view)
+    while view.messages:
+        view.drop_last()
+    assert view.toPlainText() == "Start a conversation: type a message below."
+    view.append(history[0])
+    assert view.document().toHtml() == whole_conversation_html(history[:1], view)
+
+
+def test_a_finished_message_is_not_rendered_again_while_another_streams(qtbot, monkeypatch):
+    view = Transcript()
+    qtbot.addWidget(view)
+    view.show()
+    history = [ChatMessage("user" if i % 2 == 0 else "assistant", f"Question {i}?" if i % 2 == 0 else CODE_REPLY)
+               for i in range(9)]
+    view.show_messages(history)
+    tagged = mark_blocks(view, 7)
+    rendered: list[str] = []
+
+    def counting(m: ChatMessage) -> str:
+        rendered.append(m.content)
+        return message_markdown(m)
+
+    monkeypatch.setattr(transcript_module, "message_markdown", counting)
+    reply = ChatMessage("assistant", "", model="starter", streaming=True)
+    view.append(reply)
+    for word in ("The", " answer", " is", " **42**."):
+        reply.content += word
+        view.refresh_last()
+    reply.streaming = False
+    view.refresh_last()
+    assert rendered == ["", "The", "The answer", "The answer is", "The answer is **42**.", "The answer is **42**."]
+    assert tagged_blocks(view, 7) == tagged  # the earlier messages' blocks are the same blocks, untouched
+    assert view.toPlainText().endswith("The answer is 42.")
+
+
+def filled_conversation(store: Store, n: int):
+    """A conversation of ``n`` short messages, every fifth reply a code block (about 2,300 tokens)."""
+    conv = store.create("A long conversation", "starter")
+    for i in range(n):
+        if i % 2 == 0:
+            store.add_message(conv.id, "user", f"What is {i} + {i}?")
+        elif i % 10 == 9:
+            store.add_message(conv.id, "assistant", f"```python\nprint({i - 1} + {i - 1})\n```", model="starter")
+        else:
+            store.add_message(conv.id, "assistant", f"It is **{2 * (i - 1)}**.", model="starter")
+    return conv
+
+
+def test_the_100th_message_streams_and_leaves_the_others_alone(qtbot, store, starter_spec, hw):
+    from engines.running import launch
+    m = EngineManager(idle_timeout=None)
+    m.launch(launch.plan(starter_spec, hw, overrides={"n_ctx": DEFAULT_N_CTX}))  # the whole conversation is sent
+    w = ChatWindow(m, store=store)
+    qtbot.addWidget(w)
+    w.show()
+    try:
+        conv = filled_conversation(store, 98)
+        w.max_tokens = 40
+        w.refresh_conversations()
+        w.conversations.list.setCurrentRow(0)
+        assert w.conversation.id == conv.id and len(w.history) == 98 and w.current_model_name() == "starter"
+        tagged = mark_blocks(w.transcript, 7)
+        seen: list[str] = []
+
+        def progress():
+            if len(w.history) == 100:
+                seen.append(w.history[-1].content)
+            return not w.streaming
+
+        with qtbot.waitSignal(w.reply_finished, timeout=300_000) as finished:
+            assert w.send("Tell me about the sea.")
+            qtbot.waitUntil(progress, timeout=300_000)
+        final = w.history[-1].content
+        assert len(w.history) == 100 and final and not finished.args[0].cancelled
+        assert [s for s in seen if s and s != final], "the 100th message only appeared at the end; it should stream"
+        assert tagged_blocks(w.transcript, 7) == tagged  # the 98 messages before were never rendered again
+        mark_blocks(w.transcript, -1)  # untagged (the tags show in the HTML), it is what one whole render gives
+        assert w.transcript.document().toHtml() == whole_conversation_html(w.history, w.transcript)
+        rows = db_rows(store, conv.id)
+        assert len(rows) == 100 and rows[-2:] == [("user", "Tell me about the sea.", 1), ("assistant", final, 1)]
+    finally:
+        w.shutdown()
+        m.stop_all()
+
+
 def test_reply_streams_into_the_window_and_is_saved(qtbot, window, store):
     window.max_tokens = 40
     # the model list is refreshed off the GUI thread (remotes answer over the network): wait for it
@@ -45,9 +192,9 @@ def test_reply_streams_into_the_window_and_is_saved(qtbot, window, store):
                 saved_partial.append(rows[-1][1])
         return not window.streaming
 
-    qtbot.keyClicks(window.input, "Tell me about the sea.")
+    qtbot.keyClicks(window.composer.input, "Tell me about the sea.")
     with qtbot.waitSignal(window.reply_finished, timeout=120_000) as finished:
-        qtbot.keyClick(window.input, Qt.Key.Key_Return)  # Enter sends
+        qtbot.keyClick(window.composer.input, Qt.Key.Key_Return)  # Enter sends
         assert db_rows(store, window.conversation.id)[0][:2] == ("user", "Tell me about the sea.")  # saved first
         qtbot.waitUntil(progress, timeout=120_000)
     final = window.history[-1].content
@@ -55,10 +202,11 @@ def test_reply_streams_into_the_window_and_is_saved(qtbot, window, store):
     partials = [s for s in seen if s and s != final]
     assert partials, "the reply only appeared at the end; it should stream"
     assert all(final.startswith(p) for p in partials)
-    assert " ".join(final.split()) in " ".join(window.view.toPlainText().split())  # markdown joins lines
+    assert " ".join(final.split()) in " ".join(window.transcript.toPlainText().split())  # markdown joins lines
     assert db_rows(store, window.conversation.id) == [("user", "Tell me about the sea.", 1), ("assistant", final, 1)]
     assert "tokens/s" in window.status.text() and "of 2,048 tokens" in window.status.text()
-    assert window.conv_list.count() == 1 and window.conv_list.item(0).text() == "Tell me about the sea."
+    listed = window.conversations.list
+    assert listed.count() == 1 and listed.item(0).text() == "Tell me about the sea."
 
 
 def test_stop_cancels_mid_stream_and_keeps_the_partial_reply(qtbot, window, store):
@@ -73,18 +221,17 @@ def test_stop_cancels_mid_stream_and_keeps_the_partial_reply(qtbot, window, stor
     kept = window.history[-1].content
     assert kept and db_rows(store, window.conversation.id)[-1] == ("assistant", kept, 0)
     assert "Stopped" in window.status.text()
-    assert window.send_button.isEnabled() and not window.stop_button.isEnabled()
+    assert window.composer.send_button.isEnabled() and not window.composer.stop_button.isEnabled()
 
 
 def test_markdown_code_block_renders_mid_conversation(qtbot, window, store, screenshot):
     conv = store.create("Adding numbers in Python", "starter")
     store.add_message(conv.id, "user", "How do I add two numbers in Python?")
-    store.add_message(conv.id, "assistant", "Use a small function:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\n"
-                      "Then call it:\n\n- `add(2, 3)` gives **5**\n- `add(1.5, 2)` gives **3.5**\n", model="starter")
+    store.add_message(conv.id, "assistant", CODE_REPLY, model="starter")
     window.refresh_conversations()
-    window.conv_list.setCurrentRow(0)
+    window.conversations.list.setCurrentRow(0)
     assert window.conversation.id == conv.id
-    text = window.view.toPlainText()
+    text = window.transcript.toPlainText()
     assert "def add(a, b):" in text and "```" not in text and "**" not in text
     window.max_tokens = 300
     window.send("And how do I multiply them?")
@@ -100,7 +247,7 @@ def test_regenerate_replaces_the_last_reply(qtbot, window, store):
     with qtbot.waitSignal(window.reply_finished, timeout=120_000):
         window.send("Say hello.")
     with qtbot.waitSignal(window.reply_finished, timeout=120_000):
-        qtbot.mouseClick(window.regen_button, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(window.composer.regen_button, Qt.MouseButton.LeftButton)
     assert [r[0] for r in db_rows(store, window.conversation.id)] == ["user", "assistant"]
     window.copy_last_reply()
     from PySide6.QtGui import QGuiApplication
@@ -114,15 +261,15 @@ def test_conversations_rename_and_delete(qtbot, store):
     b = store.create("Second")
     store.add_message(a.id, "user", "hi")
     w.refresh_conversations()
-    assert [w.conv_list.item(i).text() for i in range(2)] == ["First", "Second"]  # most recent first
+    assert [w.conversations.list.item(i).text() for i in range(2)] == ["First", "Second"]  # most recent first
     w.open_conversation(b.id)
-    w.rename_conversation(b.id, "Renamed")
+    w.conversations.rename(b.id, "Renamed")
     assert store.get(b.id).title == "Renamed"
-    assert "Renamed" in [w.conv_list.item(i).text() for i in range(w.conv_list.count())]
-    item = w.conv_list.findItems("First", Qt.MatchFlag.MatchExactly)[0]
+    assert "Renamed" in [w.conversations.list.item(i).text() for i in range(w.conversations.list.count())]
+    item = w.conversations.list.findItems("First", Qt.MatchFlag.MatchExactly)[0]
     item.setText("Edited in place")  # what the list's inline editor does
     assert store.get(a.id).title == "Edited in place"
-    w.delete_conversation(b.id)
+    w.conversations.delete(b.id)
     assert w.conversation is None and store.get(b.id) is None
     assert [c.title for c in store.list()] == ["Edited in place"]
     with pytest.raises(ValueError):
@@ -135,13 +282,13 @@ def test_no_model_offers_the_starter_in_one_click(qtbot, store, starter_path):
     qtbot.addWidget(w)
     w.show()
     try:
-        assert w.offer.isVisible() and w.offer_button.text() == "Start the starter model"
+        assert w.engine.offer.isVisible() and w.engine.offer.button.text() == "Start the starter model"
         with qtbot.waitSignal(w.busy_changed, timeout=5_000, check_params_cb=lambda busy: busy):
-            qtbot.mouseClick(w.offer_button, Qt.MouseButton.LeftButton)
-        assert w.busy.isVisible() and w.stop_button.isEnabled()
+            qtbot.mouseClick(w.engine.offer.button, Qt.MouseButton.LeftButton)
+        assert w.engine.busy.isVisible() and w.composer.stop_button.isEnabled()
         qtbot.waitUntil(lambda: not w.loading, timeout=120_000)
         qtbot.waitUntil(lambda: w.current_model_name() == "starter", timeout=10_000)
-        assert not w.offer.isVisible()
+        assert not w.engine.offer.isVisible()
         assert m.get("starter").proc.running
     finally:
         m.stop_all()
@@ -153,11 +300,11 @@ def test_idle_unload_relaunches_on_the_next_message(qtbot, window, manager):
     try:
         time.sleep(0.3)
         assert manager.unload_idle() == ["starter"]
-        qtbot.waitUntil(lambda: "unloaded" in window.model_combo.currentText(), timeout=5_000)
+        qtbot.waitUntil(lambda: "unloaded" in window.engine.combo.currentText(), timeout=5_000)
         assert manager.get("starter") is None
         with qtbot.waitSignal(window.reply_finished, timeout=180_000):
             window.send("Hello again.")
-            assert window.loading and "again" in window.busy_label.text()
+            assert window.loading and "again" in window.engine.busy.label.text()
         assert manager.get("starter").proc.running
         assert window.history[-1].content
     finally:
@@ -168,7 +315,7 @@ def test_apply_fix_relaunches_with_the_change_and_resends(qtbot, window, manager
     window.max_tokens = 8
     with qtbot.waitSignal(window.reply_finished, timeout=120_000):
         window.send("Hi.")
-    window.failed_plan = manager.get("starter").plan
+    window.troubleshooter.failed_plan = manager.get("starter").plan
     with qtbot.waitSignal(window.reply_finished, timeout=180_000):
         window.apply_fix({"n_ctx": 1024})
     assert manager.get("starter").plan.params["n_ctx"] == 1024
@@ -202,8 +349,8 @@ def test_a_remote_endpoint_is_listed_and_chats(qtbot, manager, tmp_path, monkeyp
     w.show()  # lists remotes off the GUI thread
     qtbot.waitUntil(lambda: w.current_endpoint() is not None, timeout=30_000)
     ep = w.current_endpoint()
-    assert ep.kind == "remote" and ep.name.startswith("lab/") and w.model_combo.currentText().endswith("(remote)")
-    assert not w.offer.isVisible()
+    assert ep.kind == "remote" and ep.name.startswith("lab/") and w.engine.combo.currentText().endswith("(remote)")
+    assert not w.engine.offer.isVisible()
     w.max_tokens = 8
     with qtbot.waitSignal(w.reply_finished, timeout=120_000) as finished:
         w.send("Hello over the network.")
@@ -234,7 +381,7 @@ def test_engine_crash_mid_reply_keeps_the_partial_reply_and_explains(qtbot, stor
         assert dialog.isVisible()
         kept = w.history[-1].content
         assert kept and db_rows(store, w.conversation.id)[-1] == ("assistant", kept, 0)
-        assert w.send_button.isEnabled() and w.status.text().startswith("Failed")
+        assert w.composer.send_button.isEnabled() and w.status.text().startswith("Failed")
         dialog.close()
     finally:
         w.shutdown()

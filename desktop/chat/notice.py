@@ -1,0 +1,29 @@
+"""A framed row above the transcript: a sentence and two buttons (the 'no model' offer, the finish banner)."""
+from __future__ import annotations
+
+import logging
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QWidget
+
+log = logging.getLogger(__name__)
+
+
+class NoticeRow(QFrame):
+    """``text`` then the ``action`` button (what to do about it) and a ``second`` one beside it."""
+
+    action_clicked = Signal()
+    second_clicked = Signal()
+
+    def __init__(self, text: str, action: str, second: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        row = QHBoxLayout(self)
+        self.label = QLabel(text)
+        row.addWidget(self.label, 1)
+        self.button = QPushButton(action)
+        self.button.clicked.connect(self.action_clicked)
+        row.addWidget(self.button)
+        self.second_button = QPushButton(second)
+        self.second_button.clicked.connect(self.second_clicked)
+        row.addWidget(self.second_button)

@@ -1,0 +1,121 @@
+"""What the chat shows when something goes wrong, and the fixes it offers.
+
+A failed start or reply opens the guided :class:`DiagnosisDialog` (or, when the
+failure is not recognised, a message with the engine's log); a reply that finished
+but was cut short gets a banner above the transcript with a "How to fix…".
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtWidgets import QMessageBox, QWidget
+
+from engines import paths
+from engines.chat.client import Finished
+from engines.diagnosis import diagnose
+from engines.running.launch import LaunchPlan
+from engines.running.manager import EngineManager
+
+from ..diagnosis_dialog import DiagnosisDialog
+from ..log_viewer import LogViewer
+from .notice import NoticeRow
+
+log = logging.getLogger(__name__)
+
+
+class FinishBanner(NoticeRow):
+    """A finished reply that the diagnosis flags: what happened, How to fix… (the action), Dismiss."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__("", "How to fix…", "Dismiss", parent)
+        self.label.setWordWrap(True)
+        self.second_clicked.connect(self.hide)
+        self.hide()
+
+
+class Troubleshooter(QObject):
+    """Diagnoses failures and shows them over ``window``; remembers the plan a fix would change.
+
+    ``plans`` is the engine control's record of the last plan per model (also failed
+    launches, which the manager no longer holds).
+    """
+
+    shown = Signal(object)        # the dialog or message box shown for a failure
+    fix_chosen = Signal(dict)     # relaunch the failed plan with these changes
+    fix_action = Signal(object)   # a diagnose.Fix that is not a relaunch (new conversation, ...)
+
+    def __init__(self, manager: EngineManager, plans: dict[str, LaunchPlan], window: QWidget):
+        super().__init__(window)
+        self.manager = manager
+        self.plans = plans
+        self.window = window
+        self.failed_plan: LaunchPlan | None = None   # what apply_fix changes
+        self._finish_diagnosis: diagnose.Diagnosis | None = None
+        self.banner = FinishBanner()
+        self.banner.action_clicked.connect(self._open_finish_diagnosis)
+
+    def show_failure(self, exc: BaseException, name: str | None = None) -> QWidget:
+        """The guided diagnosis dialog if the failure is recognised, else a message with the log."""
+        run = self.manager.get(name) if name else None
+        plan = run.plan if run else self.plans.get(name) if name else None
+        proc = run.proc if run else None
+        self.failed_plan = plan
+        diagnosis = None
+        try:
+            diagnosis = diagnose.diagnose_exception(exc, proc=proc, plan=plan)
+        except Exception:  # a bug in the diagnosis must not hide the failure itself
+            log.exception("diagnosis failed for %r", exc)
+        if diagnosis is not None:
+            return self._open_dialog(diagnosis)
+        return self._message_box(exc, proc)
+
+    def check_finish(self, fin: Finished, plan: LaunchPlan | None) -> None:
+        """Show the banner if a finished reply was cut short (or otherwise flagged)."""
+        self._finish_diagnosis = None
+        try:
+            d = diagnose.diagnose_finish(fin, plan)
+        except Exception:
+            log.exception("diagnosis of a finished reply failed")
+            return
+        if d is None:
+            return
+        self._finish_diagnosis = d
+        self.failed_plan = plan
+        self.banner.label.setText(d.title or "The reply was cut short.")
+        self.banner.show()
+
+    def show_log(self, path: Path | str) -> None:
+        viewer = LogViewer(path, self.window)
+        viewer.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        viewer.show()
+
+    def _message_box(self, exc: BaseException, proc) -> QMessageBox:
+        text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        log_path = getattr(exc, "log_path", None) or (proc.log_path if proc else None)
+        box = QMessageBox(QMessageBox.Icon.Warning, "Ember", text, QMessageBox.StandardButton.Close, self.window)
+        box.setInformativeText(f"The engine's log: {log_path or paths.log_dir()}")
+        tail = getattr(exc, "log_tail", None)
+        if tail:
+            box.setDetailedText("\n".join(tail))
+        if log_path:
+            view = box.addButton("View log", QMessageBox.ButtonRole.ActionRole)
+            view.clicked.connect(lambda: self.show_log(log_path))
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+        self.shown.emit(box)
+        return box
+
+    def _open_dialog(self, diagnosis: diagnose.Diagnosis) -> DiagnosisDialog:
+        dialog = DiagnosisDialog(diagnosis, self.window)
+        dialog.fix_chosen.connect(self.fix_chosen)
+        dialog.fix_action.connect(self.fix_action)
+        dialog.show_log_requested.connect(self.show_log)
+        dialog.open()
+        self.shown.emit(dialog)
+        return dialog
+
+    def _open_finish_diagnosis(self) -> None:
+        if self._finish_diagnosis is not None:
+            self._open_dialog(self._finish_diagnosis)
