@@ -1,0 +1,80 @@
+"""Strip chat-template and special tokens from reply text before anyone reads it.
+
+A model without a chat template (or run with the wrong one) writes the
+template's markers as text: ``<|im_start|>admin`` ... ``<|im_end|>``. Those
+are never part of an answer. :class:`SpecialTokenFilter` removes them from a
+stream of text deltas; a marker split across two deltas (``<|im_`` then
+``end|>``) is held back until it is complete, so the user never sees half of
+one. Only text shown to people goes through it: the raw API is left as the
+engine behaves.
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+log = logging.getLogger(__name__)
+
+#: Markers without a ``<|name|>`` shape (that shape is always a special token: ChatML, Llama 3,
+#: Phi, gpt-oss's harmony, ``<|endoftext|>``).
+NAMED_TOKENS = ("<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<pad>", "<s>", "</s>",
+                "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>")
+
+#: Markers that open a turn; the role name written after them (``user``, ``assistant``, or
+#: whatever a base model invents, such as ``admin``) and its line break are template too.
+_TURN_OPENERS = r"<\|im_start\|>|<start_of_turn>"
+_ROLE = r"[ \t]*[A-Za-z_]{1,20}[ \t]*(?:\r?\n|(?=<))"
+
+_NAMED = "|".join(re.escape(t) for t in NAMED_TOKENS)
+_TOKEN = re.compile(
+    rf"[ \t]*(?:(?:{_TURN_OPENERS})(?:{_ROLE})?"         # a turn opener with its role line
+    r"|<\|start_header_id\|>[^<\n]{0,20}<\|end_header_id\|>\n{0,2}"  # Llama 3's header
+    rf"|<\|[A-Za-z0-9_.:-]{{1,40}}\|>|{_NAMED})")
+
+#: The unfinished tail a marker may still grow from: ``<``, ``<|im_e``, ``</``, ``[/IN``, ``<<SY``,
+#: a turn opener whose role line is not finished yet, or spaces that would go with a marker.
+_PARTIAL = re.compile(
+    rf"[ \t]*(?:(?:{_TURN_OPENERS})[ \t]*[A-Za-z_]{{0,20}}[ \t]*"
+    r"|<\|start_header_id\|>[^<\n]{0,20}(?:<\|?[a-z_]*\|?)?"
+    r"|<\|[A-Za-z0-9_.:-]{0,40}\|?|<<?/?[A-Za-z_]{0,14}|\[/?[A-Z]{0,4})?[ \t]*\Z")
+_TAIL = 80  # no partial marker is longer than this
+
+
+def strip(text: str) -> str:
+    """``text`` without any template or special token (for whole texts, not streams)."""
+    return _TOKEN.sub("", text)
+
+
+class SpecialTokenFilter:
+    """Feed it text deltas; it returns what may be shown now, holding back a marker's possible start."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+        self.removed = 0  # how many markers were taken out, for logs and tests
+
+    def feed(self, delta: str) -> str:
+        text = self._pending + delta
+        cut = _hold_from(text)
+        self._pending = text[cut:]
+        return self._clean(text[:cut])
+
+    def flush(self) -> str:
+        """The rest at the end of the stream; a marker that never completed is shown as it is."""
+        text, self._pending = self._pending, ""
+        return self._clean(text)
+
+    def _clean(self, text: str) -> str:
+        out, n = _TOKEN.subn("", text)
+        if n:
+            self.removed += n
+            log.debug("removed %d template token(s) from a reply", n)
+        return out
+
+
+def _hold_from(text: str) -> int:
+    """Where the part of ``text`` that may still become a marker starts (``len(text)``: none)."""
+    start = max(0, len(text) - _TAIL)
+    for m in _PARTIAL.finditer(text, start):
+        if m.end() == len(text):
+            return m.start()
+    return len(text)
