@@ -76,6 +76,7 @@ _WORDS = re.compile(r"\w+")
 _TOKENS = re.compile(r"\w+|[^\w\s]+")
 _LIST_MARKER = re.compile(r"^\s*(?:[-*+\u2022>]|#+|\(?\d{1,3}[.)]|[a-zA-Z][.)](?=\s))\s+")
 _SENTENCE_END = re.compile(r"(?<=[.?!\u3002\uff1f\uff01])[\"')\]]*\s+|\n")
+_LIST_NUMBER = re.compile(r"\s*(?:\d{1,3}|[a-zA-Z])\.\Z")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 
 
@@ -128,17 +129,21 @@ class RepetitionGuard:
     def _feed_units(self, text: str) -> None:
         self._pending_unit += text
         while self.tripped is None:
-            end = self._pending_unit.find("\n") if self._in_code else -1
-            m = None if self._in_code else _SENTENCE_END.search(self._pending_unit)
-            if m is not None:
-                end = m.start()
-                cut = m.end()
-            elif end >= 0:
-                cut = end + 1
-            else:
+            end, cut = self._unit_end(self._pending_unit)
+            if end < 0:
                 return
             raw, self._pending_unit = self._pending_unit[:end], self._pending_unit[cut:]
             self._add_unit(raw)
+
+    def _unit_end(self, text: str) -> tuple[int, int]:
+        """Where the first complete sentence (a line, in code) of ``text`` ends, and where the next begins."""
+        if self._in_code:
+            end = text.find("\n")
+            return end, end + 1
+        for m in _SENTENCE_END.finditer(text):
+            if not _LIST_NUMBER.match(text[:m.start()]):  # "1. " starts a list item, it ends nothing
+                return m.start(), m.end()
+        return -1, -1
 
     def _add_unit(self, raw: str) -> None:
         if _FENCE.match(raw):

@@ -26,17 +26,18 @@ _TURN_OPENERS = r"<\|im_start\|>|<start_of_turn>"
 _ROLE = r"[ \t]*[A-Za-z_]{1,20}[ \t]*(?:\r?\n|(?=<))"
 
 _NAMED = "|".join(re.escape(t) for t in NAMED_TOKENS)
-_TOKEN = re.compile(
-    rf"[ \t]*(?:(?:{_TURN_OPENERS})(?:{_ROLE})?"         # a turn opener with its role line
-    r"|<\|start_header_id\|>[^<\n]{0,20}<\|end_header_id\|>\n{0,2}"  # Llama 3's header
-    rf"|<\|[A-Za-z0-9_.:-]{{1,40}}\|>|{_NAMED})")
+_MARKER = (rf"(?:{_TURN_OPENERS})(?:{_ROLE})?"                       # a turn opener with its role line
+           r"|<\|start_header_id\|>[^<\n]{0,20}<\|end_header_id\|>\n{0,2}"  # Llama 3's header
+           rf"|<\|[A-Za-z0-9_.:-]{{1,40}}\|>|{_NAMED}")
+#: A marker; after a space, the spaces after it go too ("Kingdom? <|im_end|> What" reads "Kingdom? What").
+_TOKEN = re.compile(rf"(?<=[ \t])(?:{_MARKER})[ \t]*|(?:{_MARKER})")
 
-#: The unfinished tail a marker may still grow from: ``<``, ``<|im_e``, ``</``, ``[/IN``, ``<<SY``,
-#: a turn opener whose role line is not finished yet, or spaces that would go with a marker.
+#: The tail that may still change: the start of a marker (``<``, ``<|im_e``, ``</``, ``[/IN``, ``<<SY``),
+#: a turn opener whose role line is not finished, or a whole marker whose following spaces may come next.
 _PARTIAL = re.compile(
-    rf"[ \t]*(?:(?:{_TURN_OPENERS})[ \t]*[A-Za-z_]{{0,20}}[ \t]*"
+    rf"(?:(?:{_TURN_OPENERS})[ \t]*[A-Za-z_]{{0,20}}[ \t]*"
     r"|<\|start_header_id\|>[^<\n]{0,20}(?:<\|?[a-z_]*\|?)?"
-    r"|<\|[A-Za-z0-9_.:-]{0,40}\|?|<<?/?[A-Za-z_]{0,14}|\[/?[A-Z]{0,4})?[ \t]*\Z")
+    rf"|<\|[A-Za-z0-9_.:-]{{0,40}}\|?|<<?/?[A-Za-z_]{{0,14}}|\[/?[A-Z]{{0,4}}|(?:{_MARKER})[ \t]*)\Z")
 _TAIL = 80  # no partial marker is longer than this
 
 
@@ -50,6 +51,7 @@ class SpecialTokenFilter:
 
     def __init__(self) -> None:
         self._pending = ""
+        self._before = "\n"  # the last character released, which decides whether spaces after a marker go
         self.removed = 0  # how many markers were taken out, for logs and tests
 
     def feed(self, delta: str) -> str:
@@ -64,15 +66,18 @@ class SpecialTokenFilter:
         return self._clean(text)
 
     def _clean(self, text: str) -> str:
-        out, n = _TOKEN.subn("", text)
+        if not text:
+            return ""
+        out, n = _TOKEN.subn("", self._before + text)
+        self._before = text[-1]
         if n:
             self.removed += n
             log.debug("removed %d template token(s) from a reply", n)
-        return out
+        return out[1:]
 
 
 def _hold_from(text: str) -> int:
-    """Where the part of ``text`` that may still become a marker starts (``len(text)``: none)."""
+    """Where the part of ``text`` that may still change starts (``len(text)``: none)."""
     start = max(0, len(text) - _TAIL)
     for m in _PARTIAL.finditer(text, start):
         if m.end() == len(text):
