@@ -77,6 +77,7 @@ _TOKENS = re.compile(r"\w+|[^\w\s]+")
 _LIST_MARKER = re.compile(r"^\s*(?:[-*+\u2022>]|#+|\(?\d{1,3}[.)]|[a-zA-Z][.)](?=\s))\s+")
 _SENTENCE_END = re.compile(r"(?<=[.?!\u3002\uff1f\uff01])[\"')\]]*\s+|\n")
 _LIST_NUMBER = re.compile(r"\s*(?:\d{1,3}|[a-zA-Z])\.\Z")
+_LINES = re.compile(r"(?<=\n)")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 
 
@@ -116,12 +117,15 @@ class RepetitionGuard:
         self._seen: dict[tuple[str, ...], list[int]] = {}
 
     def feed(self, text: str) -> Repetition | None:
-        if self.tripped is None and text:
-            self._feed_tokens(text)
+        if self.tripped is not None:
+            return self.tripped
+        for line in _LINES.split(text):  # line by line: a code fence changes the thresholds from the next line
+            self._feed_tokens(line)
             if self.tripped is None:
-                self._feed_units(text)
+                self._feed_units(line)
             if self.tripped is not None:
                 log.info("reply stopped: %s", self.tripped.describe())
+                break
         return self.tripped
 
     # -- sentences and lines --------------------------------------------------------------------

@@ -22,10 +22,17 @@ CASES = [
     ("<s>[INST] hi [/INST] Hello</s>", " hi Hello"),
     ("<bos>Text<eos>", "Text"),
     ("Done.<|endoftext|>", "Done."),
+    # the starter's seeded chat (tests/fixtures/replies): a role after a closer, a marker without its "<"
+    ("Python?<|im_start|>\n<|im_end|>user\nHow to add? |im_end|>\n<|im_start|>assistant\nHow",
+     "Python?\nHow to add? \nHow"),
+    ("Paris is the capital of France.<|im_end", "Paris is the capital of France."),  # cut at the reply limit
+    ("The end |im_e", "The end "),
     # text that only looks like markup stays
     ("if a < b and c<d: pass", "if a < b and c<d: pass"),
     ("Use <div> and <span> tags; x[0] = [1, 2]", "Use <div> and <span> tags; x[0] = [1, 2]"),
     ("a <|not closed", "a <|not closed"),
+    ("| a | b |\n|---|---|", "| a | b |\n|---|---|"),
+    ("x |> f |y|", "x |> f |y|"),
     ("The list [INFO] stays; <si> stays", "The list [INFO] stays; <si> stays"),
     ("Role words stay: <|im_start|>What is it?", "Role words stay: What is it?"),
 ]
@@ -81,7 +88,13 @@ def test_a_marker_is_held_until_complete_and_nothing_else_waits():
     assert f.removed == 1
 
 
-def test_an_unfinished_marker_at_the_end_is_shown():
+def test_what_only_looked_like_a_marker_is_shown_at_the_end():
     f = SpecialTokenFilter()
-    assert f.feed("x <") == "x"
-    assert f.flush() == " <"
+    assert f.feed("x <") == "x "
+    assert f.flush() == "<"
+
+
+def test_a_reply_cut_mid_marker_drops_the_fragment():
+    f = SpecialTokenFilter()
+    assert f.feed("Paris.<|im_") == "Paris."
+    assert f.flush() == ""
