@@ -25,6 +25,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from engines.machine import gguf_info
 from engines.models.store import ModelSpec
@@ -111,6 +112,23 @@ def mode_of(spec: ModelSpec) -> ModeDecision:
     if has:
         return ModeDecision(Mode.CHAT, f"{where} has a chat template")
     return ModeDecision(Mode.COMPLETION, f"{where} has no chat template: a base model")
+
+
+def has_chat_model(specs: Iterable[ModelSpec]) -> bool:
+    """Whether any of these models on disk follows instructions (else the first run leads to a download).
+
+    Pass the local store's models and the downloaded catalog variants; a file
+    that cannot be read does not count.
+    """
+    for spec in specs:
+        if not spec.is_local:
+            continue
+        try:
+            if mode_of(spec).mode is Mode.CHAT:
+                return True
+        except gguf_info.GGUFError as exc:
+            log.info("%s is not readable (%s); not counted as a chat model", spec.name, exc.problem)
+    return False
 
 
 # -- completion requests ----------------------------------------------------------------------------

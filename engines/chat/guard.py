@@ -72,10 +72,11 @@ class Repetition:
             else f'{self.copies} sentences in a row of one pattern, like "{_shorten(self.text)}"'
 
 
-_WORDS = re.compile(r"\w+")
-_TOKENS = re.compile(r"\w+|[^\w\s]+")
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"  # kana, CJK ideographs, hangul
+_WORDS = re.compile(rf"[{_CJK}]|\w+")  # a CJK character counts as a word
+_TOKENS = re.compile(rf"[{_CJK}]|\w+|[^\w\s]+")
 _LIST_MARKER = re.compile(r"^\s*(?:[-*+\u2022>]|#+|\(?\d{1,3}[.)]|[a-zA-Z][.)](?=\s))\s+")
-_SENTENCE_END = re.compile(r"(?<=[.?!\u3002\uff1f\uff01])[\"')\]]*\s+|\n")
+_SENTENCE_END = re.compile(r"(?<=[.?!])[\"')\]]*\s+|(?<=[\u3002\uff1f\uff01])|\n")  # CJK: no space after
 _LIST_NUMBER = re.compile(r"\s*(?:\d{1,3}|[a-zA-Z])\.\Z")
 _LINES = re.compile(r"(?<=\n)")
 _FENCE = re.compile(r"^\s*(```|~~~)")
@@ -188,7 +189,7 @@ class RepetitionGuard:
 
     def _feed_tokens(self, text: str) -> None:
         text = self._pending_token + text
-        split = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
+        split = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"), text.rfind("\u3002"))
         self._pending_token = text[split + 1:]
         for token in _TOKENS.findall(text[:split + 1]):
             self._add_token(token.lower())

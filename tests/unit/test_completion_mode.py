@@ -115,3 +115,13 @@ def test_the_request_body_for_v1_completions():
                     "stop": list(cm.COMPLETION_STOPS), "model": "starter", "max_tokens": 256, "seed": 3}
     assert "messages" not in body and cm.COMPLETION_PATH == "/completions"
     assert "stream_options" not in cm.CompletionRequest("x").body(stream=False)
+
+
+def test_a_chat_model_on_disk_is_found_and_the_starter_is_not_one(tmp_path, starter_spec):
+    chat = _spec(_gguf(tmp_path / "chat.gguf", CHATML))
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF")
+    not_downloaded = catalog.resolve("qwen2.5-0.5b-instruct-q4_k_m")
+    not_downloaded.path = None
+    assert cm.has_chat_model([starter_spec, _spec(broken), not_downloaded]) is False
+    assert cm.has_chat_model([starter_spec, chat]) is True

@@ -97,7 +97,8 @@ def test_the_starters_real_replies_that_do_not_loop_run_to_their_end(name):
     reply = STARTER_REPLIES[name]
     watch, _ = _watch(reply["deltas"])
     assert watch.repeating is None
-    ended = Finished(reply["finish_reason"], Usage(None, len(reply["deltas"])), max_tokens=reply["request"]["max_tokens"])
+    ended = Finished(reply["finish_reason"], Usage(None, len(reply["deltas"])),
+                     max_tokens=reply["request"]["max_tokens"])
     assert watch.reason(ended) is (StopReason.REPLY_LIMIT if reply["finish_reason"] == "length"
                                    else StopReason.FINISHED)
 
@@ -150,3 +151,14 @@ def test_reasoning_and_answer_are_judged_apart():
         watch.feed(Delta("Let me check the sum again carefully.\n"))
     assert watch.repeating is None  # two copies in each, not four in one
     assert watch.text == "Let me check the sum again carefully.\n" * 2
+
+
+@pytest.mark.parametrize("text,loops", [
+    ("巴黎是法国的首都。" * 3, True),
+    ("巴黎是法国的首都。它也是法国最大的城市。塞纳河穿过巴黎。埃菲尔铁塔在巴黎。", False),
+])
+def test_text_without_spaces_is_judged_too(text, loops):
+    guard = RepetitionGuard()
+    for piece in _pieces(text, 5):
+        guard.feed(piece)
+    assert (guard.tripped is not None) is loops
