@@ -15,7 +15,8 @@ doing now, not a phrase it once used twice):
   numbers and bullets are ignored, so "1. X 2. X 3. X" counts).
 * ``pattern``: consecutive sentences of one frame ("What is the capital of the
   United Kingdom?" ... "of the Soviet Union?"): same first words, not list
-  items, ``pattern_repeats`` in a row.
+  items, ``pattern_repeats`` in a row. The price: eight un-numbered quiz
+  questions of one frame in a row read as a loop (numbered ones do not).
 * ``span``: the last tokens are copies of one span of any length up to
   ``max_period`` tokens (3 copies and at least ``min_span_tokens`` tokens), which
   also catches loops with no sentence ends.
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GuardConfig:
-    """The guard's thresholds (defaults measured against the fixtures in tests/unit/test_guard.py)."""
+    """The guard's thresholds (defaults set against the texts in tests/fixtures/replies)."""
 
     copies: int = 3                # back-to-back copies of a block that make a loop
     code_copies: int = 12          # the same inside a fenced code block (a zero matrix repeats rows)
@@ -52,7 +53,7 @@ class GuardConfig:
     min_words: int = 4
     max_block_units: int = 4       # the longest block of sentences the ``units`` rule looks for
     pattern_words: int = 5         # first words two sentences must share to have one frame
-    pattern_repeats: int = 8        # a poem's anaphora runs shorter than this
+    pattern_repeats: int = 8       # a poem's anaphora runs shorter than this
     ngram: int = 12                # tokens that index the ``span`` rule
     max_period: int = 600          # the longest repeated span, in tokens
     min_span_tokens: int = 48
