@@ -22,9 +22,11 @@ from engines import autostart
 from engines import paths
 from engines import settings
 from engines.running.manager import EngineManager
+from engines.version import version
 
 from . import icons
 from .bridge import ManagerBridge, run_async
+from .tray import Tray
 
 log = logging.getLogger(__name__)
 ipc_log = logging.getLogger("desktop.ipc")
@@ -110,23 +112,9 @@ class EmberApp(QObject):
         self.use_tray = use_tray
         self.tray = None
         if use_tray:
-            from .tray import Tray
             qapp.setQuitOnLastWindowClosed(False)
-            self.tray = Tray(self.manager, autostart.enabled())
-            t = self.tray
-            t.chat_requested.connect(self.show_chat)
-            t.models_requested.connect(self.show_models)
-            t.settings_requested.connect(self.show_settings)
-            t.logs_requested.connect(self.show_logs)
-            t.log_requested.connect(self.show_model_log)
-            t.about_requested.connect(self.show_about)
-            t.quit_requested.connect(self.quit)
-            t.stop_requested.connect(self.stop_model)
-            t.autostart_toggled.connect(self.set_autostart)
-            self.bridge.changed.connect(t.refresh)
-            self.bridge.ready.connect(lambda *_: t.set_error(None))
-            self.bridge.failed.connect(self._engine_failed)
-            t.show()
+            self.tray = self._make_tray()
+            self.tray.show()
             log.info("tray icon shown %.3f s after start", time.monotonic() - self.started_at)
         else:
             qapp.setQuitOnLastWindowClosed(True)
@@ -138,7 +126,25 @@ class EmberApp(QObject):
         self.idle_timer.timeout.connect(self.check_idle)
         self.idle_timer.start()
 
+    def _make_tray(self) -> Tray:
+        t = Tray(self.manager, autostart.enabled())
+        t.chat_requested.connect(self.show_chat)
+        t.models_requested.connect(self.show_models)
+        t.settings_requested.connect(self.show_settings)
+        t.logs_requested.connect(self.show_logs)
+        t.log_requested.connect(self.show_model_log)
+        t.about_requested.connect(self.show_about)
+        t.quit_requested.connect(self.quit)
+        t.stop_requested.connect(self.stop_model)
+        t.autostart_toggled.connect(self.set_autostart)
+        self.bridge.changed.connect(t.refresh)
+        self.bridge.ready.connect(lambda *_: t.set_error(None))
+        self.bridge.failed.connect(self._engine_failed)
+        return t
+
     # -- windows ----------------------------------------------------------------------
+    # The windows' and dialogs' modules are imported when one is first built: the tray
+    # icon shows before the chat window's and the models window's imports are paid for.
     def chat_window(self):
         if self.chat is None:
             from .chat_window import ChatWindow
@@ -156,16 +162,9 @@ class EmberApp(QObject):
         self.chat_window().show_and_raise()
 
     def show_models(self) -> None:
-        try:
-            from .models_window import ModelsWindow
-        except ImportError as exc:
-            log.warning("models window unavailable: %s", exc)
-            box = QMessageBox(QMessageBox.Icon.Information, "Ember", "The models window is not available yet.",
-                              QMessageBox.StandardButton.Close, self.chat)
-            box.open()
-            return
         if self.models_window is None:
-            self.models_window = ModelsWindow(self.manager)
+            from .models_window import ModelsWindow
+            self.models_window = ModelsWindow(self.manager, bridge=self.bridge)
             self.models_window.launch_requested.connect(self.launch_plan)
         self.models_window.show()
         self.models_window.raise_()
@@ -210,7 +209,6 @@ class EmberApp(QObject):
             self.chat_window().show_log(run.proc.log_path)
 
     def show_about(self) -> None:
-        from engines.version import version
         box = QMessageBox(QMessageBox.Icon.NoIcon, "About Ember",
                           f"<b>Ember {version()}</b><p>Run large language models on this computer.</p>"
                           f"<p>Logs: {paths.log_dir()}</p>", QMessageBox.StandardButton.Close, self.chat)
@@ -226,16 +224,15 @@ class EmberApp(QObject):
         if self.manager.idle_timeout is not None and self.manager.running():
             run_async(self.manager.unload_idle, name="idle-unload")
 
-    def _engine_failed(self, name: str, exc: object) -> None:
+    def _engine_failed(self, name: str, exc: Exception) -> None:
         if self.tray is not None:
             message = getattr(exc, "message", None) or str(exc)
             self.tray.set_error(f"{name} failed: {message.splitlines()[0] if message else ''}")
 
     def _hidden_to_tray(self) -> None:
         if self.tray is not None and not settings.get("tray_notice_shown"):
-            self.tray.icon.showMessage("Ember is still running",
-                                       "Ember keeps running in the tray. Quit it from the tray menu.",
-                                       icons.app_icon(), 6000)
+            self.tray.notify("Ember is still running",
+                             "Ember keeps running in the tray. Quit it from the tray menu.")
             settings.set("tray_notice_shown", True)
 
     # -- quit -------------------------------------------------------------------------

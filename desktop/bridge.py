@@ -1,87 +1,177 @@
 """The one place where the Qt-free core meets Qt.
 
-:class:`ManagerBridge` turns :class:`engines.running.manager.EngineManager` listener calls
-(made from worker threads) into typed Qt signals, delivered queued on the GUI
-thread. :func:`run_async` runs a blocking core call (engine launch, stop, idle
-unload) on a worker thread and reports back through signals, so the GUI thread
-never waits on an engine.
+:class:`ManagerBridge` turns the core's listener calls, made from worker threads
+(engine events from :class:`engines.running.manager.EngineManager`, job changes
+from :class:`engines.models.downloads.DownloadManager`), into typed Qt signals
+emitted on the GUI thread. :func:`run_async` runs a blocking core call (engine
+launch, stop, hardware detection, a plan estimate) on a worker thread and hands
+its result back on the GUI thread, so the GUI thread never waits on the core.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Qt, Signal, Slot
 
-from engines.running.manager import EngineManager
+from engines.models.downloads import DownloadManager, Job
+from engines.running.launch import LaunchPlan
+from engines.running.manager import (EngineEvent, EngineFailed, EngineLoading, EngineManager, EngineReady,
+                                     EngineStopped, EngineUnloaded, Running)
 
 log = logging.getLogger(__name__)
 
 
 class ManagerBridge(QObject):
-    """Engine events as Qt signals (emitted from any thread, received on the GUI thread)."""
+    """Engine and download events as Qt signals, always emitted on the GUI thread.
 
-    loading = Signal(str, object)     # model name, LaunchPlan
-    ready = Signal(str, object)       # model name, manager.Running
-    failed = Signal(str, object)      # model name, exception
-    stopped = Signal(str, str)        # model name, reason
-    unloaded = Signal(str, object)    # model name, LaunchPlan
-    changed = Signal()                # any of the above: refresh lists, tray state
+    The core calls the listeners on its own threads; they only pass the event to
+    a queued internal signal, so every public signal below is emitted on the
+    thread the bridge lives in and its receivers need no locking.
+    """
 
-    def __init__(self, manager: EngineManager, parent: QObject | None = None):
+    loading = Signal(str, LaunchPlan)     # model name, the plan being started
+    ready = Signal(str, Running)          # model name, the running engine
+    failed = Signal(str, Exception)       # model name, why (the core's exception)
+    stopped = Signal(str, str)            # model name, reason ("stopped", "quit")
+    unloaded = Signal(str, LaunchPlan)    # model name, the plan kept for relaunch
+    changed = Signal()                    # after any engine event: refresh lists, tray state
+    download_changed = Signal(str)        # a download job's name; read it with DownloadManager.job(name)
+
+    _engine_event = Signal(EngineEvent)   # internal: from the core's threads to the GUI thread
+    _download_event = Signal(str)
+
+    def __init__(self, manager: EngineManager | None = None, parent: QObject | None = None,
+                 downloads: DownloadManager | None = None):
         super().__init__(parent)
         self.manager = manager
-        manager.subscribe(self._on_event)
+        self.downloads = downloads
+        self._alive = True  # False once the Qt object is gone: the listeners then do nothing
+        self._engine_event.connect(self._deliver_engine_event, Qt.QueuedConnection)
+        self._download_event.connect(self.download_changed, Qt.QueuedConnection)
+        if manager is not None:
+            manager.subscribe(self._on_engine_event)
+        if downloads is not None:
+            downloads.subscribe(self._on_download)
 
-    def _on_event(self, event: str, name: str, payload: object) -> None:
-        signal = {"loading": self.loading, "ready": self.ready, "failed": self.failed,
-                  "unloaded": self.unloaded}.get(event)
-        if event == "stopped":
-            self.stopped.emit(name, str(payload))
-        elif signal is not None:
-            signal.emit(name, payload)
+    # -- the core's threads -----------------------------------------------------------
+    def _on_engine_event(self, event: EngineEvent) -> None:
+        if self._forward(self._engine_event, event) is False and self.manager is not None:
+            self.manager.unsubscribe(self._on_engine_event)
+
+    def _on_download(self, job: Job) -> None:
+        self._forward(self._download_event, job.name)
+
+    def _forward(self, signal, value) -> bool:
+        """Queue ``value`` for the GUI thread; False when the bridge's Qt object is deleted."""
+        if not self._alive:
+            return False
+        try:
+            signal.emit(value)
+        except RuntimeError:  # the window that owned the bridge is gone
+            self._alive = False
+        return self._alive
+
+    # -- the GUI thread ------------------------------------------------------------------
+    @Slot(EngineEvent)
+    def _deliver_engine_event(self, event: EngineEvent) -> None:
+        if isinstance(event, EngineLoading):
+            self.loading.emit(event.name, event.plan)
+        elif isinstance(event, EngineReady):
+            self.ready.emit(event.name, event.running)
+        elif isinstance(event, EngineFailed):
+            self.failed.emit(event.name, event.error)
+        elif isinstance(event, EngineStopped):
+            self.stopped.emit(event.name, event.reason)
+        elif isinstance(event, EngineUnloaded):
+            self.unloaded.emit(event.name, event.plan)
         else:
-            log.debug("unknown engine event %s for %s", event, name)
+            log.debug("unknown engine event %r", event)
         self.changed.emit()
 
 
+# -- off the GUI thread ---------------------------------------------------------------------
+
 class Call(QObject):
-    """One blocking call on a worker thread; ``done(result)`` or ``failed(exception)`` on the GUI thread."""
+    """One blocking call on its own worker thread; its result is delivered on the GUI thread.
+
+    ``done`` and ``failed`` are connected to this object's own slots, so Qt queues
+    them onto the thread the call was made on. With an ``owner`` the call is the
+    owner's child: once the owner is deleted, nothing is delivered.
+    """
 
     done = Signal(object)
-    failed = Signal(object)
-    finished = Signal()
+    failed = Signal(BaseException)
 
-    _live: set["Call"] = set()  # keeps calls alive until they report
+    _live: set["Call"] = set()        # calls without an owner, kept alive until they report
+    _workers: set[threading.Thread] = set()
+    _workers_lock = threading.Lock()
 
-    def __init__(self, fn: Callable[[], object], name: str = "ember-call"):
-        super().__init__()
+    def __init__(self, fn: Callable[[], object], on_done: Callable[[object], None] | None = None,
+                 on_error: Callable[[BaseException], None] | None = None, name: str = "ember-call",
+                 owner: QObject | None = None):
+        super().__init__(owner)
         self.fn, self.name = fn, name
+        self._on_done, self._on_error = on_done, on_error
+        self._owned = owner is not None
         self._worker: threading.Thread | None = None
-        self.finished.connect(self._release)  # queued: runs on the GUI thread after done/failed
+        self.done.connect(self._deliver_done)
+        self.failed.connect(self._deliver_failed)
 
     def start(self) -> "Call":
-        Call._live.add(self)
+        if not self._owned:
+            Call._live.add(self)
         self._worker = threading.Thread(target=self._run, name=self.name, daemon=True)
+        with Call._workers_lock:
+            Call._workers.add(self._worker)
         self._worker.start()
         return self
 
     def _run(self) -> None:
         try:
-            result = self.fn()
-        except BaseException as exc:  # reported to the GUI, never swallowed
-            log.info("%s failed: %s", self.name, exc)
-            self.failed.emit(exc)
-        else:
-            self.done.emit(result)
+            try:
+                result = self.fn()
+            except BaseException as exc:  # every failure reaches the GUI, never swallowed here
+                log.info("%s failed: %s: %s", self.name, type(exc).__name__, exc)
+                self._emit(self.failed, exc)
+            else:
+                self._emit(self.done, result)
         finally:
-            self.finished.emit()
+            with Call._workers_lock:
+                Call._workers.discard(threading.current_thread())
+
+    def _emit(self, signal, value) -> None:
+        try:
+            signal.emit(value)
+        except RuntimeError:  # the owner (and with it this call) is deleted: nothing to deliver
+            Call._live.discard(self)
+
+    @Slot(object)
+    def _deliver_done(self, value: object) -> None:
+        try:
+            if self._on_done is not None:
+                self._on_done(value)
+        finally:
+            self._release()
+
+    @Slot(BaseException)
+    def _deliver_failed(self, exc: BaseException) -> None:
+        try:
+            if self._on_error is not None:
+                self._on_error(exc)
+            else:
+                log.warning("%s failed: %s: %s", self.name, type(exc).__name__, exc)
+        finally:
+            self._release()
 
     def _release(self) -> None:
         Call._live.discard(self)
+        self.deleteLater()
 
     def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the worker thread (not the delivery); True when it has ended."""
         if self._worker is not None:
             self._worker.join(timeout)
             return not self._worker.is_alive()
@@ -89,11 +179,26 @@ class Call(QObject):
 
 
 def run_async(fn: Callable[[], object], on_done: Callable[[object], None] | None = None,
-              on_error: Callable[[BaseException], None] | None = None, name: str = "ember-call") -> Call:
-    """Run ``fn()`` off the GUI thread; the callbacks run later on the GUI thread (queued)."""
-    call = Call(fn, name)
-    if on_done is not None:
-        call.done.connect(on_done)
-    if on_error is not None:
-        call.failed.connect(on_error)
-    return call.start()
+              on_error: Callable[[BaseException], None] | None = None, name: str = "ember-call",
+              *, owner: QObject | None = None) -> Call:
+    """Run ``fn()`` on a worker thread named ``name``; the callbacks run later on the GUI thread.
+
+    ``on_error`` gets whatever ``fn`` raised (logged when there is none). With
+    ``owner`` (a widget), nothing is delivered once the owner is deleted.
+    """
+    return Call(fn, on_done, on_error, name, owner).start()
+
+
+def wait_for_calls(timeout: float) -> bool:
+    """Wait until every :func:`run_async` worker has ended (tests, shutdown); True if all did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with Call._workers_lock:
+            workers = list(Call._workers)
+        if not workers:
+            return True
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        if time.monotonic() >= deadline:
+            with Call._workers_lock:
+                return not Call._workers

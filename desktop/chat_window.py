@@ -23,7 +23,8 @@ from engines.chat import conversations
 from engines import paths
 from engines import settings
 from engines.chat.client import ChatStream, Delta, Finished
-from engines.running.manager import EngineManager, Endpoint
+from engines.chat.endpoint import Endpoint
+from engines.running.manager import EngineManager
 
 from . import icons
 from .bridge import ManagerBridge, run_async
@@ -368,11 +369,11 @@ class ChatWindow(QMainWindow):
     def launch_model(self, name: str, then=None) -> None:
         """Start a model by name off the GUI thread (busy row with Cancel); ``then()`` once ready."""
         from engines.running import launch
-        from engines.models import store  # imported here: keeps the window's import light
+        from engines.models import lookup  # imported here: keeps the window's import light
         n_ctx = int(settings.get("default_n_ctx") or 4096)
 
         def work():
-            spec = store.resolve(name)
+            spec = lookup.resolve(name)
             ctx = min(n_ctx, spec.context_length) if spec.context_length else n_ctx
             plan = launch.plan(spec, overrides={"n_ctx": ctx})
             self.plans[spec.name] = plan

@@ -1,6 +1,6 @@
 """The guided error dialog: what happened, why (with the numbers), and one button per fix.
 
-It only shows an :class:`engines.diagnosis.diagnose.Diagnosis`; applying a fix is the
+It only shows an :class:`engines.diagnosis.types.Diagnosis`; applying a fix is the
 caller's job (the chat window relaunches with ``plan.with_changes(changes)``
 and resends the last message). Clicking a fix emits :attr:`fix_action` with the
 whole :class:`Fix` and, when the fix relaunches (parameter changes or the
@@ -17,7 +17,8 @@ from PySide6.QtGui import QDesktopServices, QFont
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
                                QSizePolicy, QVBoxLayout, QWidget)
 
-from engines.diagnosis.diagnose import Diagnosis, Fix
+from engines import units
+from engines.diagnosis.types import Diagnosis, Fix
 
 from .widgets import ACCENT, ACCENT_TEXT
 
@@ -40,7 +41,7 @@ _FACT_LABELS = [
 
 def _fact_text(key: str, value) -> str:
     if key.endswith("_bytes") and isinstance(value, (int, float)):
-        return f"{value / 1024 ** 3:,.1f} GiB" if value >= 1024 ** 3 else f"{value / 1024 ** 2:,.0f} MiB"
+        return units.size(value)
     if isinstance(value, int) and not isinstance(value, bool) and key != "port":
         return f"{value:,}"
     return str(value)
@@ -50,7 +51,7 @@ class DiagnosisDialog(QDialog):
     """Shows one diagnosis; ``fix_chosen(dict)`` when the user picks a fix."""
 
     fix_chosen = Signal(dict)
-    fix_action = Signal(object)          # the Fix itself (for actions without changes)
+    fix_action = Signal(Fix)             # the Fix itself (for actions without changes)
     show_log_requested = Signal(str)     # the engine log's path
 
     def __init__(self, diagnosis: Diagnosis, parent: QWidget | None = None):

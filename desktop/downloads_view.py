@@ -2,9 +2,9 @@
 and the disk space downloaded models take, with delete.
 
 All the work is :class:`engines.models.downloads.DownloadManager`'s (its worker
-threads); this widget only shows it. The manager's listener runs on those
-threads, so it only emits a Qt signal carrying the model name; the row is
-updated on the GUI thread. Deleting files runs in the thread pool too.
+threads); this widget only shows it. Job changes reach it through
+:class:`desktop.bridge.ManagerBridge` as a job's name on the GUI thread, and the
+row reads the job then. Deleting files runs off the GUI thread too.
 
 Use :func:`attach` to put it in the models window: it connects the window's
 "Download" buttons to the queue and refreshes the list when a download is ready.
@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                                QVBoxLayout, QWidget)
 
+from engines import units
 from engines.models import downloads as D
+from engines.models import hub, records
 
-from .widgets import error_label, human_bytes, muted_label, run_in_pool
+from .bridge import ManagerBridge, run_async
+from .widgets import error_label, muted_label
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +40,17 @@ def _eta(seconds: float | None) -> str:
 
 
 def progress_text(job: D.Job) -> str:
-    """'120.3 MB of 253.1 MB · 12.3 MB/s · 0:11 left' (the line under the bar)."""
-    done = human_bytes(job.done_bytes) if job.done_bytes else "0 MB"
-    total = human_bytes(job.total_bytes) if job.total_bytes else "?"
+    """'115 MiB of 241 MiB · 12 MiB/s · 0:11 left' (the line under the bar)."""
+    done = units.size(job.done_bytes) if job.done_bytes else "0 MiB"
+    total = units.size(job.total_bytes) if job.total_bytes else "?"
     if job.state == "downloading":
-        speed = f"{human_bytes(job.speed_bps)}/s" if job.speed_bps else "starting"
+        speed = f"{units.size(job.speed_bps)}/s" if job.speed_bps else "starting"
         return f"{done} of {total} \u00b7 {speed} \u00b7 {_eta(job.eta_s)}"
     if job.state == "paused":
         return f"Paused at {done} of {total}; the partial file is kept"
     if job.state == "ready":
         return f"{total}, checked against the hub's checksum"
     return STATE_WORDS.get(job.state, job.state)
-
-
-class _Bridge(QObject):
-    changed = Signal(str)  # a job's name; emitted from download threads, received on the GUI thread
 
 
 class JobRow(QFrame):
@@ -131,9 +130,8 @@ class DownloadsView(QGroupBox):
         super().__init__("Downloads", parent)
         self.manager = manager or D.DownloadManager(max_parallel=1)
         self.rows: dict[str, JobRow] = {}
-        self._bridge = _Bridge(self)
-        self._bridge.changed.connect(self._on_changed, Qt.QueuedConnection)
-        self.manager.subscribe(lambda job: self._bridge.changed.emit(job.name))
+        self.bridge = ManagerBridge(downloads=self.manager, parent=self)
+        self.bridge.download_changed.connect(self._on_changed)
 
         root = QVBoxLayout(self)
         root.setSpacing(6)
@@ -178,17 +176,17 @@ class DownloadsView(QGroupBox):
             self.notice.setText(f"Could not delete {name}: {exc}")
             self.notice.show()
 
-        run_in_pool(self, lambda: D.delete(name), done, failed)
+        run_async(lambda: D.delete(name), done, failed, name=f"delete-{name}", owner=self)
 
     def refresh_disk(self) -> None:
         while self.disk_list.count():
             item = self.disk_list.takeAt(0)
             if item.widget():
                 item.widget().deleteLater()
-        items = D.downloaded()
+        items = records.downloaded()
         total = sum(i["bytes"] for i in items)
-        self.disk_title.setText(f"<b>Downloaded models</b> \u2014 {human_bytes(total)} on disk in "
-                                f"{D.hub_cache()}" if items else "<b>Downloaded models</b> \u2014 none yet")
+        self.disk_title.setText(f"<b>Downloaded models</b> \u2014 {units.size(total)} on disk in "
+                                f"{hub.cache()}" if items else "<b>Downloaded models</b> \u2014 none yet")
         for i in items:
             line = QHBoxLayout()
             w = QWidget()
@@ -197,7 +195,7 @@ class DownloadsView(QGroupBox):
             name = QLabel(i["name"] if i["ok"] else f"{i['name']} (files missing)")
             name.setTextInteractionFlags(Qt.TextSelectableByMouse)
             name.setToolTip(i["path"] or "")
-            size = muted_label(human_bytes(i["bytes"]), wrap=False)
+            size = muted_label(units.size(i["bytes"] or None, "size unknown"), wrap=False)
             delete = QPushButton("Delete")
             delete.setAccessibleName(f"Delete the downloaded files of {i['name']}")
             delete.clicked.connect(lambda _=False, n=i["name"]: self.delete_model(n))

@@ -11,7 +11,8 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-from PySide6.QtGui import QIcon
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication, QIcon, QImage, QPainter
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,7 @@ def tray_icon(state: str) -> QIcon:
 
 def render_pngs(folder: Path = ICON_DIR) -> list[Path]:
     """Render every SVG to its PNG sizes (run after editing an SVG)."""
-    from PySide6.QtCore import Qt
-    from PySide6.QtGui import QImage, QPainter
-    from PySide6.QtSvg import QSvgRenderer
+    from PySide6.QtSvg import QSvgRenderer  # lazily: the app itself reads PNGs and never loads QtSvg
 
     written = []
     for svg in sorted(folder.glob("*.svg")):
@@ -76,7 +75,6 @@ def render_pngs(folder: Path = ICON_DIR) -> list[Path]:
 
 
 if __name__ == "__main__":
-    from PySide6.QtGui import QGuiApplication
     _app = QGuiApplication(sys.argv)
     for p in render_pngs():
         print(p)

@@ -16,15 +16,18 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QCompleter, QDialog, QDialo
                                QFrame, QGridLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox,
                                QToolButton, QVBoxLayout, QWidget)
 
-from engines.running import launch
 from engines import model_prefs
-from engines.running import params as P
-from engines.running import selection
-from engines.running.backends import LABELS, installed_engines
+from engines import units
 from engines.machine.hardware import HardwareProfile
 from engines.models.store import ModelSpec
+from engines.running import launch
+from engines.running import params as P
+from engines.running import selection
+from engines.running import backends
+from engines.running.backends import LABELS, installed_engines
 
-from .widgets import apply_style, error_label, human_bytes, muted_label, primary_button, run_in_pool
+from .bridge import run_async
+from .widgets import apply_style, error_label, muted_label, primary_button
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ class AdvancedRow(QWidget):
     """One ``key = value`` row, with the core's complaint under it."""
 
     changed = Signal()
-    remove_requested = Signal(object)
+    remove_requested = Signal(QWidget)  # the row itself
 
     def __init__(self, keys: list[str], key: str = "", value: str = "", parent: QWidget | None = None):
         super().__init__(parent)
@@ -152,45 +155,65 @@ class LaunchDialog(QDialog):
         self._invalid = False
         self._plan_problem: str | None = None
         self.rows: list[AdvancedRow] = []
-        prefs = model_prefs.load(spec.name)
 
         self.setWindowTitle(f"Launch {spec.display_name or spec.name}")
         apply_style(self)
         self.setMinimumWidth(600)
         root = QVBoxLayout(self)
         root.setSpacing(10)
+        self._build_header(root)
+        self._grid = QGridLayout()
+        self._grid.setHorizontalSpacing(16)
+        self._grid.setVerticalSpacing(4)
+        self._grid.setColumnStretch(1, 1)
+        self._grid_rows: dict[str, list[QWidget]] = {}
+        engines = self._build_engine_row()
+        self._build_size_rows()
+        self._build_gpu_layers_row()
+        self._build_sampling_rows()
+        root.addLayout(self._grid)
+        self._build_advanced(root)
+        self._build_footer(root)
 
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(DEBOUNCE_MS)
+        self._debounce.timeout.connect(self._estimate)
+        self._restore_choices(model_prefs.load(spec.name), engines)
+        self._connect_fields()
+        self._changed()
+
+    # -- building ------------------------------------------------------------------------
+    def _build_header(self, root: QVBoxLayout) -> None:
+        """The model's name and its facts: format, quantization, size, trained context."""
+        spec = self.spec
         title = QLabel(spec.display_name or spec.name)
         f = title.font()
         f.setPointSizeF(f.pointSizeF() * 1.25)
         f.setBold(True)
         title.setFont(f)
         root.addWidget(title)
-        facts = [spec.format.upper(), spec.quantization, human_bytes(spec.size_bytes)]
+        facts = [spec.format.upper(), spec.quantization, units.size(spec.size_bytes or None, "size unknown")]
         if spec.context_length:
             facts.append(f"trained on {spec.context_length:,} tokens of context")
         root.addWidget(muted_label(" \u00b7 ".join(x for x in facts if x)))
 
-        grid = QGridLayout()
-        grid.setHorizontalSpacing(16)
-        grid.setVerticalSpacing(4)
-        grid.setColumnStretch(1, 1)
-        self._grid = grid
-        self._grid_rows: dict[str, list[QWidget]] = {}
+    def _add_grid_row(self, name: str, label: str, field: QWidget, help_label: QLabel | None = None) -> None:
+        """A labelled field (and a help line under it); ``name`` shows or hides them together."""
+        grid = self._grid
+        r = grid.rowCount()
+        lab = QLabel(label)
+        lab.setBuddy(field.focusProxy() or field)
+        grid.addWidget(lab, r, 0, Qt.AlignLeft | Qt.AlignVCenter)
+        grid.addWidget(field, r, 1)
+        widgets = [lab, field]
+        if help_label is not None:
+            grid.addWidget(help_label, r + 1, 1)
+            widgets.append(help_label)
+        self._grid_rows[name] = widgets
 
-        def add_row(name: str, label: str, field: QWidget, help_label: QLabel | None = None) -> None:
-            r = grid.rowCount()
-            lab = QLabel(label)
-            lab.setBuddy(field.focusProxy() or field)
-            grid.addWidget(lab, r, 0, Qt.AlignLeft | Qt.AlignVCenter)
-            grid.addWidget(field, r, 1)
-            widgets = [lab, field]
-            if help_label is not None:
-                grid.addWidget(help_label, r + 1, 1)
-                widgets.append(help_label)
-            self._grid_rows[name] = widgets
-
-        # Engine
+    def _build_engine_row(self) -> list[str]:
+        """The engines that can run this model (not-installed ones shown, disabled); returns them."""
         self.engine_combo = QComboBox()
         self.engine_combo.setAccessibleName("Engine")
         engines = list(self._selection.eligible)
@@ -202,9 +225,11 @@ class LaunchDialog(QDialog):
             if not ok:
                 self.engine_combo.model().item(self.engine_combo.count() - 1).setEnabled(False)
         self.engine_reason = muted_label()
-        add_row("engine", "&Engine", self.engine_combo, self.engine_reason)
+        self._add_grid_row("engine", "&Engine", self.engine_combo, self.engine_reason)
+        return engines
 
-        # Context, slots
+    def _build_size_rows(self) -> None:
+        """Context size and parallel slots, with what each slot then holds."""
         self.ctx_spin = QSpinBox()
         self.ctx_spin.setRange(256, 4 * 1024 * 1024)
         self.ctx_spin.setSingleStep(1024)
@@ -215,15 +240,16 @@ class LaunchDialog(QDialog):
         self.parallel_spin.setRange(1, 256)
         self.parallel_spin.setAccessibleName("Parallel slots")
         self.ctx_help = muted_label()
-        add_row("n_ctx", "&Context size", self.ctx_spin)
-        add_row("n_parallel", "&Parallel slots", self.parallel_spin, self.ctx_help)
+        self._add_grid_row("n_ctx", "&Context size", self.ctx_spin)
+        self._add_grid_row("n_parallel", "&Parallel slots", self.parallel_spin, self.ctx_help)
 
-        # GPU layers (llama.cpp)
+    def _build_gpu_layers_row(self) -> None:
+        """GPU layers (llama.cpp): Auto, or a number; the estimate goes under it."""
         self.auto_layers = QCheckBox("Auto")
         self.auto_layers.setChecked(True)
         self.auto_layers.setToolTip("Ember estimates how many layers fit on your GPUs")
         self.layers_spin = QSpinBox()
-        self.layers_spin.setRange(0, max(1, (spec.block_count or 0) + 1))
+        self.layers_spin.setRange(0, max(1, (self.spec.block_count or 0) + 1))
         self.layers_spin.setAccessibleName("GPU layers")
         self.layers_spin.setEnabled(False)
         layers_field = QWidget()
@@ -234,9 +260,9 @@ class LaunchDialog(QDialog):
         layers_field.setFocusProxy(self.auto_layers)
         self.estimate_label = muted_label("Estimating\u2026", wrap=False)
         self.estimate_label.setAccessibleName("GPU layer estimate")
-        add_row(GPU_LAYERS_KEY, "&GPU layers", layers_field, self.estimate_label)
+        self._add_grid_row(GPU_LAYERS_KEY, "&GPU layers", layers_field, self.estimate_label)
 
-        # Sampling
+    def _build_sampling_rows(self) -> None:
         self.temp_spin = QDoubleSpinBox()
         self.temp_spin.setRange(0.0, 5.0)
         self.temp_spin.setSingleStep(0.05)
@@ -250,14 +276,14 @@ class LaunchDialog(QDialog):
         self.top_k_spin = QSpinBox()
         self.top_k_spin.setRange(0, 100000)
         self.top_k_spin.setAccessibleName("Top K")
-        add_row("temp", "&Temperature", self.temp_spin)
-        add_row("top_p", "Top &P", self.top_p_spin)
-        add_row("top_k", "Top &K", self.top_k_spin)
+        self._add_grid_row("temp", "&Temperature", self.temp_spin)
+        self._add_grid_row("top_p", "Top &P", self.top_p_spin)
+        self._add_grid_row("top_k", "Top &K", self.top_k_spin)
         self._widgets = {"n_ctx": self.ctx_spin, "n_parallel": self.parallel_spin, "temp": self.temp_spin,
                          "top_p": self.top_p_spin, "top_k": self.top_k_spin}
-        root.addLayout(grid)
 
-        # Advanced
+    def _build_advanced(self, root: QVBoxLayout) -> None:
+        """Any engine parameter as ``key = value`` rows, folded away until wanted."""
         self.advanced_toggle = QToolButton()
         self.advanced_toggle.setText("Advanced: any engine parameter as key = value")
         self.advanced_toggle.setCheckable(True)
@@ -283,7 +309,8 @@ class LaunchDialog(QDialog):
         self.advanced_box.hide()
         root.addWidget(self.advanced_box)
 
-        # Warnings and problems from the plan
+    def _build_footer(self, root: QVBoxLayout) -> None:
+        """The plan's warnings and problems, then Launch, Cancel and Reset."""
         self.warnings_label = QLabel()
         self.warnings_label.setWordWrap(True)
         self.warnings_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -292,7 +319,6 @@ class LaunchDialog(QDialog):
         self.problem_label = error_label()
         root.addWidget(self.problem_label)
         root.addStretch(1)
-
         self.buttons = QDialogButtonBox()
         self.launch_button = primary_button("Launch")
         self.launch_button.setDefault(True)
@@ -301,12 +327,8 @@ class LaunchDialog(QDialog):
         self.reset_button = self.buttons.addButton("Reset to defaults", QDialogButtonBox.ResetRole)
         root.addWidget(self.buttons)
 
-        self._debounce = QTimer(self)
-        self._debounce.setSingleShot(True)
-        self._debounce.setInterval(DEBOUNCE_MS)
-        self._debounce.timeout.connect(self._estimate)
-
-        # Initial state: remembered choices, else the selection's engine and the defaults.
+    def _restore_choices(self, prefs: model_prefs.ModelPrefs | None, engines: list[str]) -> None:
+        """Remembered choices, else the selection's engine and the defaults."""
         engine = prefs.engine if prefs and prefs.engine in engines and self._installed.get(prefs.engine) else \
             self._selection.engine
         idx = self.engine_combo.findData(engine)
@@ -320,6 +342,7 @@ class LaunchDialog(QDialog):
         if not self.rows:
             self.add_advanced_row()
 
+    def _connect_fields(self) -> None:
         self.engine_combo.currentIndexChanged.connect(lambda _i: self._set_engine(self.engine_combo.currentData()))
         for w in (self.ctx_spin, self.parallel_spin, self.layers_spin):
             w.valueChanged.connect(self._changed)
@@ -331,7 +354,6 @@ class LaunchDialog(QDialog):
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         self.reset_button.clicked.connect(self.reset_to_defaults)
-        self._changed()
 
     # -- engine and fields ------------------------------------------------------------
     @property
@@ -345,7 +367,7 @@ class LaunchDialog(QDialog):
             problem = launch.PlanError(self.spec.name, self._selection.reasons).message
         else:
             try:
-                self._backend = launch.backend(engine)
+                self._backend = backends.get(engine)
                 self._schema = dict(self._backend.schema())
             except Exception as exc:  # a backend module missing or broken: say so, do not crash
                 problem = f"The {LABELS.get(engine, engine)} engine cannot be used: {_problem_text(exc)}"
@@ -355,7 +377,7 @@ class LaunchDialog(QDialog):
         for row in self.rows:
             row.key_edit.completer().model().setStringList(keys)
         # Which common fields this engine has, under which key.
-        trained = self.spec.context_length or 4096
+        trained = self.spec.context_length or units.DEFAULT_N_CTX
         values = dict(prefs.params) if prefs else {}
         for fd in FIELDS:
             key = next((k for k in fd.keys if k in self._schema), None)
@@ -366,7 +388,7 @@ class LaunchDialog(QDialog):
                 continue
             default = self._schema[key].default
             if fd.name == "n_ctx":
-                default = min(4096, trained)
+                default = min(units.DEFAULT_N_CTX, trained)
             value = values.get(key, default)
             try:
                 w.blockSignals(True)
@@ -541,8 +563,9 @@ class LaunchDialog(QDialog):
         self._generation += 1
         gen = self._generation
         spec, hw, engine, overrides = self.spec, self.hw, self.engine, self.overrides()
-        run_in_pool(self, lambda: launch.plan(spec, hw, engine, overrides),
-                    lambda p: self._estimated(gen, p, None), lambda e: self._estimated(gen, None, e))
+        run_async(lambda: launch.plan(spec, hw, engine, overrides),
+                  lambda p: self._estimated(gen, p, None), lambda e: self._estimated(gen, None, e),
+                  name="launch-estimate", owner=self)
 
     def _estimated(self, gen: int, p: launch.LaunchPlan | None, exc: BaseException | None) -> None:
         if gen != self._generation:

@@ -5,9 +5,10 @@ All facts come from the core (``hardware.detect``, ``catalog.rows``,
 list and stopping an engine run off the GUI thread so the window opens at
 once and never freezes.
 
-For the app (part A): ``ModelsWindow(manager)``; connect ``launch_requested``
-(a :class:`engines.running.launch.LaunchPlan`) to whatever starts it (``manager.launch``
-off the GUI thread). For downloads: connect ``download_requested`` (a model
+For the app: ``ModelsWindow(manager, bridge=app_bridge)`` (engine events come
+through :class:`desktop.bridge.ManagerBridge`; without one the window makes its
+own); connect ``launch_requested`` (a :class:`engines.running.launch.LaunchPlan`)
+to whatever starts it (``manager.launch`` off the GUI thread). For downloads: connect ``download_requested`` (a model
 name) and put the download panel in with :meth:`ModelsWindow.add_downloads_panel`;
 call :meth:`ModelsWindow.refresh` when a download finishes.
 """
@@ -17,21 +18,21 @@ import logging
 import os
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGridLayout, QGroupBox, QHBoxLayout,
                                QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea, QSizePolicy, QToolButton,
                                QVBoxLayout, QWidget)
 
-from engines.models import catalog
+from engines import units
 from engines.machine import hardware as H
-from engines.models import store
+from engines.models import catalog, lookup, store
 from engines.running.backends import LABELS
 from engines.running.launch import LaunchPlan
 from engines.running.manager import EngineManager
 
+from .bridge import ManagerBridge, run_async
 from .launch_dialog import LaunchDialog
-from .widgets import (FIT_ORDER, apply_style, FitBadge, human_bytes, human_gib, muted_label,
-                      primary_button, run_in_pool)
+from .widgets import FIT_ORDER, FitBadge, apply_style, muted_label, primary_button
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def _numbers_line(row: dict) -> str:
     detail = reason[len(why_engine):].lstrip("; ") if why_engine and reason.startswith(why_engine) else ""
     if row.get("fit") == "partial" and not detail:
         detail = f"{row.get('gpu_layers')} of {row.get('total_layers')} layers on the GPU"
-    size = human_bytes(row.get("size_bytes")) if row.get("size_bytes") else ""
+    size = units.size(row.get("size_bytes")) if row.get("size_bytes") else ""
     if row.get("engine") is None:
         detail = ""
     return " \u00b7 ".join(x for x in (detail, size) if x)
@@ -80,6 +81,7 @@ class ModelRow(QFrame):
         super().__init__(parent)
         self.row = row
         self.name = row["name"]
+        self.state: str | None = None
         self.setFrameShape(QFrame.StyledPanel)
         self.setObjectName("modelRow")
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)
@@ -87,9 +89,17 @@ class ModelRow(QFrame):
         grid.setContentsMargins(12, 10, 12, 10)
         grid.setHorizontalSpacing(12)
         grid.setVerticalSpacing(4)
+        grid.addLayout(self._build_title(row), 0, 0)
+        self._build_fit_lines(row, grid)
+        self._build_why_not(row, grid)
+        grid.addLayout(self._build_actions(), 0, 1, 6, 1)
+        grid.setColumnStretch(0, 1)
+        self._show_actions_for(row)
 
-        title_line = QHBoxLayout()
-        title_line.setSpacing(10)
+    def _build_title(self, row: dict) -> QHBoxLayout:
+        """Name, the short facts (format, quantization, where it comes from), and the running mark."""
+        line = QHBoxLayout()
+        line.setSpacing(10)
         self.title = QLabel(row.get("display_name") or self.name)
         f = self.title.font()
         f.setBold(True)
@@ -101,15 +111,17 @@ class ModelRow(QFrame):
         if row.get("source") == "catalog" and not row.get("local"):
             facts[-1] = "not downloaded"
         self.facts = muted_label(" \u00b7 ".join(x for x in facts if x), wrap=False)
-        title_line.addWidget(self.title)
-        title_line.addWidget(self.facts)
-        title_line.addStretch(1)
+        line.addWidget(self.title)
+        line.addWidget(self.facts)
+        line.addStretch(1)
         self.running_label = QLabel()
         self.running_label.setProperty("ember", "running")
         self.running_label.hide()
-        title_line.addWidget(self.running_label)
-        grid.addLayout(title_line, 0, 0)
+        line.addWidget(self.running_label)
+        return line
 
+    def _build_fit_lines(self, row: dict, grid: QGridLayout) -> None:
+        """The fit badge, its numbers, and which engine runs it (grid rows 1-3)."""
         badge_line = QHBoxLayout()
         self.badge = FitBadge(row)
         badge_line.addWidget(self.badge)
@@ -123,6 +135,8 @@ class ModelRow(QFrame):
         self.engine_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         grid.addWidget(self.engine_label, 3, 0)
 
+    def _build_why_not(self, row: dict, grid: QGridLayout) -> None:
+        """Why the other engines cannot run it, folded away (grid rows 4-5, only when there is a why)."""
         why_not = _why_not_lines(row)
         self.why_toggle = QToolButton()
         self.why_toggle.setText("Why not the other engines")
@@ -137,28 +151,31 @@ class ModelRow(QFrame):
             grid.addWidget(self.why_toggle, 4, 0, Qt.AlignLeft)
             grid.addWidget(self.why_label, 5, 0)
 
+    def _build_actions(self) -> QVBoxLayout:
         actions = QVBoxLayout()
         actions.setSpacing(6)
+        title = self.title.text()
         self.launch_button = primary_button("Launch\u2026")
-        self.launch_button.setAccessibleName(f"Launch {self.title.text()}")
+        self.launch_button.setAccessibleName(f"Launch {title}")
         self.launch_button.clicked.connect(lambda: self.launch_clicked.emit(self.name))
         self.stop_button = QPushButton("Stop")
-        self.stop_button.setAccessibleName(f"Stop {self.title.text()}")
+        self.stop_button.setAccessibleName(f"Stop {title}")
         self.stop_button.clicked.connect(lambda: self.stop_clicked.emit(self.name))
         self.stop_button.hide()
         self.download_button = QPushButton("Download\u2026")
-        self.download_button.setAccessibleName(f"Download {self.title.text()}")
+        self.download_button.setAccessibleName(f"Download {title}")
         self.download_button.clicked.connect(lambda: self.download_clicked.emit(self.name))
         self.remove_button = QPushButton("Remove")
-        self.remove_button.setAccessibleName(f"Remove {self.title.text()} from the list")
+        self.remove_button.setAccessibleName(f"Remove {title} from the list")
         self.remove_button.setToolTip("Removes it from Ember's list; the file itself stays where it is")
         self.remove_button.clicked.connect(lambda: self.remove_clicked.emit(self.name))
         for b in (self.launch_button, self.stop_button, self.download_button, self.remove_button):
             actions.addWidget(b)
         actions.addStretch(1)
-        grid.addLayout(actions, 0, 1, 6, 1)
-        grid.setColumnStretch(0, 1)
+        return actions
 
+    def _show_actions_for(self, row: dict) -> None:
+        """Launch when it is here and runs, Download for a catalog model not yet here, Remove for user files."""
         runnable = row.get("engine") is not None and row.get("fit") != "none"
         downloaded = bool(row.get("local"))
         self.launch_button.setVisible(downloaded or row.get("source") != "catalog")
@@ -167,7 +184,6 @@ class ModelRow(QFrame):
             self.launch_button.setToolTip("This model cannot run on this computer; see why below")
         self.download_button.setVisible(row.get("source") == "catalog" and not downloaded)
         self.remove_button.setVisible(row.get("source") == "local")
-        self.state: str | None = None
 
     def _toggle_why(self, on: bool) -> None:
         self.why_toggle.setArrowType(Qt.DownArrow if on else Qt.RightArrow)
@@ -187,15 +203,15 @@ class ModelRow(QFrame):
 class ModelsWindow(QWidget):
     """Hardware summary, the model list with fit badges, and Launch."""
 
-    launch_requested = Signal(object)    # engines.running.launch.LaunchPlan
-    download_requested = Signal(str)     # a catalog model's name (the downloads engineer connects it)
-    models_loaded = Signal()             # the list is on screen (tests and the app may wait for it)
-    _engine_event = Signal(str, str)     # from the manager's threads to the GUI thread
+    launch_requested = Signal(LaunchPlan)  # the plan the launch dialog accepted
+    download_requested = Signal(str)       # a catalog model's name (the downloads panel queues it)
+    models_loaded = Signal()               # the list is on screen (tests and the app may wait for it)
 
     def __init__(self, manager: EngineManager, parent: QWidget | None = None,
-                 hardware: H.HardwareProfile | None = None):
+                 hardware: H.HardwareProfile | None = None, bridge: ManagerBridge | None = None):
         super().__init__(parent)
         self.manager = manager
+        self.bridge = bridge or ManagerBridge(manager, self)
         self._injected_hw = hardware
         self.hw: H.HardwareProfile | None = hardware
         self.rows: list[dict] = []
@@ -205,15 +221,28 @@ class ModelsWindow(QWidget):
         self.row_widgets: dict[str, ModelRow] = {}
         self._loading = False
         self._again: str | None = None  # a refresh asked for while one was running
-        self._alive = True
         self.setWindowTitle("Ember \u2014 Models")
         apply_style(self)
         self.resize(880, 720)
 
         root = QVBoxLayout(self)
         root.setSpacing(10)
+        root.addWidget(self._build_hardware_box())
+        root.addWidget(self._build_notice())
+        root.addLayout(self._build_actions())
+        root.addLayout(self._build_filters())
+        root.addWidget(self._build_list(), 1)
+        self.downloads_slot = QVBoxLayout()  # the downloads panel goes here (see add_downloads_panel)
+        root.addLayout(self.downloads_slot)
 
-        # -- this computer
+        self.setAcceptDrops(True)  # drop a .gguf file or a model folder to add it
+        self.bridge.changed.connect(self._update_states)
+        self.bridge.failed.connect(self._engine_failed)
+        self.refresh()
+
+    # -- building ---------------------------------------------------------------------------
+    def _build_hardware_box(self) -> QGroupBox:
+        """This computer: CPU, memory, GPUs, and why llama.cpp cannot use a GPU when it cannot."""
         self.hw_box = QGroupBox("This computer")
         hw_layout = QVBoxLayout(self.hw_box)
         hw_layout.setSpacing(3)
@@ -240,9 +269,10 @@ class ModelsWindow(QWidget):
         hw_layout.addWidget(self.ram_label)
         hw_layout.addLayout(self.gpu_labels)
         hw_layout.addWidget(self.gpu_note)
-        root.addWidget(self.hw_box)
+        return self.hw_box
 
-        # -- messages (an added file, a refused file, a stop)
+    def _build_notice(self) -> QFrame:
+        """One dismissable message: an added file, a refused file, a failed stop."""
         self.notice = QFrame()
         self.notice.setFrameShape(QFrame.StyledPanel)
         notice_line = QHBoxLayout(self.notice)
@@ -258,9 +288,10 @@ class ModelsWindow(QWidget):
         notice_line.addWidget(self.notice_label, 1)
         notice_line.addWidget(self.notice_close, 0, Qt.AlignTop)
         self.notice.hide()
-        root.addWidget(self.notice)
+        return self.notice
 
-        # -- actions, then the filters
+    def _build_actions(self) -> QHBoxLayout:
+        """The heading with the count, Refresh and the two ways to add a model."""
         actions = QHBoxLayout()
         heading = QLabel("Models")
         f = heading.font()
@@ -284,8 +315,10 @@ class ModelsWindow(QWidget):
         actions.addWidget(self.refresh_button)
         actions.addWidget(self.add_file_button)
         actions.addWidget(self.add_folder_button)
-        root.addLayout(actions)
+        return actions
 
+    def _build_filters(self) -> QHBoxLayout:
+        """Search, "only models that run here" and the sort order."""
         bar = QHBoxLayout()
         self.search = QLineEdit()
         self.search.setPlaceholderText("Search models by name or quantization")
@@ -307,9 +340,10 @@ class ModelsWindow(QWidget):
         bar.addSpacing(12)
         bar.addWidget(sort_label)
         bar.addWidget(self.sort_combo)
-        root.addLayout(bar)
+        return bar
 
-        # -- the models
+    def _build_list(self) -> QScrollArea:
+        """The scrolling list of model rows, with a placeholder until they are built."""
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QFrame.NoFrame)
@@ -321,16 +355,7 @@ class ModelsWindow(QWidget):
         self.list_layout.addWidget(self.placeholder)
         self.list_layout.addStretch(1)
         self.scroll.setWidget(self.list_widget)
-        root.addWidget(self.scroll, 1)
-
-        # -- the downloads panel goes here (see add_downloads_panel)
-        self.downloads_slot = QVBoxLayout()
-        root.addLayout(self.downloads_slot)
-
-        self.setAcceptDrops(True)  # drop a .gguf file or a model folder to add it
-        self._engine_event.connect(self._on_engine_event)
-        manager.subscribe(self._manager_listener)
-        self.refresh()
+        return self.scroll
 
     # -- public API -----------------------------------------------------------------------
     def add_downloads_panel(self, widget: QWidget) -> None:
@@ -349,7 +374,8 @@ class ModelsWindow(QWidget):
         self.hw_status.show()
         injected = self._injected_hw
         hw_now = self.hw if not redetect else None
-        run_in_pool(self, lambda: injected or hw_now or H.detect(), self._hardware_ready, self._load_failed)
+        run_async(lambda: injected or hw_now or H.detect(), self._hardware_ready, self._load_failed,
+                  name="detect-hardware", owner=self)
 
     def set_hardware(self, hw: H.HardwareProfile | None) -> None:
         """Judge the models against another profile (None: this computer again)."""
@@ -364,7 +390,7 @@ class ModelsWindow(QWidget):
         if self.hw is None:
             return None
         try:
-            spec = store.resolve(name)
+            spec = lookup.resolve(name)
         except store.ModelError as exc:
             self.show_notice(f"{exc.name}: {exc.problem}", error=True)
             return None
@@ -385,7 +411,8 @@ class ModelsWindow(QWidget):
         except OSError as exc:
             self.show_notice(f"{label} was not added: {exc.strerror or exc}", error=True)
             return None
-        self.show_notice(f"Added {spec.display_name or spec.name} ({human_bytes(spec.size_bytes)}) "
+        size = units.size(spec.size_bytes or None, "size unknown")
+        self.show_notice(f"Added {spec.display_name or spec.name} ({size}) "
                          f"as \u201c{spec.name}\u201d. The file stays where it is.")
         self.refresh(redetect=False)
         return spec
@@ -394,7 +421,7 @@ class ModelsWindow(QWidget):
         """Forget a user-added model; the file itself is never deleted."""
         row = next((r for r in self.rows if r["name"] == name), {})
         try:
-            where = store.resolve(name).path
+            where = lookup.resolve(name).path
         except store.ModelError:
             where = None
         if store.remove_local(name):
@@ -437,7 +464,7 @@ class ModelsWindow(QWidget):
         self.hw = hw
         self._show_hardware(hw)
         self.hw_status.setText("Checking which models run here\u2026")
-        run_in_pool(self, lambda: catalog.rows(hw), self._rows_ready, self._load_failed)
+        run_async(lambda: catalog.rows(hw), self._rows_ready, self._load_failed, name="model-rows", owner=self)
 
     def _load_failed(self, exc: BaseException) -> None:
         self._loading = False
@@ -493,8 +520,8 @@ class ModelsWindow(QWidget):
     def _show_hardware(self, hw: H.HardwareProfile) -> None:
         cores = f"{hw.cpu_cores} core{'s' if hw.cpu_cores != 1 else ''}"
         self.cpu_label.setText(f"<b>CPU</b>&nbsp;&nbsp;{hw.cpu_name or hw.arch} \u00b7 {cores}")
-        self.ram_label.setText(f"<b>Memory</b>&nbsp;&nbsp;{human_gib(hw.ram_available_bytes)} free "
-                               f"of {human_gib(hw.ram_total_bytes)}")
+        self.ram_label.setText(f"<b>Memory</b>&nbsp;&nbsp;{units.gib(hw.ram_available_bytes)} free "
+                               f"of {units.gib(hw.ram_total_bytes)}")
         while self.gpu_labels.count():
             item = self.gpu_labels.takeAt(0)
             if item.widget():
@@ -503,8 +530,8 @@ class ModelsWindow(QWidget):
             lab = QLabel("<b>GPU</b>&nbsp;&nbsp;none found: models run on the CPU")
             self.gpu_labels.addWidget(lab)
         for g in hw.gpus:
-            lab = QLabel(f"<b>GPU</b>&nbsp;&nbsp;{g.name} \u00b7 {human_gib(g.memory_free_bytes)} free of "
-                         f"{human_gib(g.memory_total_bytes)}"
+            lab = QLabel(f"<b>GPU</b>&nbsp;&nbsp;{g.name} \u00b7 {units.gib(g.memory_free_bytes)} free of "
+                         f"{units.gib(g.memory_total_bytes)}"
                          + (f" <span style='color: palette(placeholder-text)'>({g.llamacpp_device})</span>"
                             if g.llamacpp_device else ""))
             lab.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -569,22 +596,10 @@ class ModelsWindow(QWidget):
                 prev = b
 
     # -- engines ----------------------------------------------------------------------------------
-    def _manager_listener(self, event: str, name: str, payload: object) -> None:
-        """Called on the manager's threads: hand over to the GUI thread."""
-        if not self._alive:
-            return
-        try:
-            self._engine_event.emit(event, name)
-        except RuntimeError:  # the window is gone
-            self._alive = False
-
-    @Slot(str, str)
-    def _on_engine_event(self, event: str, name: str) -> None:
-        self._update_states()
-        if event == "failed":
-            w = self.row_widgets.get(name)
-            if w is not None:
-                w.set_state(None)
+    def _engine_failed(self, name: str, _error: Exception) -> None:
+        w = self.row_widgets.get(name)
+        if w is not None:
+            w.set_state(None)
 
     def _update_states(self) -> None:
         running = {r.plan.model.name for r in self.manager.running()}
@@ -606,8 +621,9 @@ class ModelsWindow(QWidget):
             return
         if w is not None:
             w.set_state("stopping")
-        run_in_pool(self, lambda: self.manager.stop(name), lambda _r: self._update_states(),
-                    lambda exc: self.show_notice(f"Stopping {name} failed: {exc}", error=True))
+        run_async(lambda: self.manager.stop(name), lambda _r: self._update_states(),
+                  lambda exc: self.show_notice(f"Stopping {name} failed: {exc}", error=True),
+                  name=f"stop-{name}", owner=self)
 
     def _launch_accepted(self, dlg: LaunchDialog) -> None:
         plan = dlg.plan()

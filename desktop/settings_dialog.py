@@ -11,12 +11,15 @@ from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout
                                QLabel, QLineEdit, QSpinBox, QVBoxLayout, QWidget)
 
 from engines import settings
+from engines import units
 from engines.running.backends import ENGINES, LABELS
 
 log = logging.getLogger(__name__)
 
 
 class SettingsDialog(QDialog):
+    """The preferences; Save writes them with :func:`engines.settings.update` (the app applies them)."""
+
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setWindowTitle("Ember Settings")
@@ -43,7 +46,7 @@ class SettingsDialog(QDialog):
         self.start_at_login.setChecked(bool(values.get("start_at_login")))
         form.addRow("", self.start_at_login)
         self.n_ctx = QSpinBox(minimum=256, maximum=1 << 20, singleStep=1024, suffix=" tokens")
-        self.n_ctx.setValue(int(values.get("default_n_ctx") or 4096))
+        self.n_ctx.setValue(int(values.get("default_n_ctx") or units.DEFAULT_N_CTX))
         self.n_ctx.setAccessibleName("Default context size")
         form.addRow("Default context size", self.n_ctx)
         layout.addWidget(general)

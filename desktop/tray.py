@@ -79,6 +79,10 @@ class Tray(QObject):
         self._autostart_on = on
         self.rebuild_menu()
 
+    def notify(self, title: str, message: str, msecs: int = 6000) -> None:
+        """A balloon message from the tray icon (where the platform shows them)."""
+        self.icon.showMessage(title, message, icons.app_icon(), msecs)
+
     def set_error(self, message: str | None) -> None:
         self.last_error = message
         self.refresh()

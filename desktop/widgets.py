@@ -1,11 +1,13 @@
-"""Small widgets and helpers shared by Ember's windows: the fit badge, byte sizes,
-and running a function off the GUI thread with its result delivered back on it."""
+"""Small widgets shared by Ember's windows: the fit badge in words, the accent button,
+muted and error labels, and the one style sheet behind them.
+
+Sizes are written with :mod:`engines.units`; work off the GUI thread goes through
+:func:`desktop.bridge.run_async`."""
 from __future__ import annotations
 
 import logging
-from typing import Callable
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Qt, Signal, Slot
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QPushButton, QSizePolicy, QWidget
 
 log = logging.getLogger(__name__)
@@ -15,21 +17,6 @@ ACCENT_TEXT = "#FFFFFF"
 ERROR = "#C92A2A"
 
 FIT_ORDER = {"gpu": 0, "partial": 1, "cpu": 2, "unknown": 3, "none": 4, "unavailable": 5}
-
-
-def human_bytes(n: int | float | None) -> str:
-    if not n:
-        return "size unknown"
-    n = float(n)
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit in ("bytes", "KB", "MB") else f"{n:,.1f} {unit}"
-        n /= 1000
-    return f"{n:,.1f} TB"
-
-
-def human_gib(n: int | float) -> str:
-    return f"{n / 1024 ** 3:,.1f} GiB"
 
 
 def fit_words(row: dict) -> str:
@@ -127,74 +114,3 @@ def error_label(parent: QWidget | None = None) -> QLabel:
     lab.setProperty("ember", "error")
     lab.hide()
     return lab
-
-
-# -- off the GUI thread ---------------------------------------------------------------
-
-class Task(QObject):
-    """Carries one background job's result back to the GUI thread.
-
-    The signals connect to this object's own slots, so Qt queues them onto the
-    thread the task lives in (the GUI thread), whichever thread emits.
-    """
-
-    done = Signal(object)
-    failed = Signal(object)
-
-    def __init__(self, owner: QObject, on_done, on_failed):
-        super().__init__(owner)
-        self._on_done_cb, self._on_failed_cb = on_done, on_failed
-        self.done.connect(self._deliver_done)
-        self.failed.connect(self._deliver_failed)
-
-    @Slot(object)
-    def _deliver_done(self, value) -> None:
-        try:
-            self._on_done_cb(value)
-        finally:
-            self.deleteLater()
-
-    @Slot(object)
-    def _deliver_failed(self, exc) -> None:
-        try:
-            if self._on_failed_cb is not None:
-                self._on_failed_cb(exc)
-            else:
-                log.warning("background job failed: %s: %s", type(exc).__name__, exc)
-        finally:
-            self.deleteLater()
-
-
-class _Runnable(QRunnable):
-    def __init__(self, task: Task, fn: Callable[[], object]):
-        super().__init__()
-        self.task, self.fn = task, fn
-
-    def run(self) -> None:
-        try:
-            result = self.fn()
-        except BaseException as exc:  # every failure reaches the UI
-            log.info("background job failed: %s: %s", type(exc).__name__, exc)
-            self._emit(self.task.failed, exc)
-        else:
-            self._emit(self.task.done, result)
-        self.task = None
-
-    @staticmethod
-    def _emit(signal, value) -> None:
-        try:
-            signal.emit(value)
-        except RuntimeError:  # the window that asked is gone
-            pass
-
-
-def run_in_pool(owner: QObject, fn: Callable[[], object], on_done: Callable[[object], None],
-                on_failed: Callable[[BaseException], None] | None = None,
-                pool: QThreadPool | None = None) -> Task:
-    """Run ``fn`` on a worker thread; ``on_done``/``on_failed`` run on the GUI thread.
-
-    The task is a child of ``owner``: once the owner is deleted, nothing is delivered.
-    """
-    task = Task(owner, on_done, on_failed)
-    (pool or QThreadPool.globalInstance()).start(_Runnable(task, fn))
-    return task

@@ -11,14 +11,18 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
+from engines.chat import remotes
+from engines.chat.client import ChatStream, Delta, Finished
+from engines.diagnosis import diagnose
 from engines.machine import hardware
-from engines.running import launch
-from engines.models import store
+from engines.models import catalog, downloads, records, store
+from engines.running import engine_env, launch, supervisor, worker
 from engines.running import params as P
-from engines.running import selection
-from engines.running import supervisor
+from engines.running import backends, selection
 from engines.running.backends import ENGINES, LABELS, availability
+from engines.units import MIB, gib
 from engines.version import version
 
 log = logging.getLogger(__name__)
@@ -27,15 +31,10 @@ CUDA_INSTALL = ("pip install --force-reinstall xllamacpp "
                 "--index-url https://xorbitsai.github.io/xllamacpp/whl/cu128")
 
 
-
 def _hardware(args) -> hardware.HardwareProfile:
     if getattr(args, "hardware", None):
         return hardware.HardwareProfile.load(args.hardware)
     return hardware.detect()
-
-
-def _gib(n: int | None) -> str:
-    return "?" if n is None else f"{n / 1024 ** 3:,.1f} GiB"
 
 
 # -- doctor -------------------------------------------------------------------
@@ -66,11 +65,11 @@ def cmd_doctor(args) -> int:
         return 0
     print(f"Ember {report['version']}")
     print(f"System: {hw.os} {hw.arch}, {hw.cpu_name or 'CPU'} ({hw.cpu_cores} cores), "
-          f"RAM {_gib(hw.ram_available_bytes)} free of {_gib(hw.ram_total_bytes)}")
+          f"RAM {gib(hw.ram_available_bytes)} free of {gib(hw.ram_total_bytes)}")
     if not hw.gpus:
         print("GPUs: none found; models run on the CPU")
     for g, info in zip(hw.gpus, report["gpus"]):
-        print(f"GPU: {g.name} ({g.backend}), {_gib(g.memory_free_bytes)} free of {_gib(g.memory_total_bytes)}")
+        print(f"GPU: {g.name} ({g.backend}), {gib(g.memory_free_bytes)} free of {gib(g.memory_total_bytes)}")
         if info["note"]:
             print(f"     {info['note']}")
     print(f"llama.cpp build: {hw.llamacpp_build}")
@@ -87,7 +86,6 @@ def cmd_doctor(args) -> int:
 
 def model_rows(hw: hardware.HardwareProfile, rules_only: bool = False) -> list[dict]:
     """``rules_only``: judge engines by the rules alone (a profile of another machine)."""
-    from engines.models import catalog
     return catalog.rows(hw, installed=None) if rules_only else catalog.rows(hw)
 
 
@@ -110,19 +108,16 @@ def cmd_models(args) -> int:
 
 # -- pull ---------------------------------------------------------------------
 
-def _bar(pr, width: int = 30) -> str:
-    mb = 1e6
+def _bar(pr: downloads.Progress, width: int = 30) -> str:
     frac = pr.fraction
     eta = "--:--" if pr.eta_s is None else f"{int(pr.eta_s) // 60:02d}:{int(pr.eta_s) % 60:02d}"
     filled = int(frac * width)
-    return (f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:5.1f}% {pr.done_bytes / mb:,.1f}/"
-            f"{pr.total_bytes / mb:,.1f} MB  {pr.speed_bps / mb:,.1f} MB/s  ETA {eta}")
+    return (f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:5.1f}% {pr.done_bytes / MIB:,.1f}/"
+            f"{pr.total_bytes / MIB:,.1f} MiB  {pr.speed_bps / MIB:,.1f} MiB/s  ETA {eta}")
 
 
 def cmd_pull(args) -> int:
     """Download with a progress bar on a terminal, plain lines otherwise; Ctrl-C pauses (rerun resumes)."""
-    import signal
-    from engines.models import downloads
     tty = sys.stdout.isatty()
     stop = {"why": None}
     last = {"t": 0.0, "pct": -1}
@@ -158,7 +153,7 @@ def cmd_pull(args) -> int:
         print(f"Paused at {pr.done_bytes:,} of {pr.total_bytes:,} bytes; the partial file is kept. "
               f"Run `ember pull {args.model}` again to resume.")
         return 130
-    print(f"{pr.name} is ready (verified): {downloads.ready_path(pr.name) or pr.filename}")
+    print(f"{pr.name} is ready (verified): {records.ready_path(pr.name) or pr.filename}")
     return 0
 
 
@@ -175,18 +170,13 @@ def _fail(message: str, code: int = 1) -> int:
 
 def _explain(exc: BaseException, args, proc=None, plan=None) -> int:
     """Print a failure: the diagnosis when available, the error's own message otherwise."""
-    try:
-        from engines.diagnosis import diagnose
-    except ImportError:
-        diagnosis = None
-    if diagnosis is not None:
-        d = diagnose.diagnose_exception(exc, proc=proc, plan=plan)
-        if d is not None:
-            if getattr(args, "json", False):
-                print(json.dumps(d.to_dict(), indent=2), file=sys.stderr)
-            else:
-                print(d.render_text(), file=sys.stderr)
-            return 1
+    d = diagnose.diagnose_exception(exc, proc=proc, plan=plan)
+    if d is not None:
+        if getattr(args, "json", False):
+            print(json.dumps(d.to_dict(), indent=2), file=sys.stderr)
+        else:
+            print(d.render_text(), file=sys.stderr)
+        return 1
     msg = getattr(exc, "message", None) or str(exc)
     return _fail(msg)
 
@@ -232,7 +222,6 @@ def cmd_serve(args) -> int:
 
 
 def _chat_once(proc, plan, messages, args) -> tuple[str | None, int]:
-    from engines.chat.client import ChatStream, Delta, Finished
     stream = ChatStream(proc.base_url, messages, proc.api_key, max_tokens=args.max_tokens,
                         temperature=args.temperature)
     text = ""
@@ -246,13 +235,9 @@ def _chat_once(proc, plan, messages, args) -> tuple[str | None, int]:
             elif isinstance(ev, Finished):
                 sys.stdout.write("\n")
                 sys.stdout.flush()
-                try:
-                    from engines.diagnosis import diagnose
-                    d = diagnose.diagnose_finish(ev, plan=plan)
-                    if d is not None:
-                        print(d.render_text(), file=sys.stderr)
-                except ImportError:
-                    pass
+                d = diagnose.diagnose_finish(ev, plan=plan)
+                if d is not None:
+                    print(d.render_text(), file=sys.stderr)
     except KeyboardInterrupt:
         stream.cancel()
         sys.stdout.write("\n")
@@ -294,7 +279,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_params(args) -> int:
-    schema = launch.backend(args.engine).schema()
+    schema = backends.get(args.engine).schema()
     rows = [{"key": s.key, "type": s.type, "default": s.default, "expects": s.expects} for s in schema.values()]
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
@@ -308,11 +293,9 @@ def cmd_params(args) -> int:
 
 def cmd_engine_python(args) -> int:
     """Show or set the Python interpreter that runs an engine (vLLM/SGLang live in their own environments)."""
-    from engines.running import engine_env
     if args.reset:
         engine_env.set_python(args.engine, None)
     elif args.python:
-        from pathlib import Path
         if not Path(args.python).expanduser().exists():
             return _fail(f"{args.python} does not exist; give the path to the python of the environment "
                          f"where {LABELS[args.engine]} is installed")
@@ -330,7 +313,6 @@ def cmd_engine_python(args) -> int:
 # -- remote endpoints -----------------------------------------------------------
 
 def cmd_remote(args) -> int:
-    from engines.chat import remotes
     action = args.remote_action
     try:
         if action == "add":
@@ -362,14 +344,13 @@ def cmd_remote(args) -> int:
                 return _fail(f"no remote named {args.name}")
             print(f"Removed {args.name}")
         elif action == "chat":
-            return _remote_chat(args, remotes)
+            return _remote_chat(args)
     except remotes.RemoteError as exc:
         return _fail(exc.message)
     return 0
 
 
-def _remote_chat(args, remotes) -> int:
-    from engines.chat.client import ChatStream, Delta
+def _remote_chat(args) -> int:
     ep = remotes.endpoint(args.name, args.model)
     stream = ChatStream(ep.base_url, [{"role": "user", "content": " ".join(args.prompt)}], ep.api_key,
                         model=ep.model_id, max_tokens=args.max_tokens)
@@ -469,7 +450,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["engine-worker"]:  # the frozen app re-invokes itself for the engine child
-        from engines.running import worker
         return worker.main(argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

@@ -11,14 +11,14 @@ import logging
 import threading
 from pathlib import Path
 
-from engines import paths
+from engines import paths, units
 
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, object] = {
     "idle_unload_minutes": 30,       # None = never unload
     "start_at_login": False,
-    "default_n_ctx": 4096,
+    "default_n_ctx": units.DEFAULT_N_CTX,
     "tray_notice_shown": False,      # "Ember keeps running in the tray" said once
     "last_model": None,
 }

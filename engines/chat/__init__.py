@@ -1,1 +1,6 @@
-"""Talking to a running model: the streaming client, conversation history, remote endpoints."""
+"""Talking to a running model: the streaming client, conversation history, remote endpoints.
+
+``endpoint`` (what the chat talks to) imports nothing; ``remotes`` makes
+endpoints of the servers the user added, and ``engines.running.manager`` of
+the engines Ember runs, so the two never import each other.
+"""

@@ -11,7 +11,7 @@ comes from:
 
 The key itself is never written to Ember's files. The list lives in
 ``config_dir()/remotes.json``. :func:`endpoints` turns each remote into one
-:class:`engines.running.manager.Endpoint` per model the server lists at ``/v1/models``.
+:class:`engines.chat.endpoint.Endpoint` per model the server lists at ``/v1/models``.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from engines import paths
+from engines.chat.client import list_models
+from engines.chat.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ def _save(remotes: dict[str, Remote]) -> None:
 def keyring_available() -> bool:
     """True when the OS has a keyring backend that stores secrets (not the 'fail' backend)."""
     try:
-        import keyring
+        import keyring  # optional: a keyring backend may be missing or broken on this computer
         kr = keyring.get_keyring()
     except Exception:
         return False
@@ -187,7 +189,6 @@ def api_key(remote: Remote) -> str | None:
 
 def models(remote: Remote, timeout: float = 5.0, use_cache: bool = True) -> list[str]:
     """Model ids the server lists; raises the client's EngineHTTPError / httpx errors."""
-    from engines.chat.client import list_models
     cached = _models_cache.get(remote.name)
     if use_cache and cached and time.monotonic() - cached[0] < LIST_TTL:
         return cached[1]
@@ -205,13 +206,12 @@ def last_error(name: str) -> str | None:
     return failed[1] if failed else None
 
 
-def endpoints(timeout: float = 3.0) -> list:
+def endpoints(timeout: float = 3.0) -> list[Endpoint]:
     """One Endpoint per model of each reachable remote.
 
     A remote that does not answer is left out (see :func:`last_error`) and not asked
     again for ``LIST_TTL`` seconds, so a dead server does not slow every call down.
     """
-    from engines.running.manager import Endpoint
     out = []
     for remote in list_remotes():
         failed = _failures.get(remote.name)
@@ -230,9 +230,8 @@ def endpoints(timeout: float = 3.0) -> list:
     return out
 
 
-def endpoint(name: str, model_id: str | None = None):
+def endpoint(name: str, model_id: str | None = None) -> Endpoint:
     """The Endpoint for ``name`` (a remote) and a model it serves (its first when not given)."""
-    from engines.running.manager import Endpoint
     remote = get(name)
     if model_id is None:
         ids = models(remote)

@@ -9,7 +9,8 @@ embedded in the GGUF.
 xllamacpp's estimate reads the file with ``gguf.GGUFReader``, which parses the
 whole vocabulary (10 s for the starter). We feed the same function Ember's fast
 header (``gguf_info``) instead, so the estimate is the library's own and takes
-milliseconds. After launch, :func:`parse_loaded` reads what really happened
+milliseconds; the ``gguf`` package (and the numpy it imports) is never loaded,
+which keeps both out of the desktop bundle. After launch, :func:`parse_loaded` reads what really happened
 from the engine's log.
 """
 from __future__ import annotations
@@ -17,8 +18,10 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from engines import units
 from engines.machine import gguf_info
 from engines.machine.hardware import HardwareProfile, llamacpp_device_dicts
 
@@ -56,14 +59,13 @@ class FitEstimate:
 
     def summary(self, kv: bool = True) -> str:
         """One line for people; ``kv=False`` where the caller states the KV cache itself."""
-        mib = 1024 ** 2
         if not self.devices:
             return f"CPU only: no GPU that llama.cpp can use ({self.total_layers} layers on the CPU)"
         if self.fallback:
             return f"estimate failed ({self.fallback}); offloading all layers as the seed prescribes"
-        per = ", ".join(f"{d['name']} {b / mib:,.0f} MiB of {d['memory_free'] / mib:,.0f} MiB free"
+        per = ", ".join(f"{d['name']} {units.size(b)} of {units.size(d['memory_free'])} free"
                         for d, b in zip(self.devices, self.gpu_bytes or [0] * len(self.devices)))
-        kv_text = f"KV cache {self.kv_cache_bytes / mib:,.0f} MiB; " if kv else ""
+        kv_text = f"KV cache {units.size(self.kv_cache_bytes)}; " if kv else ""
         return f"{self.gpu_layers} of {self.total_layers} layers on GPU; {kv_text}{per}"
 
     def to_dict(self) -> dict:
@@ -82,10 +84,33 @@ class _HeaderReader:
         return self
 
 
+def _xllamacpp_memory():
+    """xllamacpp's estimate module, imported on first use."""
+    from xllamacpp import memory  # loads llama.cpp (50 MB): only once an estimate is asked for
+    return memory
+
+
+@contextmanager
+def _reading_header(memory, info: gguf_info.GGUFInfo):
+    """While inside, xllamacpp.memory reads ``info`` where it would open the file with gguf.
+
+    Its estimate reaches the file only through ``_import_gguf()`` and ``dump_metadata_json``;
+    answered from the parsed header, neither the ``gguf`` package nor numpy is imported.
+    """
+    with _patch_lock:
+        saved = memory._import_gguf, memory.dump_metadata_json
+        memory._import_gguf = lambda: (_HeaderReader(info), None)
+        memory.dump_metadata_json = lambda reader, path: info.xllamacpp_dump()
+        try:
+            yield
+        finally:
+            memory._import_gguf, memory.dump_metadata_json = saved
+
+
 def _kv_bytes(info: gguf_info.GGUFInfo, n_ctx: int, n_parallel: int, cache_type: str) -> int:
-    from xllamacpp import memory
-    kv, _, _ = memory.graph_size(info.xllamacpp_dump()["metadata"], context_length=n_ctx,
-                                 batch_size=DEFAULT_BATCH, num_parallel=n_parallel, kv_cache_type=cache_type)
+    kv, _, _ = _xllamacpp_memory().graph_size(info.xllamacpp_dump()["metadata"], context_length=n_ctx,
+                                              batch_size=DEFAULT_BATCH, num_parallel=n_parallel,
+                                              kv_cache_type=cache_type)
     return int(sum(kv))
 
 
@@ -106,17 +131,11 @@ def estimate(info: gguf_info.GGUFInfo, hw: HardwareProfile, n_ctx: int, n_parall
     if not devices:
         return FitEstimate(0, 0, total, 0, weights + kv_bytes, [], kv_bytes, weights, [])
     try:
-        from xllamacpp import memory
-        with _patch_lock:
-            saved = memory._import_gguf, memory.dump_metadata_json
-            memory._import_gguf = lambda: (_HeaderReader(info), None)
-            memory.dump_metadata_json = lambda reader, path: info.xllamacpp_dump()
-            try:
-                # Projectors embedded in the GGUF are ignored, as the seed says.
-                est = memory.estimate_gpu_layers(devices, str(info.path), [], n_ctx, DEFAULT_BATCH,
-                                                 n_parallel, cache_type)
-            finally:
-                memory._import_gguf, memory.dump_metadata_json = saved
+        memory = _xllamacpp_memory()
+        with _reading_header(memory, info):
+            # Projectors embedded in the GGUF are ignored, as the seed says.
+            est = memory.estimate_gpu_layers(devices, str(info.path), [], n_ctx, DEFAULT_BATCH,
+                                             n_parallel, cache_type)
     except Exception as exc:  # the seed: fall back to all layers
         log.warning("auto-NGL estimate failed (%s: %s); offloading all layers", type(exc).__name__, exc)
         return FitEstimate(ALL_LAYERS, total, total, 0, weights + kv_bytes, [], kv_bytes, weights, devices,
@@ -140,7 +159,6 @@ def auto_ngl(model_path: str, hw: HardwareProfile, n_ctx: int, n_parallel: int =
 
 # -- what actually loaded, from the engine's log -------------------------------------------------
 
-_MIB = 1024 ** 2
 _PATTERNS = {
     "offloaded": re.compile(r"offloaded (\d+)/(\d+) layers to GPU"),
     "model_buffer": re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB"),
@@ -175,9 +193,10 @@ class LoadedReport:
                                             for k in self.model_buffers_mib):
             parts.append("all layers on CPU")
         if self.model_buffers_mib:
-            parts.append("weights " + ", ".join(f"{k} {v:,.0f} MiB" for k, v in self.model_buffers_mib.items()))
+            parts.append("weights " + ", ".join(f"{k} {units.size(v * units.MIB)}"
+                                                for k, v in self.model_buffers_mib.items()))
         if self.kv_cache_mib:
-            parts.append(f"KV cache {self.kv_cache_mib:,.0f} MiB")
+            parts.append(f"KV cache {units.size(self.kv_cache_mib * units.MIB)}")
         if self.n_ctx:
             slot = f" ({self.n_slots} slots of {self.n_ctx_slot})" if self.n_slots else ""
             parts.append(f"context {self.n_ctx:,}{slot}")

@@ -8,10 +8,13 @@ llama.cpp fail with a generic error: missing, empty, wrong magic, truncated.
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from engines.machine import ggml_types
 
 GGUF_MAGIC = b"GGUF"
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -79,20 +82,13 @@ class GGUFInfo:
         if ft is None:
             return "unknown"
         try:
-            import gguf
-            return gguf.LlamaFileType(int(ft)).name.removeprefix("MOSTLY_")
-        except (ImportError, ValueError):
+            return ggml_types.quantization_name(int(ft))
+        except ValueError:
             return f"type{ft}"
 
     @property
     def parameters(self) -> int:
-        total = 0
-        for t in self.tensors:
-            n = 1
-            for d in t.shape:
-                n *= d
-            total += n
-        return total
+        return sum(math.prod(t.shape) for t in self.tensors)
 
     @property
     def name(self) -> str:
@@ -153,18 +149,6 @@ class _Buf:
         raise GGUFError(self.path, f"the header is corrupted (unknown value type {vtype})", "corrupt")
 
 
-def _tensor_bytes(shape: list[int], ggml_type: int) -> int:
-    import gguf
-    n = 1
-    for d in shape:
-        n *= d
-    try:
-        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
-    except (ValueError, KeyError):
-        return 0
-    return n * size // block
-
-
 def read(path: str | os.PathLike, check_data: bool = True) -> GGUFInfo:
     """Read a GGUF header; raise :class:`GGUFError` naming what is wrong."""
     path = Path(path)
@@ -194,7 +178,7 @@ def read(path: str | os.PathLike, check_data: bool = True) -> GGUFInfo:
             name = buf.string()
             dims = [buf.unpack("<Q") for _ in range(buf.unpack("<I"))]
             ttype, offset = buf.unpack("<I"), buf.unpack("<Q")
-            tensors.append(TensorInfo(name, dims, ttype, offset, _tensor_bytes(dims, ttype)))
+            tensors.append(TensorInfo(name, dims, ttype, offset, ggml_types.tensor_bytes(dims, ttype)))
         align = int(meta.get("general.alignment", 32) or 32)
         pos = f.tell()
         data_offset = pos + (-pos % align)

@@ -139,7 +139,7 @@ def _cpu_name() -> str:
 def llamacpp_devices() -> list[dict]:
     """Devices as the installed xllamacpp sees them (its own dicts)."""
     try:
-        import xllamacpp
+        import xllamacpp  # loads llama.cpp (50 MB); engine environments run this module without it
     except ImportError:
         return []
     try:
@@ -177,7 +177,7 @@ def _vendor_of(description: str, backend: str) -> str:
 def _nvml_gpus() -> list[GPU]:
     """NVIDIA GPUs through NVML, so CUDA is known even with a CPU-only llama.cpp."""
     try:
-        import pynvml
+        import pynvml  # optional (the "nvidia" extra)
     except ImportError:
         return []
     try:

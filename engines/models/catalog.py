@@ -14,9 +14,9 @@ quantization type, and the row says so. Other formats: parameters x bytes per
 weight, KV cache from the attention shape. A missing fact gives ``unknown``,
 never a silent guess.
 
-Results are cached per (hardware, context, engines installed): the whole
-catalog costs tens of milliseconds the first time and well under that after
-(bench/catalog_fit.py prints both).
+Results are cached per (hardware, context, engines installed, remote headers
+read): the whole catalog costs tens of milliseconds the first time and well
+under that after (bench/catalog_fit.py prints both).
 """
 from __future__ import annotations
 
@@ -26,13 +26,15 @@ import json
 import logging
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
+from engines.units import DEFAULT_N_CTX, GIB, MIB, size
 from engines.machine import fit as F
 from engines.machine import gguf_info
-from engines.models import store
+from engines.machine.hardware import HardwareProfile
+from engines.models import records, remote_gguf, store
 from engines.running import selection
 from engines.running.backends import LABELS, availability, installed_engines
-from engines.machine.hardware import HardwareProfile
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,6 @@ FITS = ("gpu", "partial", "cpu", "none", "unavailable", "unknown")
 BADGES = {"gpu": "Fits on your GPU", "partial": "Partly on the GPU", "cpu": "Runs on the CPU only, slower",
           "none": "Does not fit in memory", "unavailable": "No engine for it here",
           "unknown": "Fit unknown"}
-DEFAULT_CONTEXT = 4096
 AUTO = "auto"
 
 #: llama.cpp's own table (tools/quantize/quantize.cpp): file size in GiB of Llama-3-8B
@@ -49,7 +50,7 @@ AUTO = "auto"
 _LLAMA3_8B_PARAMS = 8_030_261_248
 _LLAMACPP_SIZES_GIB = {"Q2_K": 2.96, "Q3_K_S": 3.41, "Q3_K_M": 3.74, "Q3_K_L": 4.03, "Q4_K_S": 4.37,
                        "Q4_K_M": 4.58, "Q5_K_S": 5.21, "Q5_K_M": 5.33, "Q6_K": 6.14, "Q8_0": 7.96}
-GGUF_BITS_PER_WEIGHT = {q: g * 2 ** 30 * 8 / _LLAMA3_8B_PARAMS for q, g in _LLAMACPP_SIZES_GIB.items()}
+GGUF_BITS_PER_WEIGHT = {q: g * GIB * 8 / _LLAMA3_8B_PARAMS for q, g in _LLAMACPP_SIZES_GIB.items()}
 GGUF_BITS_PER_WEIGHT.update({"F16": 16.0, "BF16": 16.0})
 
 #: Bytes per weight of the other formats: 16-bit originals; 4/8-bit with one fp16 scale and zero
@@ -95,16 +96,8 @@ def spec_of(entry: Entry, with_path: bool = True) -> store.ModelSpec:
         has_vision="vision" in (m.get("tags") or []),
     )
     if with_path:
-        spec.path = _ready_path(spec.name)
+        spec.path = records.ready_path(spec.name)
     return spec
-
-
-def _ready_path(name: str) -> str | None:
-    try:
-        from engines.models import downloads
-    except ImportError:
-        return None
-    return downloads.ready_path(name)
 
 
 def catalog_specs() -> list[store.ModelSpec]:
@@ -128,7 +121,7 @@ def resolve(name: str) -> store.ModelSpec:
 # -- memory facts ---------------------------------------------------------------------------------
 
 def default_context(spec: store.ModelSpec) -> int:
-    return min(DEFAULT_CONTEXT, spec.context_length or DEFAULT_CONTEXT)
+    return min(DEFAULT_N_CTX, spec.context_length or DEFAULT_N_CTX)
 
 
 def _vocab(name: str) -> int | None:
@@ -162,8 +155,8 @@ def synthetic_info(spec: store.ModelSpec) -> tuple[gguf_info.GGUFInfo | None, st
                               ("head count", att.get("head_count"))) if not v]
     if missing:
         return None, f"the catalog lacks its {', '.join(missing)}"
-    size, source = estimated_gguf_size(spec)
-    if size is None:
+    file_size, source = estimated_gguf_size(spec)
+    if file_size is None:
         return None, f"its download size is unknown ({source})"
     md: dict[str, object] = {"general.architecture": arch, "general.name": spec.display_name,
                              f"{arch}.block_count": blocks, f"{arch}.embedding_length": att["embedding_length"],
@@ -175,22 +168,17 @@ def synthetic_info(spec: store.ModelSpec) -> tuple[gguf_info.GGUFInfo | None, st
             md[f"{arch}.attention.{key}"] = att[key]
     if spec.context_length:
         md[f"{arch}.context_length"] = spec.context_length
-    bits = size * 8 / spec.parameters if spec.parameters else 16.0
-    out_bytes = min(int(vocab * att["embedding_length"] * bits / 8), size // 4)
-    per_block = (size - 2 * out_bytes) // blocks
+    bits = file_size * 8 / spec.parameters if spec.parameters else 16.0
+    out_bytes = min(int(vocab * att["embedding_length"] * bits / 8), file_size // 4)
+    per_block = (file_size - 2 * out_bytes) // blocks
     tensors = [gguf_info.TensorInfo("token_embd.weight", [att["embedding_length"], vocab], 0, 0, out_bytes),
                gguf_info.TensorInfo("output.weight", [att["embedding_length"], vocab], 0, 0, out_bytes)]
     tensors += [gguf_info.TensorInfo(f"blk.{i}.weights", [per_block], 0, 0, per_block) for i in range(blocks)]
-    from pathlib import Path
-    return gguf_info.GGUFInfo(Path(spec.name + ".gguf"), size, md, tensors), source
+    return gguf_info.GGUFInfo(Path(spec.name + ".gguf"), file_size, md, tensors), source
 
 
-def _cached_remote_header(spec: store.ModelSpec):
+def _cached_remote_header(spec: store.ModelSpec) -> gguf_info.GGUFInfo | None:
     if not (spec.repo and spec.files):
-        return None
-    try:
-        from engines.models import remote_gguf
-    except ImportError:
         return None
     return remote_gguf.cached(spec.repo, spec.files[0])
 
@@ -225,10 +213,9 @@ def _memory_capacity(hw: HardwareProfile) -> int:
     return hw.ram_total_bytes + sum(g.memory_free_bytes for g in hw.gpus if g.vendor != "apple")
 
 
-def _gb(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:,.0f} MB"
+def _numbers(weights: int | None, source: str, kv: int | None, n_ctx: int) -> str:
+    """The figures behind a fit, as the row's reason ends with them."""
+    return f"weights {size(weights)} ({source}), KV cache {size(kv)} at {n_ctx:,} tokens"
 
 
 # -- one row ----------------------------------------------------------------------------------------
@@ -268,9 +255,9 @@ def _fit_gguf(spec: store.ModelSpec, hw: HardwareProfile, n_ctx: int, r: dict) -
              estimate=est.to_dict(), vram_bytes=est.vram_bytes, total_bytes=est.total_bytes)
     need = max(est.total_bytes, est.weights_bytes + est.kv_cache_bytes)
     cap = _memory_capacity(hw)
-    numbers = f"weights {_gb(est.weights_bytes)} ({source}), KV cache {_gb(est.kv_cache_bytes)} at {n_ctx:,} tokens"
+    numbers = _numbers(est.weights_bytes, source, est.kv_cache_bytes, n_ctx)
     if need > cap:
-        r.update(fit="none", gpu_layers=0, reason=f"needs about {_gb(need)}; this computer has {_gb(cap)} "
+        r.update(fit="none", gpu_layers=0, reason=f"needs about {size(need)}; this computer has {size(cap)} "
                                                   f"of RAM and GPU memory together; {numbers}")
     else:
         r["reason"] = f"{r['reason']}; {est.summary(kv=False)}; {numbers}"
@@ -288,27 +275,27 @@ def _fit_other(spec: store.ModelSpec, hw: HardwareProfile, n_ctx: int, r: dict, 
         return
     need = weights + kv
     total = r["total_layers"] or 1
-    numbers = f"weights {_gb(weights)} ({wsource}), KV cache {_gb(kv)} at {n_ctx:,} tokens"
+    numbers = _numbers(weights, wsource, kv, n_ctx)
     cuda = [g for g in hw.gpus if g.backend == "cuda"]
     vram = sum(g.memory_free_bytes for g in cuda)
     if engine in ("vllm", "sglang"):
         room = int(vram * VLLM_MEMORY_UTILIZATION)
         if need <= room:
-            r.update(fit="gpu", gpu_layers=total, reason=f"{r['reason']}; needs {_gb(need)} of {_gb(room)} "
+            r.update(fit="gpu", gpu_layers=total, reason=f"{r['reason']}; needs {size(need)} of {size(room)} "
                                                          f"GPU memory it may use; {numbers}")
         else:
-            r.update(fit="none", reason=f"{LABELS[engine]} keeps the whole model on the GPU: needs {_gb(need)}, "
-                                        f"{_gb(room)} usable; {numbers}")
+            r.update(fit="none", reason=f"{LABELS[engine]} keeps the whole model on the GPU: needs {size(need)}, "
+                                        f"{size(room)} usable; {numbers}")
         return
     if engine == "mlx":
         metal = sum(g.memory_free_bytes for g in hw.gpus if g.backend == "metal")
         if hw.is_mac_arm and need <= metal:
-            r.update(fit="gpu", gpu_layers=total, reason=f"{r['reason']}; {_gb(need)} of {_gb(metal)} GPU memory; "
+            r.update(fit="gpu", gpu_layers=total, reason=f"{r['reason']}; {size(need)} of {size(metal)} GPU memory; "
                                                          f"{numbers}")
         elif need <= hw.ram_total_bytes and not hw.is_mac_arm:
             r.update(fit="cpu", reason=f"{r['reason']}; MLX on the CPU; {numbers}")
         else:
-            r.update(fit="none", reason=f"needs {_gb(need)}; {_gb(metal or hw.ram_total_bytes)} available; {numbers}")
+            r.update(fit="none", reason=f"needs {size(need)}; {size(metal or hw.ram_total_bytes)} available; {numbers}")
         return
     # transformers: device_map="auto" fills the GPUs, then RAM
     if cuda and need <= vram:
@@ -322,7 +309,7 @@ def _fit_other(spec: store.ModelSpec, hw: HardwareProfile, n_ctx: int, r: dict, 
         else:
             r.update(fit="cpu", reason=f"{r['reason']}; {numbers}")
     else:
-        r.update(fit="none", reason=f"needs {_gb(need)}; this computer has {_gb(_memory_capacity(hw))} of RAM and "
+        r.update(fit="none", reason=f"needs {size(need)}; this computer has {size(_memory_capacity(hw))} of RAM and "
                                     f"GPU memory together; {numbers}")
 
 
@@ -358,7 +345,8 @@ def row(spec: store.ModelSpec, hw: HardwareProfile, installed: dict[str, bool] |
 # -- all rows, cached -----------------------------------------------------------------------------------
 
 _cache: dict[tuple, dict[str, dict]] = {}
-_MIB64 = 64 * 1024 ** 2
+_cache_generation = 0  # remote_gguf.generation() the cached rows were computed at
+_MIB64 = 64 * MIB
 
 
 def _hw_key(hw: HardwareProfile) -> tuple:
@@ -368,7 +356,17 @@ def _hw_key(hw: HardwareProfile) -> tuple:
 
 
 def clear_cache() -> None:
+    """Forget every computed row (bench/catalog_fit.py measures the cold cost this way)."""
     _cache.clear()
+
+
+def _rows_cache(key: tuple) -> dict[str, dict]:
+    """The cached rows for ``key``; all are dropped once a remote header was read since they were made."""
+    global _cache_generation
+    if _cache_generation != remote_gguf.generation():
+        _cache.clear()
+        _cache_generation = remote_gguf.generation()
+    return _cache.setdefault(key, {})
 
 
 def catalog_rows(hw: HardwareProfile, installed: dict[str, bool] | None | str = AUTO,
@@ -377,9 +375,9 @@ def catalog_rows(hw: HardwareProfile, installed: dict[str, bool] | None | str = 
     if installed == AUTO:
         installed = installed_engines()
     key = (_hw_key(hw), n_ctx, tuple(sorted(installed.items())) if installed is not None else None)
-    cached = _cache.setdefault(key, {})
+    cached = _rows_cache(key)
     out = []
-    ready = _ready_map()
+    ready = records.ready_map()
     for vid, e in entries().items():
         path = ready.get(vid)
         hit = cached.get(vid)
@@ -390,14 +388,6 @@ def catalog_rows(hw: HardwareProfile, installed: dict[str, bool] | None | str = 
             cached[vid] = hit
         out.append(copy.copy(hit[1]))
     return out
-
-
-def _ready_map() -> dict[str, str]:
-    try:
-        from engines.models import downloads
-    except ImportError:
-        return {}
-    return downloads.ready_map()
 
 
 def sort_rows(rows_: list[dict]) -> list[dict]:

@@ -13,7 +13,7 @@ HTTP range request from its size, hashes as it goes, and only after the
 sha256 (git blob sha1 for small non-LFS files) matches the hub's metadata
 renames it into ``blobs/`` and links ``snapshots/<commit>/<file>``, so the
 file is also where ``hf_hub_download`` would look. A model is "ready" only
-when every file is verified; the record lives in Ember's data folder.
+when every file is verified; the record is kept by :mod:`engines.models.records`.
 """
 from __future__ import annotations
 
@@ -29,19 +29,16 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
-from urllib.parse import quote
 
-from engines import paths
+import httpx
+
+from engines import paths, units
+from engines.models import catalog, hub, records, store
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
-DEFAULT_ENDPOINT = "https://huggingface.co"
+CHUNK = units.MIB
 STATES = ("queued", "downloading", "paused", "verifying", "ready", "failed", "cancelled")
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 # -- errors --------------------------------------------------------------------------------------------
@@ -101,7 +98,7 @@ class NetworkError(DownloadError):
 
     @property
     def message(self) -> str:
-        kept = f"; {_gb(self.partial_bytes)} already downloaded are kept, run again to resume" \
+        kept = f"; {units.size(self.partial_bytes)} already downloaded are kept, run again to resume" \
             if self.partial_bytes else ""
         return f"cannot reach {self.endpoint}: {self.reason}{kept}"
 
@@ -113,7 +110,7 @@ class InsufficientSpaceError(DownloadError):
 
     @property
     def message(self) -> str:
-        return f"{self.model} needs {_gb(self.needed)}, {_gb(self.free)} free on {self.where}"
+        return f"{self.model} needs {units.size(self.needed)}, {units.size(self.free)} free on {self.where}"
 
 
 class DiskFullError(DownloadError):
@@ -124,7 +121,8 @@ class DiskFullError(DownloadError):
     @property
     def message(self) -> str:
         return (f"the disk at {self.where} filled up while downloading {self.model}; the partial file is kept "
-                f"({_gb(self.partial_bytes)} of {_gb(self.total_bytes)}): free some space and run again to resume")
+                f"({units.size(self.partial_bytes)} of {units.size(self.total_bytes)}): "
+                "free some space and run again to resume")
 
 
 class ChecksumError(DownloadError):
@@ -146,41 +144,6 @@ class UnknownModelError(DownloadError):
     def message(self) -> str:
         return (f"{self.model} is not in the catalog; give a catalog name from `ember models` "
                 "or OWNER/REPO:FILE.gguf")
-
-
-# -- where things go ---------------------------------------------------------------------------------------
-
-def endpoint() -> str:
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def hub_cache() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(home).expanduser() / "hub"
-
-
-def repo_folder(repo: str) -> Path:
-    return hub_cache() / ("models--" + repo.replace("/", "--"))
-
-
-def _token() -> str | None:
-    try:
-        from huggingface_hub import get_token
-        return get_token()
-    except Exception:  # a broken token file must not stop public downloads
-        return os.environ.get("HF_TOKEN")
-
-
-def _headers() -> dict[str, str]:
-    from huggingface_hub.utils import build_hf_headers
-    return build_hf_headers(token=_token() or False, library_name="ember")
 
 
 # -- what to fetch -----------------------------------------------------------------------------------------
@@ -213,7 +176,7 @@ class Target:
 
 
 def target(name: str) -> Target:
-    from engines.models import catalog
+    """What ``name`` means to download: a catalog variant, else ``OWNER/REPO[:FILE]``."""
     try:
         spec = catalog.resolve(name)
         return Target(spec.name, spec.repo or "", list(spec.files), catalog=True)
@@ -241,19 +204,19 @@ def _map_hub_error(exc: Exception, t: Target, filename: str | None = None) -> Do
     status = getattr(getattr(exc, "response", None), "status_code", None)
     name = type(exc).__name__
     if name == "GatedRepoError" or status in (401, 403):
-        return GatedModelError(t.name, repo=t.repo, status=status or 403, url=f"{endpoint()}/{t.repo}")
+        return GatedModelError(t.name, repo=t.repo, status=status or 403, url=f"{hub.endpoint()}/{t.repo}")
     if status == 404 or name in ("RepositoryNotFoundError", "EntryNotFoundError", "RevisionNotFoundError"):
-        return NotFoundError(t.name, repo=t.repo, filename=filename, endpoint=endpoint())
-    return NetworkError(t.name, endpoint=endpoint(), reason=f"{name}: {exc}"[:300], partial_bytes=0)
+        return NotFoundError(t.name, repo=t.repo, filename=filename, endpoint=hub.endpoint())
+    return NetworkError(t.name, endpoint=hub.endpoint(), reason=f"{name}: {exc}"[:300], partial_bytes=0)
 
 
 def plan(t: Target) -> Plan:
     """Sizes and checksums of what ``t`` needs, from the hub."""
-    if offline():
+    if hub.offline():
         raise OfflineError(t.name)
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi  # lazy: huggingface_hub costs a few hundred ms at import
     try:
-        info = HfApi(endpoint=endpoint(), token=_token() or False).model_info(
+        info = HfApi(endpoint=hub.endpoint(), token=hub.token() or False).model_info(
             t.repo, revision=t.revision, files_metadata=True)
     except Exception as exc:
         raise _map_hub_error(exc, t) from exc
@@ -263,90 +226,30 @@ def plan(t: Target) -> Plan:
     for fn in wanted:
         s = siblings.get(fn)
         if s is None:
-            raise NotFoundError(t.name, repo=t.repo, filename=fn, endpoint=endpoint())
+            raise NotFoundError(t.name, repo=t.repo, filename=fn, endpoint=hub.endpoint())
         lfs = s.lfs
         files.append(RemoteFile(fn, int(lfs.size if lfs else (s.size or 0)),
                                 lfs.sha256 if lfs else None, s.blob_id))
     return Plan(t, info.sha or t.revision, files)
 
 
-# -- the ready records --------------------------------------------------------------------------------------
-
-def _records_path() -> Path:
-    return paths.data_dir() / "downloads" / "ready.json"
-
-
-_records_lock = threading.Lock()
-
-
-def _records() -> dict:
-    try:
-        return json.loads(_records_path().read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _check_record(rec: dict) -> bool:
-    try:
-        return all(Path(f["path"]).stat().st_size == f["size"] for f in rec["files"])
-    except (OSError, KeyError, TypeError):
-        return False
-
-
-def ready_map() -> dict[str, str]:
-    """name -> model path (GGUF file or folder) for every download complete and verified."""
-    return {name: rec["path"] for name, rec in _records().items() if _check_record(rec)}
-
-
-def ready_path(name: str) -> str | None:
-    rec = _records().get(name)
-    return rec["path"] if rec and _check_record(rec) else None
-
-
-def downloaded() -> list[dict]:
-    """Verified downloads with their disk use, for the downloads panel."""
-    out = []
-    for name, rec in sorted(_records().items()):
-        size = sum(f.get("size", 0) for f in rec.get("files", []))
-        out.append({"name": name, "path": rec.get("path"), "bytes": size, "repo": rec.get("repo"),
-                    "ok": _check_record(rec)})
-    return out
-
+# -- the ready records ----------------------------------------------------------------------------------
 
 def delete(name: str) -> int:
-    """Remove a downloaded model's files from the cache (blobs shared with another record stay); bytes freed."""
-    with _records_lock:
-        recs = _records()
-        rec = recs.pop(name, None)
-        if rec is None:
-            return 0
-        keep = {f.get("blob") for r in recs.values() for f in r.get("files", [])}
-        freed = 0
-        for f in rec.get("files", []):
-            for p in (f.get("path"), f.get("blob") if f.get("blob") not in keep else None):
-                if p and os.path.lexists(p):
-                    if not os.path.islink(p):
-                        freed += os.path.getsize(p)
-                    os.unlink(p)
-        paths.atomic_write_text(_records_path(), json.dumps(recs, indent=2))
+    """Remove a downloaded model's files and its place among the local models; bytes freed."""
+    freed = records.delete(name)
     try:
-        from engines.models import store
         store.remove_local(name)
-    except Exception:
-        pass
+    except OSError as exc:  # the files are gone; a stale entry in the local list is dropped at its next read
+        log.warning("could not drop %s from the local models: %s", name, exc)
     return freed
 
 
 def _save_record(p: Plan, done: list[tuple[RemoteFile, Path, Path]]) -> str:
-    snap = repo_folder(p.target.repo) / "snapshots" / p.commit
+    snap = hub.repo_folder(p.target.repo) / "snapshots" / p.commit
     path = str(snap / p.files[0].filename) if p.target.single_file else str(snap)
-    rec = {"repo": p.target.repo, "commit": p.commit, "path": path, "verified_at": time.time(),
-           "files": [{"name": f.filename, "size": f.size, "sha256": f.sha256, "path": str(link), "blob": str(blob)}
-                     for f, link, blob in done]}
-    with _records_lock:
-        recs = _records()
-        recs[p.target.name] = rec
-        paths.atomic_write_text(_records_path(), json.dumps(recs, indent=2))
+    records.save(p.target.name, p.target.repo, p.commit, path,
+                 [records.FileRecord(f.filename, f.size, f.sha256, str(link), str(blob)) for f, link, blob in done])
     return path
 
 
@@ -380,7 +283,7 @@ class _Stop:
 
 def partial_bytes(p: Plan) -> int:
     """Bytes already on disk (verified blobs and partial files) of a plan."""
-    blobs = repo_folder(p.target.repo) / "blobs"
+    blobs = hub.repo_folder(p.target.repo) / "blobs"
     total = 0
     for f in p.files:
         for q in (blobs / f.etag, blobs / (f.etag + ".incomplete")):
@@ -393,7 +296,7 @@ def partial_bytes(p: Plan) -> int:
 def check_space(p: Plan) -> None:
     """Refuse to start when the rest of the download does not fit on the disk."""
     needed = max(0, p.total_bytes - partial_bytes(p))
-    where = hub_cache()
+    where = hub.cache()
     probe = where
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
@@ -422,95 +325,138 @@ def _link(snapshot_file: Path, blob: Path) -> None:
         shutil.copy2(blob, snapshot_file)
 
 
+@dataclass
+class _Partial:
+    """A file's bytes so far: the ``.incomplete`` file, its size, and the checksum of what it holds."""
+
+    path: Path
+    file: RemoteFile
+    have: int = 0
+    hasher: object = None
+    expected: str | None = None
+
+    @classmethod
+    def resume(cls, path: Path, f: RemoteFile) -> "_Partial":
+        """Pick up what an earlier attempt left (too long a file starts over), hashing it again."""
+        part = cls(path, f)
+        part.restart()
+        part.have = path.stat().st_size if path.exists() else 0
+        if part.have > f.size:
+            path.unlink()
+            part.have = 0
+        if part.hasher is not None and part.have:
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(CHUNK), b""):
+                    part.hasher.update(block)
+        return part
+
+    def restart(self) -> None:
+        self.have = 0
+        self.hasher, self.expected = _verify_hasher(self.file)
+
+    def kept(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+
+def _check_status(p: Plan, f: RemoteFile, status: int, have: int) -> None:
+    """Turn the Hub's refusals into the DownloadError that says what to do."""
+    if status in (401, 403):
+        raise GatedModelError(p.target.name, repo=p.target.repo, status=status, url=f"{hub.endpoint()}/{p.target.repo}")
+    if status == 404:
+        raise NotFoundError(p.target.name, repo=p.target.repo, filename=f.filename, endpoint=hub.endpoint())
+    if status >= 400 and status != 416:  # 416: nothing left to send, the partial is complete
+        raise NetworkError(p.target.name, endpoint=hub.endpoint(), reason=f"HTTP {status}", partial_bytes=have)
+
+
+def _write_body(p: Plan, part: _Partial, resp: httpx.Response, mode: str, total: int,
+                report: Callable[[int], None], stop: Callable[[], str | None]) -> str:
+    """Append the response to the partial file, hashing as it goes; "done", or why it stopped."""
+    state = "done"
+    with open(part.path, mode, buffering=0) as out:
+        try:
+            for chunk in resp.iter_bytes(CHUNK):
+                view = memoryview(chunk)
+                while view:
+                    view = view[out.write(view):]
+                if part.hasher is not None:
+                    part.hasher.update(chunk)
+                part.have += len(chunk)
+                report(part.have)
+                why = stop()
+                if why:
+                    state = why
+                    break
+            os.fsync(out.fileno())  # a paused partial is on disk too: resuming hashes it again
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFullError(p.target.name, path=str(part.path), partial_bytes=part.kept(),
+                                    total_bytes=total, where=str(hub.cache())) from exc
+            raise
+    return state
+
+
+def _transfer(p: Plan, part: _Partial, total: int, report: Callable[[int], None],
+              stop: Callable[[], str | None]) -> str:
+    """GET the rest of the file with a range request; "done", or why it stopped ("pause"/"cancel")."""
+    f = part.file
+    url = hub.resolve_url(p.target.repo, p.commit, f.filename)
+    headers = hub.headers()
+    if part.have:
+        headers["Range"] = f"bytes={part.have}-"
+    log.info("downloading %s from byte %d of %d", url, part.have, f.size)
+    try:
+        with httpx.stream("GET", url, headers=headers, follow_redirects=True,
+                          timeout=httpx.Timeout(30.0, read=60.0)) as resp:
+            _check_status(p, f, resp.status_code, part.have)
+            if resp.status_code == 416:
+                return "done"
+            mode = "ab"
+            if part.have and resp.status_code == 200:  # the server ignored the range: start over
+                log.warning("%s ignored the range request; downloading %s from the start", url, f.filename)
+                part.restart()
+                mode = "wb"
+            return _write_body(p, part, resp, mode, total, report, stop)
+    except httpx.HTTPError as exc:
+        raise NetworkError(p.target.name, endpoint=hub.endpoint(), reason=f"{type(exc).__name__}: {exc}"[:300],
+                           partial_bytes=part.kept()) from exc
+
+
+def _verify(p: Plan, part: _Partial) -> None:
+    """The whole file arrived and its checksum is the Hub's; a corrupt file is removed."""
+    f = part.file
+    got = part.path.stat().st_size
+    if got < f.size:
+        raise NetworkError(p.target.name, endpoint=hub.endpoint(), partial_bytes=got,
+                           reason=f"the connection ended after {got:,} of {f.size:,} bytes of {f.filename}")
+    if part.hasher is not None:
+        actual = part.hasher.hexdigest()
+        if actual != part.expected:
+            part.path.unlink(missing_ok=True)
+            raise ChecksumError(p.target.name, filename=f.filename, expected=part.expected, actual=actual)
+
+
 def _fetch_file(p: Plan, f: RemoteFile, base: int, total: int, report: Callable[[int, str], None],
                 stop: Callable[[], str | None]) -> tuple[str, Path, Path]:
     """Download one file into the cache, resuming its partial; returns (state, snapshot path, blob)."""
-    import httpx
-    folder = repo_folder(p.target.repo)
+    folder = hub.repo_folder(p.target.repo)
     blobs = folder / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
     blob = blobs / f.etag
     snap = folder / "snapshots" / p.commit / f.filename
-    partial = blobs / (f.etag + ".incomplete")
-    hasher, expected = _verify_hasher(f)
     if blob.exists() and blob.stat().st_size == f.size:
         _link(snap, blob)
         return "done", snap, blob
-    have = partial.stat().st_size if partial.exists() else 0
-    if have > f.size:
-        partial.unlink()
-        have = 0
-    if hasher is not None and have:
-        with open(partial, "rb") as fh:
-            for block in iter(lambda: fh.read(CHUNK), b""):
-                hasher.update(block)
-    url = f"{endpoint()}/{p.target.repo}/resolve/{p.commit}/{quote(f.filename)}"
-    headers = _headers()
+    part = _Partial.resume(blobs / (f.etag + ".incomplete"), f)
     state = "done"
-    if have < f.size:
-        if have:
-            headers["Range"] = f"bytes={have}-"
-        log.info("downloading %s from byte %d of %d", url, have, f.size)
-        try:
-            with httpx.stream("GET", url, headers=headers, follow_redirects=True,
-                              timeout=httpx.Timeout(30.0, read=60.0)) as resp:
-                if resp.status_code in (401, 403):
-                    raise GatedModelError(p.target.name, repo=p.target.repo, status=resp.status_code,
-                                          url=f"{endpoint()}/{p.target.repo}")
-                if resp.status_code == 404:
-                    raise NotFoundError(p.target.name, repo=p.target.repo, filename=f.filename, endpoint=endpoint())
-                if resp.status_code == 416:
-                    pass  # nothing left to send: the partial is complete
-                elif resp.status_code >= 400:
-                    raise NetworkError(p.target.name, endpoint=endpoint(), reason=f"HTTP {resp.status_code}",
-                                       partial_bytes=have)
-                else:
-                    mode = "ab"
-                    if have and resp.status_code == 200:  # the server ignored the range: start over
-                        log.warning("%s ignored the range request; downloading %s from the start", url, f.filename)
-                        have, mode = 0, "wb"
-                        hasher, expected = _verify_hasher(f)
-                    with open(partial, mode, buffering=0) as out:
-                        try:
-                            for chunk in resp.iter_bytes(CHUNK):
-                                view = memoryview(chunk)
-                                while view:
-                                    n = out.write(view)
-                                    view = view[n:]
-                                if hasher is not None:
-                                    hasher.update(chunk)
-                                have += len(chunk)
-                                report(base + have, f.filename)
-                                why = stop()
-                                if why:
-                                    state = why
-                                    break
-                            os.fsync(out.fileno())
-                        except OSError as exc:
-                            if exc.errno == errno.ENOSPC:
-                                kept = partial.stat().st_size
-                                raise DiskFullError(p.target.name, path=str(partial), partial_bytes=kept,
-                                                    total_bytes=total, where=str(hub_cache())) from exc
-                            raise
-        except httpx.HTTPError as exc:
-            kept = partial.stat().st_size if partial.exists() else 0
-            raise NetworkError(p.target.name, endpoint=endpoint(), reason=f"{type(exc).__name__}: {exc}"[:300],
-                               partial_bytes=kept) from exc
+    if part.have < f.size:
+        state = _transfer(p, part, total, lambda have: report(base + have, f.filename), stop)
     if state == "cancel":
-        partial.unlink(missing_ok=True)
+        part.path.unlink(missing_ok=True)
         return "cancelled", snap, blob
     if state == "pause":
         return "paused", snap, blob
-    size = partial.stat().st_size
-    if size < f.size:
-        raise NetworkError(p.target.name, endpoint=endpoint(), partial_bytes=size,
-                           reason=f"the connection ended after {size:,} of {f.size:,} bytes of {f.filename}")
-    if hasher is not None:
-        actual = hasher.hexdigest()
-        if actual != expected:
-            partial.unlink(missing_ok=True)
-            raise ChecksumError(p.target.name, filename=f.filename, expected=expected, actual=actual)
-    os.replace(partial, blob)
+    _verify(p, part)
+    os.replace(part.path, blob)
     _link(snap, blob)
     (folder / "refs").mkdir(exist_ok=True)
     paths.atomic_write_text(folder / "refs" / p.target.revision, p.commit)
@@ -543,7 +489,7 @@ def download(name: str, listener: Callable[[Progress], None] | None = None,
     stop = stop or (lambda: None)
     listener = listener or (lambda pr: None)
     t = target(name)
-    existing = ready_path(t.name)
+    existing = records.ready_path(t.name)
     if existing:
         pr = Progress(t.name, "ready", 0, 0)
         listener(pr)
@@ -577,7 +523,6 @@ def download(name: str, listener: Callable[[Progress], None] | None = None,
         base += f.size
     path = _save_record(p, done_files)
     if not t.catalog and t.single_file:
-        from engines.models import store
         try:
             store.add_local(path, _local_name(t))
         except store.ModelError as exc:
@@ -713,7 +658,7 @@ class DownloadManager:
         try:
             p = plan(target(name))
             for f in p.files:
-                (repo_folder(p.target.repo) / "blobs" / (f.etag + ".incomplete")).unlink(missing_ok=True)
+                (hub.repo_folder(p.target.repo) / "blobs" / (f.etag + ".incomplete")).unlink(missing_ok=True)
         except DownloadError as exc:
             log.info("could not remove the partial files of %s: %s", name, exc.message)
         self._save()

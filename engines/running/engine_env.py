@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from engines import settings
+
 log = logging.getLogger(__name__)
 
 #: engine -> (distribution whose version is reported, modules that must import)
@@ -47,20 +49,8 @@ class Probe:
 
 def configured_python(engine: str) -> str | None:
     """The interpreter the user set for ``engine``, or None (Ember's own)."""
-    value = None
-    try:
-        from engines import settings
-        value = settings.engine_python(engine)
-    except ImportError:  # settings module not present: read the file directly
-        import json
-        from engines import paths
-        try:
-            data = json.loads((paths.config_dir() / "settings.json").read_text(encoding="utf-8"))
-            value = data.get(f"engine_python.{engine}")
-        except (OSError, ValueError):
-            value = None
     env = os.environ.get(f"EMBER_{engine.upper()}_PYTHON")  # for scripts and tests
-    return env or (str(value) if value else None)
+    return env or settings.engine_python(engine)
 
 
 def own_python() -> str | None:
@@ -74,8 +64,7 @@ def python_for(engine: str) -> str | None:
 
 def set_python(engine: str, interpreter: str | None) -> None:
     """Remember an interpreter for an engine (None: back to Ember's own)."""
-    from engines import settings
-    settings.set(f"engine_python.{engine}", str(interpreter) if interpreter else None)
+    settings.set(settings.ENGINE_PYTHON + engine, str(interpreter) if interpreter else None)
     probe.cache_clear()
 
 

@@ -3,10 +3,11 @@
 Why our own: ``transformers serve`` (5.x) needs FastAPI and Uvicorn
 (``transformers[serving]``), loads models on demand behind a timeout and has no
 API key; Ember needs one model loaded before "ready", a Bearer key and a
-readiness answer. This file depends only on the standard library, torch and
-transformers, so it runs under any interpreter the user picked for the
-transformers engine (``engine_python.transformers``); the launcher puts Ember's
-folder on ``PYTHONPATH``.
+readiness answer. This file depends only on the standard library, torch,
+transformers and :mod:`engines.units` (itself standard library only), so it
+runs under any interpreter the user picked for the transformers engine
+(``engine_python.transformers``); the launcher puts Ember's folder on
+``PYTHONPATH``.
 
 Endpoints: ``GET /health`` (200 once the model is loaded; the port is not even
 open before), ``GET /v1/models``, ``POST /v1/chat/completions`` (streaming SSE
@@ -26,6 +27,8 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from engines.units import DEFAULT_N_CTX
 
 log = logging.getLogger("engines.running.hf_server")
 
@@ -89,8 +92,8 @@ class Engine:
         self.model.eval()
         torch.set_grad_enabled(False)
         cfg = self.model.config
-        trained = getattr(getattr(cfg, "text_config", cfg), "max_position_embeddings", None) or 4096
-        self.max_model_len = args.max_model_len or min(trained, 4096)
+        trained = getattr(getattr(cfg, "text_config", cfg), "max_position_embeddings", None) or DEFAULT_N_CTX
+        self.max_model_len = args.max_model_len or min(trained, DEFAULT_N_CTX)
         self.model_id = args.served_model_name or os.path.basename(os.path.normpath(args.model))
         # One generation at a time; the same lock guards every tokenizer call, because a fast
         # tokenizer used from two threads at once fails ("Already borrowed").
@@ -179,134 +182,144 @@ class Engine:
                           "total_tokens": n_prompt + n}, finish))
 
 
-def make_handler(engine: Engine, api_key: str | None):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "ember-hf"
+class ChatHandler(BaseHTTPRequestHandler):
+    """The HTTP side: routes, the API key, and the answer streamed as SSE or sent whole.
 
-        def log_message(self, fmt, *args):  # one short line per request in the engine log
-            say(f"{self.command} {self.path} -> {fmt % args}")
+    :func:`make_handler` binds it to one engine and key (``http.server`` makes
+    one handler per request from the class, so they are class attributes).
+    """
 
-        def _json(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    protocol_version = "HTTP/1.1"
+    server_version = "ember-hf"
+    engine: Engine
+    api_key: str | None = None
 
-        def _error(self, status: int, message: str, type_: str, **fields) -> None:
-            self._json(status, {"error": {"message": message, "type": type_, "code": status, **fields}})
+    def log_message(self, fmt, *args):  # one short line per request in the engine log
+        say(f"{self.command} {self.path} -> {fmt % args}")
 
-        def _authorized(self) -> bool:
-            if not api_key:
-                return True
-            if self.headers.get("Authorization", "") == f"Bearer {api_key}":
-                return True
-            self._error(401, "Invalid API key", "authentication_error")
-            return False
+    def _json(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
-        def do_GET(self):
-            path = self.path.split("?", 1)[0]
-            if path == "/health":
-                self._json(200, {"status": "ok"})
-            elif path in ("/v1/models", "/models"):
-                if self._authorized():
-                    self._json(200, {"object": "list", "data": [
-                        {"id": engine.model_id, "object": "model", "owned_by": "ember",
-                         "max_model_len": engine.max_model_len}]})
-            else:
-                self._error(404, f"no route {path}", "not_found_error")
+    def _error(self, status: int, message: str, type_: str, **fields) -> None:
+        self._json(status, {"error": {"message": message, "type": type_, "code": status, **fields}})
 
-        def do_POST(self):
-            path = self.path.split("?", 1)[0]
-            if path not in ("/v1/chat/completions", "/chat/completions"):
-                self._error(404, f"no route {path}", "not_found_error")
-                return
-            if not self._authorized():
-                return
-            try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                if not isinstance(body.get("messages"), list) or not body["messages"]:
-                    raise ValueError("'messages' must be a non-empty list")
-            except ValueError as exc:
-                self._error(400, f"bad request: {exc}", "invalid_request_error")
-                return
-            ids = engine.prompt_ids(body["messages"])
-            n_prompt = int(ids.shape[-1])
-            if n_prompt >= engine.max_model_len:
-                self._error(400, f"request ({n_prompt} tokens) exceeds the available context size "
-                            f"({engine.max_model_len} tokens), try increasing it", "exceed_context_size_error",
-                            n_prompt_tokens=n_prompt, n_ctx=engine.max_model_len)
-                return
-            cancel, out = threading.Event(), queue.Queue()
-            threading.Thread(target=engine.generate, args=(body, ids, cancel, out), daemon=True).start()
-            rid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
-            if body.get("stream"):
-                self._stream(body, rid, created, cancel, out)
-            else:
-                self._whole(rid, created, out)
+    def _authorized(self) -> bool:
+        if not self.api_key:
+            return True
+        if self.headers.get("Authorization", "") == f"Bearer {self.api_key}":
+            return True
+        self._error(401, "Invalid API key", "authentication_error")
+        return False
 
-        def _chunk(self, rid, created, delta=None, finish=None, usage=None) -> bytes:
-            event = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": engine.model_id,
-                     "choices": [] if delta is None and finish is None else
-                     [{"index": 0, "delta": delta or {}, "finish_reason": finish}]}
-            if usage is not None:
-                event["usage"] = usage
-            return b"data: " + json.dumps(event).encode() + b"\n\n"
+    def do_GET(self):
+        path = self.path.split("?", 1)[0]
+        if path == "/health":
+            self._json(200, {"status": "ok"})
+        elif path in ("/v1/models", "/models"):
+            if self._authorized():
+                self._json(200, {"object": "list", "data": [
+                    {"id": self.engine.model_id, "object": "model", "owned_by": "ember",
+                     "max_model_len": self.engine.max_model_len}]})
+        else:
+            self._error(404, f"no route {path}", "not_found_error")
 
-        def _send_chunk(self, data: bytes) -> None:
-            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-            self.wfile.flush()
+    def do_POST(self):
+        path = self.path.split("?", 1)[0]
+        if path not in ("/v1/chat/completions", "/chat/completions"):
+            self._error(404, f"no route {path}", "not_found_error")
+            return
+        if not self._authorized():
+            return
+        try:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            if not isinstance(body.get("messages"), list) or not body["messages"]:
+                raise ValueError("'messages' must be a non-empty list")
+        except ValueError as exc:
+            self._error(400, f"bad request: {exc}", "invalid_request_error")
+            return
+        ids = self.engine.prompt_ids(body["messages"])
+        n_prompt = int(ids.shape[-1])
+        if n_prompt >= self.engine.max_model_len:
+            self._error(400, f"request ({n_prompt} tokens) exceeds the available context size "
+                        f"({self.engine.max_model_len} tokens), try increasing it", "exceed_context_size_error",
+                        n_prompt_tokens=n_prompt, n_ctx=self.engine.max_model_len)
+            return
+        cancel, out = threading.Event(), queue.Queue()
+        threading.Thread(target=self.engine.generate, args=(body, ids, cancel, out), daemon=True).start()
+        rid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        if body.get("stream"):
+            self._stream(body, rid, created, cancel, out)
+        else:
+            self._whole(rid, created, out)
 
-        def _stream(self, body, rid, created, cancel, out) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            try:
-                self._send_chunk(self._chunk(rid, created, {"role": "assistant", "content": ""}))
-                while True:
-                    item = out.get()
-                    if isinstance(item, str):
-                        self._send_chunk(self._chunk(rid, created, {"content": item}))
-                        continue
-                    if item[0] == "error":
-                        err = {"error": {"message": f"{type(item[1]).__name__}: {item[1]}", "type": "server_error",
-                                         "code": 500}}
-                        self._send_chunk(b"data: " + json.dumps(err).encode() + b"\n\n")
-                        break
-                    _, usage, finish = item
-                    self._send_chunk(self._chunk(rid, created, {}, finish))
-                    if include_usage:
-                        self._send_chunk(self._chunk(rid, created, usage=usage))
-                    self._send_chunk(b"data: [DONE]\n\n")
-                    break
-                self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                cancel.set()  # the client left: stop generating for it
-                self.close_connection = True
+    def _chunk(self, rid, created, delta=None, finish=None, usage=None) -> bytes:
+        event = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.engine.model_id,
+                 "choices": [] if delta is None and finish is None else
+                 [{"index": 0, "delta": delta or {}, "finish_reason": finish}]}
+        if usage is not None:
+            event["usage"] = usage
+        return b"data: " + json.dumps(event).encode() + b"\n\n"
 
-        def _whole(self, rid, created, out) -> None:
-            text = ""
+    def _send_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _stream(self, body, rid, created, cancel, out) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        try:
+            self._send_chunk(self._chunk(rid, created, {"role": "assistant", "content": ""}))
             while True:
                 item = out.get()
                 if isinstance(item, str):
-                    text += item
+                    self._send_chunk(self._chunk(rid, created, {"content": item}))
                     continue
                 if item[0] == "error":
-                    self._error(500, f"{type(item[1]).__name__}: {item[1]}", "server_error")
-                    return
+                    err = {"error": {"message": f"{type(item[1]).__name__}: {item[1]}", "type": "server_error",
+                                     "code": 500}}
+                    self._send_chunk(b"data: " + json.dumps(err).encode() + b"\n\n")
+                    break
                 _, usage, finish = item
-                self._json(200, {"id": rid, "object": "chat.completion", "created": created, "model": engine.model_id,
-                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                              "finish_reason": finish}], "usage": usage})
-                return
+                self._send_chunk(self._chunk(rid, created, {}, finish))
+                if include_usage:
+                    self._send_chunk(self._chunk(rid, created, usage=usage))
+                self._send_chunk(b"data: [DONE]\n\n")
+                break
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            cancel.set()  # the client left: stop generating for it
+            self.close_connection = True
 
-    return Handler
+    def _whole(self, rid, created, out) -> None:
+        text = ""
+        while True:
+            item = out.get()
+            if isinstance(item, str):
+                text += item
+                continue
+            if item[0] == "error":
+                self._error(500, f"{type(item[1]).__name__}: {item[1]}", "server_error")
+                return
+            _, usage, finish = item
+            self._json(200, {"id": rid, "object": "chat.completion", "created": created, "model": self.engine.model_id,
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                          "finish_reason": finish}], "usage": usage})
+            return
+
+
+def make_handler(engine: Engine, api_key: str | None) -> type[ChatHandler]:
+    """The handler class for ``ThreadingHTTPServer``, serving ``engine`` behind ``api_key``."""
+    return type("Handler", (ChatHandler,), {"engine": engine, "api_key": api_key})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--max-model-len", type=int, default=0, help="context length (0: the model's, at most 4096)")
+    p.add_argument("--max-model-len", type=int, default=0, help=f"context length (0: the model's, at most {DEFAULT_N_CTX})")
     p.add_argument("--max-new-tokens", type=int, default=512, help="default answer length")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=1.0)

@@ -1,23 +1,22 @@
 """From "run this model" to a ready engine: plan (pure, shown before launch), then start.
 
 The CLI and the desktop both call :func:`plan` and :func:`start`, so what the
-launch dialog shows is exactly what the command line does.
+launch dialog shows is exactly what the command line does. Engines are reached
+through their interface only (:func:`engines.running.backends.get`).
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 from dataclasses import dataclass, field
 
 from engines.machine import hardware
-from engines.models import store
-from engines.running import selection
-from engines.running import supervisor
-from engines.running.backends import LABELS, availability, installed_engines
 from engines.machine.fit import FitEstimate
 from engines.machine.hardware import HardwareProfile
+from engines.models import lookup, store
 from engines.models.store import ModelSpec
+from engines.running import backends, selection, supervisor
+from engines.running.backends import LABELS, availability, installed_engines
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +56,13 @@ class LaunchPlan:
         return plan(self.model, self.hardware, self.engine, user)
 
 
-def backend(engine: str):
-    return importlib.import_module(f"engines.running.backends.{engine}")
-
-
 def plan(model: ModelSpec | str, hw: HardwareProfile | None = None, engine: str | None = None,
-         overrides: dict[str, object] | list[str] | None = None) -> LaunchPlan:
-    """Choose the engine, validate parameters, estimate GPU layers. Raises PlanError / ParamError."""
-    spec = store.resolve(model) if isinstance(model, str) else model
+         overrides: dict[str, object] | list[str] | None = None, context: int | None = None) -> LaunchPlan:
+    """Choose the engine, validate parameters, estimate GPU layers. Raises PlanError / ParamError.
+
+    ``context``: a context size in tokens for whichever engine is chosen (its own key, see
+    :attr:`Engine.roles`), for callers that do not know the engine yet; ``overrides`` win."""
+    spec = lookup.resolve(model) if isinstance(model, str) else model
     hw = hw or hardware.detect()
     sel = selection.select(spec, hw, engine, installed_engines())
     if sel.engine is None:
@@ -75,9 +73,11 @@ def plan(model: ModelSpec | str, hw: HardwareProfile | None = None, engine: str 
     if not spec.is_local:
         raise store.ModelError(spec.name, "is not downloaded yet; get it with: ember pull " + spec.name,
                                 "not_downloaded")
-    mod = backend(sel.engine)
-    user = mod.validate(overrides or {})
-    values, estimate, warnings = mod.prepare(spec, hw, user)
+    chosen = backends.get(sel.engine)
+    user = chosen.validate(overrides or {})
+    if context is not None:
+        user = {**chosen.validate(chosen.context_override(context)), **user}
+    values, estimate, warnings = chosen.prepare(spec, hw, user)
     if sel.warning:
         warnings.insert(0, sel.warning)
     return LaunchPlan(spec, sel.engine, values, user, hw, sel, estimate, warnings)
@@ -88,15 +88,21 @@ def start(p: LaunchPlan, timeout: float = 300.0, cancel: threading.Event | None 
     """Spawn the engine of a plan and wait until it answers. Raises EngineStartError.
 
     ``port`` forces a port (tests of the "port in use" diagnosis); normally a free one is picked."""
-    mod = backend(p.engine)
+    chosen = backends.get(p.engine)
     api_key = supervisor.new_api_key()
     port = port or supervisor.free_port(host)
-    cmd = mod.command(p.model, p.params, host, port, api_key)
+    cmd = chosen.command(p.model, p.params, host, port, api_key)
     proc = supervisor.EngineProcess(cmd, p.model.name, p.engine, host, port, api_key,
                                     supervisor.launch_log_path(p.model.name, p.engine),
                                     meta={"params": p.params})
     proc.spawn()
     proc.wait_ready(timeout=timeout, cancel=cancel)
-    if hasattr(mod, "loaded"):  # what the engine says it did (layers, buffers, effective context)
-        proc.meta["loaded"] = mod.loaded(proc.log_lines())
+    report = chosen.loaded(proc.log_lines())  # what the engine says it did (layers, buffers, effective context)
+    if report is not None:
+        proc.meta["loaded"] = report
     return proc
+
+
+def context_override(engine: str, tokens: int) -> dict[str, object]:
+    """The parameter change that sets ``engine``'s context to ``tokens``, in its own key ({} if it has none)."""
+    return backends.get(engine).context_override(tokens)

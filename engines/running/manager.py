@@ -14,23 +14,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from engines.chat import remotes
+from engines.chat.endpoint import Endpoint
 from engines.running import launch
 from engines.running import supervisor
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Endpoint:
-    """Something the chat can talk to: a local engine Ember started, or a remote server."""
-
-    name: str
-    base_url: str
-    api_key: str | None
-    kind: str = "local"          # local | remote
-    model_id: str | None = None  # the model name to send, for servers with several models
-    engine: str | None = None
-
 
 @dataclass
 class Running:
@@ -44,8 +33,39 @@ class Running:
                         None, self.plan.engine)
 
 
-Listener = Callable[[str, str, object], None]  # (event, model name, payload)
-# events: "loading" (plan), "ready" (Running), "failed" (exception), "stopped" (reason str), "unloaded" (plan)
+@dataclass(frozen=True)
+class EngineEvent:
+    """Something that happened to one model's engine; listeners get one of the subclasses below."""
+
+    name: str  # the model's name
+
+
+@dataclass(frozen=True)
+class EngineLoading(EngineEvent):
+    plan: launch.LaunchPlan
+
+
+@dataclass(frozen=True)
+class EngineReady(EngineEvent):
+    running: Running
+
+
+@dataclass(frozen=True)
+class EngineFailed(EngineEvent):
+    error: BaseException  # what launch raised (also re-raised to the caller)
+
+
+@dataclass(frozen=True)
+class EngineStopped(EngineEvent):
+    reason: str  # "stopped", "quit"
+
+
+@dataclass(frozen=True)
+class EngineUnloaded(EngineEvent):
+    plan: launch.LaunchPlan  # kept: ensure_running relaunches with it
+
+
+Listener = Callable[[EngineEvent], None]
 
 
 class EngineManager:
@@ -59,14 +79,23 @@ class EngineManager:
 
     # -- events -------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        """Call ``listener(event)`` for every :class:`EngineEvent`, on the thread it happens on."""
+        with self._lock:
+            self._listeners.append(listener)
 
-    def _emit(self, event: str, name: str, payload: object = None) -> None:
-        for listener in list(self._listeners):
+    def unsubscribe(self, listener: Listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def _emit(self, event: EngineEvent) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
             try:
-                listener(event, name, payload)
+                listener(event)
             except Exception:
-                log.exception("listener failed for %s %s", event, name)
+                log.exception("listener failed for %s", event)
 
     # -- state --------------------------------------------------------------------
     def running(self) -> list[Running]:
@@ -95,12 +124,7 @@ class EngineManager:
         with self._lock:
             eps = [r.endpoint for r in self._running.values()]
             eps += [Endpoint(n, "", None, "unloaded", None, p.engine) for n, p in self._unloaded.items()]
-        try:
-            from engines.chat import remotes
-            eps += remotes.endpoints()
-        except ImportError:
-            pass
-        return eps
+        return eps + remotes.endpoints()
 
     # -- launch / stop ------------------------------------------------------------
     def launch(self, plan: launch.LaunchPlan, timeout: float = 300.0) -> Running:
@@ -113,19 +137,19 @@ class EngineManager:
             self._loading[name] = cancel
         if old:
             old.proc.stop()
-        self._emit("loading", name, plan)
+        self._emit(EngineLoading(name, plan))
         try:
             proc = launch.start(plan, timeout=timeout, cancel=cancel)
         except BaseException as exc:
             with self._lock:
                 self._loading.pop(name, None)
-            self._emit("failed", name, exc)
+            self._emit(EngineFailed(name, exc))
             raise
         run = Running(plan, proc)
         with self._lock:
             self._loading.pop(name, None)
             self._running[name] = run
-        self._emit("ready", name, run)
+        self._emit(EngineReady(name, run))
         return run
 
     def cancel_loading(self, name: str) -> None:
@@ -141,7 +165,7 @@ class EngineManager:
         if run is None:
             return supervisor.Stop.NOT_RUNNING
         result = run.proc.stop()
-        self._emit("stopped", name, reason)
+        self._emit(EngineStopped(name, reason))
         return result
 
     def stop_all(self) -> None:
@@ -187,5 +211,5 @@ class EngineManager:
                 self._unloaded[name] = r.plan
             r.proc.stop()
             log.info("unloaded %s after %.0f s idle", name, now - r.last_used)
-            self._emit("unloaded", name, r.plan)
+            self._emit(EngineUnloaded(name, r.plan))
         return [r.plan.model.name for r in victims]

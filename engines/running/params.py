@@ -47,8 +47,10 @@ class ParamSpec:
 class ParamError(ValueError):
     """A parameter that cannot be used, with what would be right instead."""
 
-    def __init__(self, key: str, problem: str, value: object = None, suggestions: tuple[str, ...] = ()):
+    def __init__(self, key: str, problem: str, value: object = None, suggestions: tuple[str, ...] = (),
+                 nearest: object = None):
         self.key, self.problem, self.value, self.suggestions = key, problem, value, tuple(suggestions)
+        self.nearest = nearest  # the closest valid value, when the key has a range (see RANGES)
         super().__init__(self.message)
 
     @property
@@ -121,7 +123,7 @@ def _walk(obj: object, prefix: str, out: dict[str, ParamSpec], depth: int = 0) -
 @functools.lru_cache(maxsize=1)
 def llamacpp_schema() -> dict[str, ParamSpec]:
     """Every settable key of the installed xllamacpp's CommonParams."""
-    import xllamacpp
+    import xllamacpp  # heavy (loads llama.cpp's library) and needed only when llama.cpp is asked about
 
     out: dict[str, ParamSpec] = {}
     _walk(xllamacpp.CommonParams(), "", out)
@@ -214,16 +216,44 @@ def parse_assignment(text: str) -> tuple[str, str]:
     return key, value.strip()
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The valid range of a whole-number parameter, and why values outside it are refused."""
+
+    low: int
+    high: int | None
+    expects: str            # the valid values in words
+    below: str = ""         # why a value under ``low`` would break the engine
+    above: str = ""
+
+    def problem(self, value: int) -> str | None:
+        if value < self.low:
+            return f"must be {self.expects}, got {value}{self.below}"
+        if self.high is not None and value > self.high:
+            return f"must be {self.expects}, got {value}{self.above}"
+        return None
+
+    def nearest(self, value: int) -> int:
+        return max(self.low, value) if self.high is None else min(self.high, max(self.low, value))
+
+
+#: Values that start a broken engine are refused before launch (see FACTS); a refusal
+#: carries the nearest valid value, which the diagnosis offers as its fix.
+RANGES = {
+    "n_parallel": Bounds(1, 256, "between 1 and 256", " (with no slots every request would wait forever)",
+                         " (llama.cpp allows at most 256 sequences)"),
+    "n_ctx": Bounds(0, None, "0 (the model's own context) or a positive number"),
+    "n_gpu_layers": Bounds(-1, None, "-1 (auto) or a number of layers"),
+}
+
+
 def _range_checks(key: str, value) -> None:
-    """Values that start a broken engine are refused before launch (see FACTS)."""
-    if key == "n_parallel" and not (1 <= value <= 256):
-        why = " (with no slots every request would wait forever)" if value < 1 else \
-            " (llama.cpp allows at most 256 sequences)"
-        raise ParamError(key, f"must be between 1 and 256, got {value}{why}", value)
-    if key == "n_ctx" and value < 0:
-        raise ParamError(key, f"must be 0 (the model's own context) or a positive number, got {value}", value)
-    if key == "n_gpu_layers" and value < -1:
-        raise ParamError(key, f"must be -1 (auto) or a number of layers, got {value}", value)
+    bounds = RANGES.get(key)
+    if bounds is None or not isinstance(value, int) or isinstance(value, bool):
+        return
+    problem = bounds.problem(value)
+    if problem:
+        raise ParamError(key, problem, value, nearest=bounds.nearest(value))
 
 
 def validate(pairs: dict[str, object] | list[str], schema: dict[str, ParamSpec] | None = None) -> dict[str, object]:
@@ -246,7 +276,7 @@ def validate(pairs: dict[str, object] | list[str], schema: dict[str, ParamSpec] 
 
 def apply(target: object, values: dict[str, object], schema: dict[str, ParamSpec] | None = None) -> None:
     """Set validated values on a real ``xllamacpp.CommonParams``, walking nested fields."""
-    import xllamacpp
+    import xllamacpp  # heavy; only the llama.cpp worker applies values
 
     schema = schema if schema is not None else llamacpp_schema()
     for key, value in values.items():

@@ -22,9 +22,13 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
+import time
+
+from engines.running import params as P
 
 log = logging.getLogger("engines.running.worker")
 
@@ -63,8 +67,6 @@ def _on_signals(stop: threading.Event) -> None:
 def _let_engine_log_drain(quiet: float = 0.25, limit: float = 2.0) -> None:
     """llama.cpp writes its log from its own thread: before we exit, wait until the log stops growing,
     or the line that names the failure (the only place it is named) may never reach the file."""
-    import stat
-    import time
     try:
         regular = stat.S_ISREG(os.fstat(2).st_mode)
     except OSError:
@@ -82,9 +84,7 @@ def _let_engine_log_drain(quiet: float = 0.25, limit: float = 2.0) -> None:
 
 
 def run_llamacpp(config: dict, stop: threading.Event) -> int:
-    import xllamacpp
-
-    from engines.running import params as P
+    import xllamacpp  # lazy: the native llama.cpp library, needed by this mode only (exec runs other engines)
 
     p = xllamacpp.CommonParams()
     P.apply(p, config.get("params", {}))

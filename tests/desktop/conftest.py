@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QThreadPool
 
+from desktop.bridge import wait_for_calls
 from tests.helpers import screenshot_dir
 
 
@@ -43,7 +44,9 @@ def store(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _drain_pool():
-    """Work a test started on Qt's thread pool ends before the next test's widgets exist."""
+def _drain_background_work():
+    """Work a test started off the GUI thread (run_async, Qt's thread pool) ends before the next test's
+    widgets exist, and before its EMBER_HOME goes away."""
     yield
+    wait_for_calls(60)
     QThreadPool.globalInstance().waitForDone(60_000)

@@ -83,7 +83,7 @@ def test_context_error_dialog_fix_relaunches_and_completes(qtbot, window, small_
 def test_action_fix_and_keyboard(qtbot):
     """A fix without parameter changes (new conversation) still reports which fix; Esc closes."""
     from desktop.diagnosis_dialog import DiagnosisDialog
-    from engines.diagnosis.diagnose import Diagnosis, Fix, Kind
+    from engines.diagnosis.types import Diagnosis, Fix, Kind
 
     d = Diagnosis(Kind.ENGINE_CRASHED, "The engine crashed", "The engine was killed by SIGKILL while answering.",
                   {"signal": 9, "signal_name": "SIGKILL"}, [Fix("Restart the engine", {}, "", action="relaunch")],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engines.models import downloads as D
+from engines.models import records
 from engines.machine import hardware
 from engines.running.manager import EngineManager
 from tests.fakehub.server import FakeHub
@@ -41,7 +42,8 @@ def test_queue_progress_pause_resume_and_delete(qtbot, hub):
     qtbot.waitUntil(lambda: NAME in view.rows and view.rows[NAME].bar.value() > 150, timeout=30_000)
     row = view.rows[NAME]
     assert row.state.text() == "Downloading"
-    assert " of 253 MB \u00b7 " in row.numbers.text() and "MB/s" in row.numbers.text() and "left" in row.numbers.text()
+    numbers = row.numbers.text()
+    assert " of 241 MiB \u00b7 " in numbers and "MiB/s" in numbers and "left" in numbers
     SHOTS.mkdir(exist_ok=True)
     view.grab().save(str(SHOTS / "downloads_panel_downloading.png"))
     row.pause_button.click()
@@ -52,12 +54,12 @@ def test_queue_progress_pause_resume_and_delete(qtbot, hub):
     with qtbot.waitSignal(view.model_ready, timeout=60_000):
         row.pause_button.click()
     assert row.state.text() == "Ready (verified)" and row.bar.value() == 1000
-    assert "253 MB on disk" in view.disk_title.text()
+    assert "241 MiB on disk" in view.disk_title.text()
     qtbot.wait(100)
     view.grab().save(str(SHOTS / "downloads_panel_ready.png"))
     with qtbot.waitSignal(view.deleted, timeout=30_000):
         view.delete_model(NAME)
-    assert D.ready_path(NAME) is None and "none yet" in view.disk_title.text()
+    assert records.ready_path(NAME) is None and "none yet" in view.disk_title.text()
 
 
 def test_embedded_in_the_models_window_with_a_download_action(qtbot, hub):

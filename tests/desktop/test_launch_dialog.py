@@ -17,7 +17,7 @@ SHOTS = screenshot_dir()
 
 @pytest.fixture
 def spec(fresh_home):
-    return store.resolve("starter")
+    return store.resolve_local("starter")
 
 
 def make_dialog(qtbot, spec, hw):
@@ -161,6 +161,7 @@ def test_other_engines_get_their_own_fields(qtbot, fresh_home, hw):
     """A safetensors folder runs on Transformers: its schema's fields, not llama.cpp's."""
     from engines.running import launch
     from engines.running import params as P
+    from engines.running import backends
     from engines.running.backends import availability
     if not availability("transformers").installed:
         pytest.skip("transformers is not installed")
@@ -176,7 +177,7 @@ def test_other_engines_get_their_own_fields(qtbot, fresh_home, hw):
     row.key_edit.setText("sampling.top_k")
     row.value_edit.setText("40")
     with pytest.raises(P.ParamError) as info:
-        launch.backend("transformers").validate({"sampling.top_k": "40"})
+        backends.get("transformers").validate({"sampling.top_k": "40"})
     assert row.error.text() == info.value.message
     assert not dlg.launch_button.isEnabled()
     row.key_edit.setText("")

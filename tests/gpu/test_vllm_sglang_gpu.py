@@ -21,7 +21,9 @@ import pytest
 from engines.machine import hardware
 from engines.running import launch
 from engines.running import supervisor
-from engines.running.backends import _server as S, availability
+from engines.diagnosis.evidence import first_match
+from engines.running import backends
+from engines.running.backends import availability
 from engines.chat.client import ChatStream, Delta
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,9 +93,9 @@ def test_provoked_out_of_memory_is_diagnosed(engine, params, hw, folder, templat
     with pytest.raises(supervisor.EngineStartError) as err:
         launch.start(plan, timeout=600)
     lines = err.value.log_path.read_text(errors="replace").splitlines()
-    mod = launch.backend(engine)
-    kind, facts = S.match_log(mod.LOG_PATTERNS, lines)
-    assert kind == "oom_load", "\n".join(lines[-30:])
-    assert mod.fixes_for(kind, facts, plan)
+    chosen = backends.get(engine)
+    m = first_match(chosen.log_patterns, lines)
+    assert m is not None and m.kind == "oom_load", "\n".join(lines[-30:])
+    assert chosen.fixes_for(m.kind, m.facts, plan)
     from engines.diagnosis import diagnose
     assert diagnose.diagnose_exception(err.value, plan=plan).kind == "oom_load"

@@ -43,7 +43,7 @@ def test_starter_assembles_once_and_atomically(tmp_path, monkeypatch):
     store.ensure_starter()
     assert path.stat().st_mtime_ns == mtime  # assembling twice does nothing
     assert time.monotonic() - t0 < 0.5
-    assert store.resolve("starter").block_count == 18
+    assert store.resolve_local("starter").block_count == 18
 
 
 def test_killed_assembly_never_leaves_a_usable_looking_file(tmp_path):

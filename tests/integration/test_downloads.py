@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from engines.models import records
 from tests.conftest import ember_cmd
 from tests.fakehub.server import FakeHub
 
@@ -74,12 +75,11 @@ def _sha256(path) -> str:
 
 
 def test_full_download_is_verified_and_becomes_a_local_model(env, hub, blobs):
-    from engines.models import downloads
     from engines.models import store
     out = _pull(env, NAME)
     assert out.returncode == 0, out.stderr
     assert "is ready (verified)" in out.stdout
-    path = downloads.ready_path(NAME)
+    path = records.ready_path(NAME)
     assert path and _sha256(path) == _sha256(blobs["starter"])
     assert hub.served[f"{REPO}/{FILE}"] == blobs["starter"].stat().st_size
     # the standard HF cache layout: huggingface_hub finds it offline
@@ -118,8 +118,7 @@ def test_killed_download_resumes_without_refetching(env, hub, blobs):
     refetched = hub.served[f"{REPO}/{FILE}"]
     print(f"\nkilled at {kept:,} bytes; the resume fetched {refetched:,} bytes (file {size:,})")
     assert refetched == size - kept
-    from engines.models import downloads
-    assert _sha256(downloads.ready_path(NAME)) == _sha256(blobs["starter"])
+    assert _sha256(records.ready_path(NAME)) == _sha256(blobs["starter"])
 
 
 def test_ctrl_c_pauses_and_keeps_the_partial(env, hub, blobs):
@@ -140,12 +139,11 @@ def test_ctrl_c_pauses_and_keeps_the_partial(env, hub, blobs):
 
 
 def test_corrupted_byte_is_caught_by_the_checksum(env, hub):
-    from engines.models import downloads
     out = _pull(env, "acme/corrupt-GGUF:broken.gguf")
     assert out.returncode == 1
     assert "broken.gguf of acme/corrupt-GGUF:broken.gguf is corrupted" in out.stderr
     assert "not marked ready" in out.stderr
-    assert downloads.ready_path("acme/corrupt-GGUF:broken.gguf") is None
+    assert records.ready_path("acme/corrupt-GGUF:broken.gguf") is None
     assert not glob.glob(str(env["cache"] / "models--acme--corrupt-GGUF" / "snapshots" / "*" / "broken.gguf"))
 
 
@@ -189,7 +187,7 @@ def test_not_enough_space_is_refused_before_starting(env, hub, small_disk, monke
     env["env"]["HF_HUB_CACHE"] = str(small_disk / "hub")
     out = _pull(env, "acme/big-GGUF:big.gguf")
     assert out.returncode == 1
-    assert f"acme/big-GGUF:big.gguf needs 80.0 MB, " in out.stderr
+    assert f"acme/big-GGUF:big.gguf needs 76 MiB, " in out.stderr
     assert f"free on {small_disk / 'hub'}" in out.stderr
     assert not hub.served
 
@@ -206,7 +204,7 @@ def test_disk_full_is_reported_and_the_partial_kept(env, hub, small_disk, monkey
     assert Path(err.path).exists() and Path(err.path).stat().st_size == err.partial_bytes
     assert err.message.startswith(f"the disk at {small_disk / 'hub'} filled up while downloading acme/big-GGUF")
     assert "the partial file is kept" in err.message
-    assert downloads.ready_path("acme/big-GGUF:big.gguf") is None
+    assert records.ready_path("acme/big-GGUF:big.gguf") is None
 
 
 def test_queue_runs_pauses_resumes_and_cancels(env, hub, blobs):
@@ -238,9 +236,9 @@ def test_queue_runs_pauses_resumes_and_cancels(env, hub, blobs):
         time.sleep(0.1)
     assert again.job(NAME).state == "ready", again.job(NAME).error
     assert any(s == "downloading" and b > 0 for _, s, b in seen)
-    assert downloads.ready_path(NAME)
+    assert records.ready_path(NAME)
     freed = downloads.delete(NAME)
-    assert freed == blobs["starter"].stat().st_size and downloads.ready_path(NAME) is None
+    assert freed == blobs["starter"].stat().st_size and records.ready_path(NAME) is None
 
 
 def test_remote_header_is_read_with_range_requests(env, hub, blobs):

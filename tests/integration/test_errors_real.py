@@ -22,7 +22,7 @@ from engines.diagnosis import diagnose
 from engines.running import launch
 from engines.running import params
 from engines.running import supervisor
-from engines.diagnosis.diagnose import Kind
+from engines.diagnosis.types import Kind
 
 pytestmark = pytest.mark.slow
 

@@ -101,7 +101,7 @@ def bundle() -> Path:
 @pytest.fixture(scope="session")
 def deb(bundle, version) -> Path:
     """The real .deb builder, at xz level 1 instead of 6: same files and metadata, a third of
-    the compression time (xz -6 of 240 MB takes minutes on a busy 2-core machine)."""
+    the compression time (xz -6 of 190 MB takes minutes on a busy 2-core machine)."""
     return _cached("deb", lambda folder: linux.build_deb(bundle, folder, version, ROOT / "resources",
                                                           platform.machine(), xz_level=1))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from installers import exclusions
+from installers.build import dir_size
 from tests.packaging.conftest import BUILD_TIMEOUT, run_frozen
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(BUILD_TIMEOUT)]
@@ -55,6 +56,28 @@ def test_chat_answers_through_the_frozen_engine_worker(exe, user_home):
     assert "ember-worker: starting llama.cpp" in text  # the child was our frozen engine-worker
 
 
+#: A machine with one CUDA GPU, as ``--hardware`` takes it: this build host has none, and on a
+#: CPU-only machine auto-NGL returns before it reaches xllamacpp's estimate.
+GPU_PROFILE = {
+    "os": "linux", "arch": "x86_64", "cpu_cores": 4, "ram_total_bytes": 16 << 30, "ram_available_bytes": 12 << 30,
+    "llamacpp_build": "cuda",
+    "gpus": [{"name": "NVIDIA GeForce RTX 3060 (profile)", "vendor": "nvidia", "backend": "cuda",
+              "memory_total_bytes": 12 << 30, "memory_free_bytes": 11 << 30, "llamacpp_device": "CUDA0"}],
+}
+
+
+def test_auto_ngl_runs_xllamacpps_estimate_in_the_frozen_app(exe, user_home, tmp_path):
+    """The bundle has neither gguf nor numpy: the launch's auto-NGL must still reach the estimate
+    (a failed one would say "estimate failed ... offloading all layers")."""
+    profile = tmp_path / "gpu.json"
+    profile.write_text(json.dumps(GPU_PROFILE))
+    r = run_frozen(exe, "chat", "starter", "Hi", "--max-tokens", "4", "--hardware", str(profile),
+                   home=user_home, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"ember: 19 of 19 layers on GPU; KV cache \d+ MiB; CUDA0 [\d.,]+ [MG]iB of 11\.0 GiB free",
+                     r.stderr), r.stderr
+
+
 def test_no_engine_process_outlives_the_chat(exe, user_home):
     r = run_frozen(exe, "chat", "starter", "Hi", "--max-tokens", "4", home=user_home, timeout=180)
     assert r.returncode == 0, r.stderr
@@ -84,6 +107,10 @@ def test_heavy_engines_are_not_collected(bundle, exe):
     for needed in ("engines.running.worker", "engines.running.backends.llamacpp", "engines.running.backends.transformers",
                    "xllamacpp", "desktop", "resources"):
         assert needed in modules, needed
+
+
+def test_bundle_is_at_most_200_mb(bundle):
+    assert dir_size(bundle) <= 200e6, f"{dir_size(bundle) / 1e6:.0f} MB"
 
 
 def test_unused_qt_is_left_out(bundle):

@@ -11,12 +11,18 @@ import sys
 
 import pytest
 
+from engines.diagnosis.evidence import first_match
+from engines.diagnosis.types import Fix, Kind, LogPattern
+from engines.running import backends
 from engines.running import params as P
 from engines.running import selection
-from engines.running.backends import _server as S, mlx, sglang, transformers, vllm
+from engines.running.backends import _server as S
+from engines.running.backends import mlx as mlx_module, sglang as sglang_module
+from engines.running.backends import transformers as transformers_module, vllm as vllm_module
 from engines.machine.hardware import GPU, HardwareProfile
 from engines.models.store import ModelSpec
 
+transformers, mlx, vllm, sglang = (backends.get(n) for n in ("transformers", "mlx", "vllm", "sglang"))
 BACKENDS = (transformers, mlx, vllm, sglang)
 
 
@@ -82,13 +88,13 @@ def test_unknown_key_suggests_the_engines_own_name():
 
 def test_fix_parameters_are_keys_validate_accepts():
     """The diagnosis offers these as one-click fixes: each must pass the backend's validate."""
-    for mod in BACKENDS:
-        keys = {k for ks in mod.FIXES.values() for k in (ks if isinstance(ks, list) else [])}
-        keys |= {k for ks in mod.FIXES.values() for d in ks if isinstance(d, dict) for k in d}
-        schema = mod.schema()
+    for module in (transformers_module, mlx_module, vllm_module, sglang_module):
+        keys = {k for ks in module.FIXES.values() for k in (ks if isinstance(ks, list) else [])}
+        keys |= {k for ks in module.FIXES.values() for d in ks if isinstance(d, dict) for k in d}
+        schema = module.ENGINE.schema()
         for key in keys:
             if isinstance(key, str):
-                assert key in schema, f"{mod.NAME}: fix parameter {key} unknown"
+                assert key in schema, f"{module.NAME}: fix parameter {key} unknown"
 
 
 def engine_program(cmd) -> list[str]:
@@ -199,9 +205,10 @@ def test_mlx_chosen_on_apple_silicon_and_only_asked_for_elsewhere():
 
 # -- log classification on real lines --------------------------------------------------
 
-def classify(mod, lines: list[str]):
+def classify(engine, lines: list[str]):
     """The first (table-order) pattern of the backend that matches any line: (kind, facts)."""
-    return S.match_log(mod.LOG_PATTERNS, lines)
+    m = first_match(engine.log_patterns, lines)
+    return (m.kind, m.facts) if m else (None, {})
 
 
 # Lines as vLLM, SGLang, torch and mlx print them (from the engines' issue trackers).
@@ -252,7 +259,7 @@ REAL_LINES = [
 ]
 
 
-@pytest.mark.parametrize("mod,line,kind,facts", REAL_LINES, ids=[f"{m.NAME}-{i}" for i, (m, *_) in
+@pytest.mark.parametrize("mod,line,kind,facts", REAL_LINES, ids=[f"{m.name}-{i}" for i, (m, *_) in
                                                                    enumerate(REAL_LINES)])
 def test_real_log_lines_are_classified(mod, line, kind, facts):
     got_kind, got_facts = classify(mod, ["INFO some unrelated start-up line", line])
@@ -270,12 +277,12 @@ def test_plain_startup_lines_are_not_errors():
 
 
 def test_patterns_have_the_diagnosis_shape():
-    for mod in BACKENDS:
-        for entry in mod.LOG_PATTERNS:
-            assert isinstance(entry[0], str) and isinstance(entry[1], str) and len(entry) in (2, 3)
-            re.compile(entry[0])
-            if len(entry) == 3:
-                json.dumps(entry[2])
+    for engine in BACKENDS:
+        assert engine.log_patterns
+        for entry in engine.log_patterns:
+            assert isinstance(entry, LogPattern) and isinstance(entry.kind, Kind)
+            assert isinstance(entry.regex, re.Pattern) and entry.regex.flags & re.IGNORECASE
+            json.dumps(dict(entry.facts))
 
 
 @pytest.mark.parametrize("mod,facts,plan_params,first", [
@@ -301,7 +308,7 @@ def test_fixes_are_concrete_and_valid(mod, facts, plan_params, first):
     if first == {"gpu_memory_utilization": 0.02}:  # 7 GiB free of 140: no sensible fraction left
         assert fixes == []
         return
-    assert fixes[0]["changes"] == first
+    assert fixes[0].changes == first
     for f in fixes:
-        assert f["label"]
-        assert mod.validate(f["changes"]) == f["changes"]  # every fix passes the backend's own validation
+        assert isinstance(f, Fix) and f.label
+        assert mod.validate(f.changes) == f.changes  # every fix passes the backend's own validation

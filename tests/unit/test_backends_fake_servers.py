@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from engines.running import engine_env
+from engines.diagnosis.evidence import first_match
+from engines.running import backends, engine_env
 from engines.running import launch
 from engines.running import supervisor
-from engines.running.backends import _server as S, availability
+from engines.running.backends import availability
 from engines.chat.client import ChatStream, Delta, EngineHTTPError, Finished
 from engines.machine.hardware import GPU, HardwareProfile
 
@@ -117,19 +118,17 @@ def test_startup_oom_is_a_failed_start_classified_from_the_log(home, engine, mod
         launch.start(plan, timeout=30)
     exc = err.value
     assert not exc.timed_out and exc.status.code == 1
-    mod = launch.backend(engine)
-    kind, facts = S.match_log(mod.LOG_PATTERNS, exc.log_tail)
+    chosen = backends.get(engine)
+    m = first_match(chosen.log_patterns, exc.log_tail)
+    kind, facts = m.kind, m.facts
     assert kind == "oom_load" and facts.get("memory") == "gpu"
     assert facts.get("cause") == cause
-    fixes = mod.fixes_for(kind, facts, plan)
+    fixes = chosen.fixes_for(kind, facts, plan)
     assert fixes, "an out-of-memory start must come with a fix"
-    changed = plan.with_changes(fixes[0]["changes"])  # the one-click fix re-plans cleanly
-    for key, value in fixes[0]["changes"].items():
+    changed = plan.with_changes(fixes[0].changes)  # the one-click fix re-plans cleanly
+    for key, value in fixes[0].changes.items():
         assert changed.params[key] == value
-    try:
-        from engines.diagnosis import diagnose
-    except ImportError:
-        return
+    from engines.diagnosis import diagnose
     d = diagnose.diagnose_exception(exc, plan=plan)
     assert d is not None and d.kind in ("oom_load", "kv_cache_full")
 
@@ -164,11 +163,12 @@ def test_engine_server_dies_with_a_killed_worker(home):
 
 def test_vllm_engine_arguments_are_read_from_the_installed_vllm(home):
     """Beyond the documented table, every EngineArgs field of the user's vLLM is a valid key."""
-    from engines.running.backends import vllm
+    from engines.running.backends import vllm as vllm_module
+    vllm = backends.get("vllm")
     if importlib.util.find_spec("vllm") is None:
         assert "block_size" not in vllm.schema()  # no vLLM here: the documented table only
     engine_env.set_python("vllm", fake_python(home))
-    vllm.introspect.cache_clear()
+    vllm_module.introspect.cache_clear()
     schema = vllm.schema()
     assert schema["block_size"].type == "int" and schema["cpu_offload_gb"].type == "float"
     assert schema["enable_chunked_prefill"].type == "bool"
@@ -184,14 +184,14 @@ def test_vllm_engine_arguments_are_read_from_the_installed_vllm(home):
     assert program[program.index("--tokenizer-mode") + 1] == "slow"
     cached = list((home / "home").rglob("vllm-engine-args-*.json"))
     assert len(cached) == 1  # the next Ember start does not import vLLM again
-    vllm.introspect.cache_clear()
+    vllm_module.introspect.cache_clear()
     cached[0].write_text(json.dumps([["only_from_cache", "int", 7]]))
     assert "only_from_cache" in vllm.schema()
 
 
 def test_transformers_in_another_interpreter_finds_embers_server(home):
     """A separate transformers environment runs engines.running.hf_server from Ember's folder."""
-    from engines.running.backends import transformers
+    transformers = backends.get("transformers")
     engine_env.set_python("transformers", fake_python(home))
     spec = launch.store.spec_from_folder(model_folder(home))
     cmd = transformers.command(spec, {}, "127.0.0.1", 8000, "k")
@@ -239,7 +239,7 @@ def test_a_frozen_ember_needs_an_environment_for_python_engines(home, monkeypatc
 
 
 def test_sglang_server_arguments_are_read_from_the_installed_sglang(home):
-    from engines.running.backends import sglang
+    sglang = backends.get("sglang")
     if importlib.util.find_spec("sglang") is None:
         assert "schedule_policy" not in sglang.schema()
     engine_env.set_python("sglang", fake_python(home))

@@ -67,7 +67,7 @@ def test_two_gpus_split_the_layers(tables):
 def test_70b_does_not_fit_the_8gb_laptop(tables):
     r = tables["cpu_laptop_8gb"]["llama-3.3-70b-instruct-q4_k_m"]
     assert r["engine"] == "llamacpp" and r["fit"] == "none"
-    assert "this computer has 8.2 GB of RAM and GPU memory together" in r["reason"]
+    assert "this computer has 7.7 GiB of RAM and GPU memory together" in r["reason"]
     assert r["badge"] == "Does not fit in memory"
 
 

@@ -8,7 +8,6 @@ with the shapes ``engines.machine.hardware`` produces.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import types
 
@@ -16,9 +15,10 @@ import pytest
 
 from engines.chat import client
 from engines.diagnosis import diagnose
-from engines.running import launch
-from engines.running import supervisor
-from engines.diagnosis.diagnose import Kind
+from engines.diagnosis.types import Fix, Kind, log_table
+from engines.running import backends, launch, supervisor
+from engines.running.backends.base import Roles
+from engines.running.backends.transformers import Transformers
 from engines.machine.hardware import GPU, HardwareProfile
 
 GIB = 1024 ** 3
@@ -311,11 +311,39 @@ def test_reply_cut_short(plans):
     assert diagnose.diagnose_finish(client.Finished("stop", client.Usage(30, 20), max_tokens=400), plan) is None
 
 
-def test_backend_log_patterns_are_consulted(monkeypatch):
-    mod = types.ModuleType("engines.running.backends.fakeengine")
-    mod.LOG_PATTERNS = [(r"torch\.OutOfMemoryError: CUDA out of memory. Tried to allocate (?P<alloc_mib>[\d.]+) MiB",
-                         "oom_load", {"memory": "gpu"})]
-    monkeypatch.setitem(sys.modules, "engines.running.backends.fakeengine", mod)
+class FakeEngine(Transformers):
+    """A vLLM-like engine registered under another name: its own log lines and fixes."""
+
+    name = "fakeengine"
+    label = "Fake engine"
+    roles = Roles(context="max_model_len")
+
+    def __init__(self, patterns, fixes=None):
+        self.log_patterns = log_table(*patterns)
+        self._fixes = fixes or (lambda kind, facts, plan: [])
+
+    def fixes_for(self, kind, facts, plan):
+        return self._fixes(kind, facts, plan)
+
+
+@pytest.fixture
+def register_fake():
+    """register_fake(engine): the engine is in the registry for this test only."""
+    names = []
+
+    def register(engine):
+        backends.register(engine)
+        names.append(engine.name)
+        return engine
+
+    yield register
+    for name in names:
+        backends.unregister(name)
+
+
+def test_backend_log_patterns_are_consulted(register_fake):
+    register_fake(FakeEngine([(r"torch\.OutOfMemoryError: CUDA out of memory. Tried to allocate "
+                               r"(?P<alloc_mib>[\d.]+) MiB", "oom_load", {"memory": "gpu"})]))
     line = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity"
     m = diagnose.best_match([line], "fakeengine")
     assert m.kind == "oom_load" and m.facts == {"memory": "gpu", "alloc_mib": "20.00"}
@@ -340,13 +368,6 @@ def test_preflight_warns_before_launch(starter_path):
     assert diagnose.preflight(launch.plan("starter", fake_cpu_box(), overrides={"n_ctx": 2048})) is None
 
 
-def test_diagnosis_never_imports_qt():
-    code = ("import sys; sys.modules['PySide6'] = None\n"
-            "import engines.diagnosis.diagnose, engines.diagnosis.patterns\n"
-            "assert not any(m.startswith('PySide6.') for m in sys.modules)")
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 def test_slot_context_as_llama_cpp_really_sets_it():
     """n_ctx 256 with n_parallel 2: llama.cpp rounds the total up to 512 (256 per slot), seen on this build."""
     plan = launch.plan("starter", fake_cpu_box(), overrides={"n_ctx": 256, "n_parallel": 2})
@@ -357,15 +378,13 @@ def test_slot_context_as_llama_cpp_really_sets_it():
         in d.explanation
 
 
-def test_other_engines_get_their_own_fixes(monkeypatch):
-    """A vLLM-like backend: its LOG_PATTERNS classify, its fixes_for gives the parameter fixes in its own keys;
+def test_other_engines_get_their_own_fixes(register_fake):
+    """A vLLM-like backend: its log patterns classify, its fixes_for gives the parameter fixes in its own keys;
     llama.cpp's keys (n_ctx, cache_type_k...) are never offered to it."""
-    mod = types.ModuleType("engines.running.backends.fakeengine")
-    mod.LOG_PATTERNS = [(r"No available memory for the cache blocks", "oom_load", {"memory": "gpu"})]
-    mod.fixes_for = lambda kind, facts, plan: ([{"label": "Lower the context to 2,048 tokens",
-                                                 "changes": {"max_model_len": 2048}, "note": "n"}]
-                                               if kind == "oom_load" else [])
-    monkeypatch.setitem(sys.modules, "engines.running.backends.fakeengine", mod)
+    register_fake(FakeEngine([(r"No available memory for the cache blocks", "oom_load", {"memory": "gpu"})],
+                             lambda kind, facts, plan: ([Fix("Lower the context to 2,048 tokens",
+                                                             {"max_model_len": 2048}, "n")]
+                                                        if kind == "oom_load" else [])))
     model = types.SimpleNamespace(context_length=8192, path=None, format="pytorch", has_vision=False,
                                   block_count=28, quantization="none")
     plan = types.SimpleNamespace(engine="fakeengine", params={"max_model_len": 4096}, model=model,

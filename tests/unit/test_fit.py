@@ -3,12 +3,17 @@
 GPUs here are fakes (this machine has none), given in the exact dict shape that
 xllamacpp.get_device_info() returns on a CUDA build.
 """
+import os
+import subprocess
+import sys
+
 import pytest
 
 from engines.machine import fit
 from engines.machine import gguf_info
-from engines.running.backends import llamacpp
+from engines.running import backends
 from engines.machine.hardware import GPU, HardwareProfile
+from tests.conftest import ROOT
 
 GiB, MiB = 1024 ** 3, 1024 ** 2
 
@@ -131,14 +136,14 @@ def test_metal_device_is_passed_under_the_name_the_estimate_expects(starter_path
 
 
 def test_prepare_passes_the_estimate_explicitly(starter_spec):
-    values, est, _ = llamacpp.prepare(starter_spec, profile(1200 * MiB), {})
+    values, est, _ = backends.get("llamacpp").prepare(starter_spec, profile(1200 * MiB), {})
     assert values["n_gpu_layers"] == est.n_gpu_layers
-    values, est, _ = llamacpp.prepare(starter_spec, profile(1200 * MiB), {"n_gpu_layers": 5})
+    values, est, _ = backends.get("llamacpp").prepare(starter_spec, profile(1200 * MiB), {"n_gpu_layers": 5})
     assert values["n_gpu_layers"] == 5 and est is None
 
 
 def test_two_gpus_get_a_tensor_split(starter_spec):
-    values, est, _ = llamacpp.prepare(starter_spec, profile(8 * GiB, 8 * GiB), {})
+    values, est, _ = backends.get("llamacpp").prepare(starter_spec, profile(8 * GiB, 8 * GiB), {})
     assert sum(values["tensor_split"]) == est.gpu_layers
 
 
@@ -162,3 +167,24 @@ def test_parse_loaded_reads_what_the_engine_did():
     assert (r.gpu_layers, r.total_layers) == (19, 19)
     assert r.model_buffers_mib["CUDA0"] == pytest.approx(235.16)
     assert "19/19 layers on GPU" in r.summary()
+
+
+NO_GGUF_SCRIPT = """
+import sys
+from engines.machine import fit, gguf_info
+from engines.machine.hardware import GPU, HardwareProfile
+hw = HardwareProfile("linux", "x86_64", 8, 32 << 30, 30 << 30,
+                     [GPU("fake", "nvidia", "cuda", 8 << 30, 8 << 30, "CUDA0")])
+info = gguf_info.read(sys.argv[1])
+est = fit.estimate(info, hw, n_ctx=4096)
+print(est.fallback, est.gpu_layers, info.quantization, sorted({"gguf", "numpy"} & set(sys.modules)))
+"""
+
+
+def test_estimate_never_imports_gguf_or_numpy(starter_path):
+    """The desktop bundle leaves gguf and numpy out: the header and the estimate must not need them."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", NO_GGUF_SCRIPT, str(starter_path)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["None", "19", "Q4_K_M", "[]"]

@@ -1,69 +1,57 @@
-"""The engines Ember can run, and whether each is installed here.
+"""The engines Ember can run: each one an :class:`~engines.running.backends.base.Engine`, found by name.
 
 Each engine is reached the same way (an OpenAI-compatible server on loopback);
-how to launch it lives in the engine's own module. This module only answers
-"is it here, which version, how to install it" without importing the engine
-(torch and friends take seconds to import).
+how to launch it and how to read its failures live in its own module, behind
+the one interface. Callers ask the registry (:func:`get`), never a module by
+name. Whether an engine is installed here is :mod:`.installed`'s question.
 """
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
-from dataclasses import dataclass
+from engines.running.backends import llamacpp, mlx, sglang, transformers, vllm
+from engines.running.backends.base import Engine
+from engines.running.backends.installed import ENGINES, LABELS, Availability, availability, installed_engines
 
-ENGINES = ("llamacpp", "transformers", "vllm", "sglang", "mlx")
-
-LABELS = {"llamacpp": "llama.cpp", "transformers": "Transformers", "vllm": "vLLM",
-          "sglang": "SGLang", "mlx": "MLX"}
-
-#: (import name, distribution for the version, install command)
-_PACKAGES = {
-    "llamacpp": ("xllamacpp", "xllamacpp", "pip install xllamacpp"),
-    "transformers": ("transformers", "transformers", "pip install 'ember[transformers]'"),
-    "vllm": ("vllm", "vllm", "pip install vllm   (in its own environment; see Settings > Engines)"),
-    "sglang": ("sglang", "sglang", "pip install 'sglang[all]'   (in its own environment; see Settings > Engines)"),
-    "mlx": ("mlx_lm", "mlx-lm", "pip install 'ember[mlx]'"),
-}
+__all__ = ["ENGINES", "LABELS", "Availability", "Engine", "UnknownEngine", "availability", "all_engines", "get",
+           "installed_engines", "register", "unregister"]
 
 
-@dataclass(frozen=True)
-class Availability:
-    engine: str
-    installed: bool
-    version: str | None
-    install_command: str
-    interpreter: str | None = None   # the Python that runs it (None: frozen build, no Python)
-    problem: str | None = None       # why a configured interpreter cannot run it
+class UnknownEngine(KeyError):
+    """No engine of that name is registered."""
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"unknown engine {name!r}; choose one of {', '.join(_REGISTRY)}")
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
-def availability(engine: str) -> Availability:
-    """Installed or not, judged by the interpreter that would run the engine.
-
-    An interpreter set for the engine (``engine_python.<engine>``) is asked in a child
-    process (cached); otherwise Ember's own environment is looked at without importing.
-    """
-    module, dist, cmd = _PACKAGES[engine]
-    from engines.running import engine_env
-    if engine != "llamacpp":  # llama.cpp runs inside Ember's own worker
-        configured = engine_env.check(engine)
-        if configured is not None:
-            return Availability(engine, configured.installed, configured.version, cmd,
-                                configured.interpreter, configured.problem)
-        if engine_env.own_python() is None:  # a frozen build: its engines need a Python environment
-            return Availability(engine, False, None, cmd, None,
-                                "this packaged Ember has no Python of its own; choose the python of an "
-                                "environment where it is installed (ember engine-python)")
-    installed = importlib.util.find_spec(module) is not None
-    if engine == "transformers":
-        installed = installed and importlib.util.find_spec("torch") is not None
-    version = None
-    if installed:
-        try:
-            version = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return Availability(engine, installed, version, cmd, engine_env.own_python())
+_REGISTRY: dict[str, Engine] = {e.name: e for e in (llamacpp.ENGINE, transformers.ENGINE, vllm.ENGINE,
+                                                     sglang.ENGINE, mlx.ENGINE)}
 
 
-def installed_engines() -> dict[str, bool]:
-    return {e: availability(e).installed for e in ENGINES}
+def get(name: str) -> Engine:
+    """The engine called ``name``; UnknownEngine when there is none."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownEngine(name) from None
+
+
+def all_engines() -> list[Engine]:
+    """Every registered engine, Ember's own five first, in the order of ENGINES."""
+    return list(_REGISTRY.values())
+
+
+def register(engine: Engine) -> None:
+    """Add an engine (a test's fake one, or a plug-in) under its name."""
+    if not isinstance(engine, Engine):
+        raise TypeError(f"{engine!r} does not implement the Engine interface")
+    _REGISTRY[engine.name] = engine
+
+
+def unregister(name: str) -> None:
+    """Remove an engine added with :func:`register` (Ember's own five stay)."""
+    if name in ENGINES:
+        raise ValueError(f"{name} is one of Ember's own engines")
+    _REGISTRY.pop(name, None)

@@ -7,15 +7,25 @@ command-line flag, a range check), validated the same way as llama.cpp's.
 """
 from __future__ import annotations
 
-import re
+import abc
+import hashlib
+import json
+import logging
+import subprocess
 import sys
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
+from engines import paths, units
+from engines.machine.hardware import HardwareProfile
+from engines.models.store import ModelSpec
 from engines.running import engine_env
 from engines.running import params as P
+from engines.running.backends.base import Engine, PlanView, Prepared
+from engines.running.backends.installed import LABELS, availability
 from engines.running.supervisor import Command, worker_argv
-from engines.running.backends import LABELS, availability
+
+log = logging.getLogger(__name__)
 
 #: Keys Ember sets itself for these engines.
 OWNED = {
@@ -142,9 +152,6 @@ def interpreter(engine: str) -> str:
     return python
 
 
-_SECRET = re.compile(r"(--api-key\s+)\S+")
-
-
 #: Run by the engine's own interpreter before it becomes the engine: on Linux, ask the kernel
 #: to SIGKILL it when its parent (our worker) dies, even by SIGKILL, which the worker cannot
 #: forward. PR_SET_PDEATHSIG survives execv, so the engine itself carries it.
@@ -170,44 +177,37 @@ def exec_command(engine: str, program: list[str], env: dict[str, str] | None = N
     return Command(argv=argv, env=dict(env or {}), health_path=health_path, display=shown)
 
 
-@dataclass
-class LogPattern:
-    """One known log line of an engine: what it means, and the parameters that fix it."""
+class ServerEngine(Engine):
+    """An engine run as its own server program; its parameters are a table of :class:`Arg`."""
 
-    regex: str
-    kind: str
-    summary: str = ""
-    fixes: list[str] = field(default_factory=list)
+    @abc.abstractmethod
+    def table(self) -> dict[str, Arg]:
+        """The engine's arguments by Ember's key."""
 
+    def schema(self) -> dict[str, P.ParamSpec]:
+        return {k: a.spec for k, a in self.table().items()}
 
-def match_log(patterns: list[tuple], lines: list[str]) -> tuple[str | None, dict]:
-    """The first pattern (in table order) that matches any line: ``(kind, facts)``; ``(None, {})`` if none.
-
-    The same reading ``engines.diagnosis.diagnose`` gives a backend's ``LOG_PATTERNS``; here for
-    the backends' own use and their tests.
-    """
-    for entry in patterns:
-        rx = re.compile(entry[0], re.IGNORECASE) if isinstance(entry[0], str) else entry[0]
-        for line in lines:
-            m = rx.search(line)
-            if m:
-                facts = dict(entry[2]) if len(entry) > 2 else {}
-                facts.update({k: v for k, v in m.groupdict().items() if v is not None})
-                return entry[1], facts
-    return None, {}
+    def validate(self, pairs) -> dict[str, object]:
+        return validate(self.name, pairs, self.table())
 
 
-def fix(label: str, changes: dict[str, object], note: str = "") -> dict:
-    """One fix in the shape of ``engines.diagnosis.diagnose.Fix`` (label, changes, note)."""
-    return {"label": label, "changes": changes, "note": note}
+class GPUServerEngine(ServerEngine):
+    """vLLM and SGLang: Ember's context default, and tensor parallelism checked against the GPUs here."""
+
+    tensor_parallel: ClassVar[str]      # the key that splits the model over GPUs
+    past_training: ClassVar[str]        # what a context longer than the model's training leads to
+
+    def prepare(self, spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]) -> Prepared:
+        """A context of at most DEFAULT_N_CTX tokens (the engine's default, the model's full context,
+        often does not fit the KV cache), one GPU per model unless asked."""
+        out = dict(values)
+        warnings = default_context(spec, out, self.roles.context, units.DEFAULT_N_CTX, self.past_training)
+        warnings += gpu_count_warning(hw, out, self.tensor_parallel)
+        return Prepared(out, None, warnings)
 
 
-def param(plan, key: str, default=None):
-    v = (getattr(plan, "params", None) or {}).get(key) if plan is not None else None
-    return default if v is None else v
-
-
-def cuda_gpus(plan) -> int:
+def cuda_gpus(plan: PlanView | None) -> int:
+    """NVIDIA GPUs of the plan's machine: how far tensor parallelism can split a model."""
     hw = getattr(plan, "hardware", None)
     return sum(1 for g in getattr(hw, "gpus", []) if g.backend == "cuda")
 
@@ -249,13 +249,6 @@ def dataclass_fields(python: str, version: str, module: str, cls: str, cache_nam
     Importing vLLM or SGLang takes many seconds, so the answer is kept on disk per
     interpreter and engine version (data folder, ``cache/``); [] when it cannot be read.
     """
-    import hashlib
-    import json
-    import logging
-    import subprocess
-
-    from engines import paths
-    log = logging.getLogger(__name__)
     digest = hashlib.sha1(f"{python}\0{version}".encode()).hexdigest()[:16]
     cache = paths.data_dir() / "cache" / f"{cache_name}-{digest}.json"
     try:

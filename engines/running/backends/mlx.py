@@ -14,11 +14,15 @@ falls back to the plain server. The engine listens on 127.0.0.1 only.
 """
 from __future__ import annotations
 
-from engines.running import params as P
+from typing import Mapping
+
+from engines.diagnosis.types import Fix, Kind, log_table
 from engines.machine.hardware import HardwareProfile
 from engines.models.store import ModelSpec
-from engines.running.supervisor import Command
 from engines.running.backends import _server as S
+from engines.running.backends.base import PlanView, Prepared, Roles, plan_param
+from engines.running.backends.installed import LABELS
+from engines.running.supervisor import Command
 
 NAME = "mlx"
 
@@ -71,8 +75,8 @@ TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("log_level", "enum", "INFO", choices=("debug", "info", "warning", "error", "critical")),
 )}
 
-#: (regex, kind[, facts]) in the shape of ``engines.diagnosis.patterns``.
-LOG_PATTERNS: list[tuple] = [
+#: its own log lines, most specific first.
+LOG_PATTERNS = log_table(
     (r"kIOGPUCommandBufferCallbackErrorOutOfMemory|Command buffer execution failed: Insufficient Memory",
      "oom_load", {"memory": "gpu"}),
     (r"\[(?:malloc_or_wait|metal::malloc)\] Unable to allocate|std::bad_alloc", "oom_load", {"memory": "ram"}),
@@ -81,36 +85,40 @@ LOG_PATTERNS: list[tuple] = [
     (r"No safetensors found in|config\.json.*(?:not found|No such file)", "invalid_model", {"problem": "missing"}),
     (r"No module named '?(?P<module>mlx_lm|mlx)'?", "startup_failed", {"problem": "engine_missing"}),
     (r"ember-mlx: the model failed to load", "startup_failed"),
-]
+)
 
 FIXES = {"gpu": ["kv_bits"], "ram": ["kv_bits"]}
 
 
-def fixes_for(kind: str, facts: dict, plan=None) -> list[dict]:
-    if kind != "oom_load" or S.param(plan, "kv_bits"):
-        return []
-    return [S.fix("Quantize the KV cache to 4 bits", {"kv_bits": 4}, "A quarter of the KV cache's memory.")]
+class MLX(S.ServerEngine):
+    name = NAME
+    label = LABELS[NAME]
+    roles = Roles()  # mlx_lm.server sizes its context per request; it has no such parameters
+    log_patterns = LOG_PATTERNS
+
+    def table(self) -> dict[str, S.Arg]:
+        return TABLE
+
+    def validate(self, pairs) -> dict[str, object]:
+        out = super().validate(pairs)
+        if "log_level" in out:
+            out["log_level"] = str(out["log_level"]).upper()
+        return out
+
+    def prepare(self, spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]) -> Prepared:
+        return Prepared(dict(values), None, [])
+
+    def command(self, spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
+        python = S.interpreter(NAME)
+        program = [python, "-c", BOOTSTRAP, "--model", str(spec.path), "--host", host, "--port", str(port),
+                   *S.flags(values, TABLE)]
+        # mlx_lm.server has no API key: the key is unused; the server listens on loopback only.
+        return S.exec_command(NAME, program, health_path="/health")
+
+    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+        if kind != Kind.OOM_LOAD or plan_param(plan, "kv_bits"):
+            return []
+        return [Fix("Quantize the KV cache to 4 bits", {"kv_bits": 4}, "A quarter of the KV cache's memory.")]
 
 
-def schema() -> dict[str, P.ParamSpec]:
-    return {k: a.spec for k, a in TABLE.items()}
-
-
-def validate(pairs) -> dict[str, object]:
-    out = S.validate(NAME, pairs, TABLE)
-    if "log_level" in out:
-        out["log_level"] = str(out["log_level"]).upper()
-    return out
-
-
-def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
-            ) -> tuple[dict[str, object], None, list[str]]:
-    return dict(values), None, []
-
-
-def command(spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
-    python = S.interpreter(NAME)
-    program = [python, "-c", BOOTSTRAP, "--model", str(spec.path), "--host", host, "--port", str(port),
-               *S.flags(values, TABLE)]
-    # mlx_lm.server has no API key: the key is unused; the server listens on loopback only.
-    return S.exec_command(NAME, program, health_path="/health")
+ENGINE = MLX()

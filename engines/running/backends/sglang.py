@@ -12,15 +12,17 @@ Parameters are SGLang's server arguments in snake case (``context_length``,
 from __future__ import annotations
 
 import functools
+from typing import Mapping
 
-from engines.running import params as P
-from engines.machine.hardware import HardwareProfile
+from engines import units
+from engines.diagnosis.types import Fix, Kind, log_table
 from engines.models.store import ModelSpec
-from engines.running.supervisor import Command
 from engines.running.backends import _server as S
+from engines.running.backends.base import PlanView, Roles, plan_param
+from engines.running.backends.installed import LABELS
+from engines.running.supervisor import Command
 
 NAME = "sglang"
-DEFAULT_CTX = 4096
 
 TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("context_length", "int", None, check=S.at_least(16), help="context length in tokens"),
@@ -42,7 +44,8 @@ TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("log_level", "enum", "info", choices=("debug", "info", "warning", "error")),
 )}
 
-LOG_PATTERNS: list[tuple] = [
+#: its own log lines, most specific first.
+LOG_PATTERNS = log_table(
     (r"Not enough memory\. Please try to increase --mem-fraction-static", "oom_load",
      {"memory": "gpu", "cause": "kv_cache"}),
     (r"max_total_tokens=\d+ is larger than the profiled value (?P<profiled>-\d+)", "oom_load",
@@ -55,42 +58,12 @@ LOG_PATTERNS: list[tuple] = [
      "bad_parameter", {"parameter": "context_length"}),
     (r"No module named '?sglang'?", "startup_failed", {"problem": "engine_missing"}),
     (r"Scheduler hit an exception|Initialization failed\. .*", "startup_failed"),
-]
+)
 
 FIXES = {
     "kv_cache": ["mem_fraction_static", "context_length", "tp_size"],
     "gpu": ["mem_fraction_static", "disable_cuda_graph", "tp_size"],
 }
-
-
-def fixes_for(kind: str, facts: dict, plan=None) -> list[dict]:
-    """Concrete parameter changes for a diagnosis of this engine (label, changes, note), best first.
-
-    SGLang's two memory failures want opposite moves: at start-up the KV cache does
-    not fit (raise ``mem_fraction_static``); while running, activations do not (lower it).
-    """
-    if kind != "oom_load":
-        return []
-    frac = S.param(plan, "mem_fraction_static")
-    length = int(S.param(plan, "context_length", DEFAULT_CTX))
-    tp = int(S.param(plan, "tp_size", 1))
-    out = []
-    if facts.get("cause") == "kv_cache":
-        new = round(min(0.95, (frac or 0.85) + 0.05), 2)
-        out.append(S.fix(f"Give SGLang more of the GPU ({new:.0%})", {"mem_fraction_static": new},
-                         "More memory for the model and its KV cache."))
-        if length > 512:
-            new_len = S.round_len(length // 2)
-            out.append(S.fix(f"Lower the context to {new_len:,} tokens", {"context_length": new_len}))
-    else:
-        new = round(max(0.3, (frac or 0.85) - 0.1), 2)
-        out.append(S.fix(f"Leave more GPU memory for computing ({new:.0%} for the cache)",
-                         {"mem_fraction_static": new}, "SGLang ran out while computing, not while loading."))
-        if not S.param(plan, "disable_cuda_graph", False):
-            out.append(S.fix("Turn off CUDA graphs", {"disable_cuda_graph": True}, "Saves memory; slower."))
-    if S.cuda_gpus(plan) >= tp * 2:
-        out.append(S.fix(f"Split the model over {tp * 2} GPUs", {"tp_size": tp * 2}))
-    return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -105,27 +78,53 @@ def table() -> dict[str, S.Arg]:
     return S.full_table(NAME, TABLE, introspect)
 
 
-def schema() -> dict[str, P.ParamSpec]:
-    return {k: a.spec for k, a in table().items()}
+class SGLang(S.GPUServerEngine):
+    name = NAME
+    label = LABELS[NAME]
+    roles = Roles(context="context_length", parallel="max_running_requests")
+    log_patterns = LOG_PATTERNS
+    tensor_parallel = "tp_size"
+    past_training = "answers past that length may degrade"
+
+    def table(self) -> dict[str, S.Arg]:
+        return table()
+
+    def command(self, spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
+        python = S.interpreter(NAME)
+        program = [python, "-m", "sglang.launch_server", "--model-path", str(spec.path),
+                   "--served-model-name", spec.name, "--host", host, "--port", str(port), "--api-key", api_key,
+                   *S.flags(values, table())]
+        return S.exec_command(NAME, program, {"SGLANG_DISABLE_USAGE_STATS": "1"}, health_path="/health",
+                              secret=api_key)
+
+    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+        """Concrete parameter changes for a diagnosis of this engine, best first.
+
+        SGLang's two memory failures want opposite moves: at start-up the KV cache does
+        not fit (raise ``mem_fraction_static``); while running, activations do not (lower it).
+        """
+        if kind != Kind.OOM_LOAD:
+            return []
+        frac = plan_param(plan, "mem_fraction_static")
+        length = int(plan_param(plan, "context_length", units.DEFAULT_N_CTX))
+        tp = int(plan_param(plan, "tp_size", 1))
+        out = []
+        if facts.get("cause") == "kv_cache":
+            new = round(min(0.95, (frac or 0.85) + 0.05), 2)
+            out.append(Fix(f"Give SGLang more of the GPU ({new:.0%})", {"mem_fraction_static": new},
+                           "More memory for the model and its KV cache."))
+            if length > 512:
+                new_len = S.round_len(length // 2)
+                out.append(Fix(f"Lower the context to {new_len:,} tokens", {"context_length": new_len}))
+        else:
+            new = round(max(0.3, (frac or 0.85) - 0.1), 2)
+            out.append(Fix(f"Leave more GPU memory for computing ({new:.0%} for the cache)",
+                           {"mem_fraction_static": new}, "SGLang ran out while computing, not while loading."))
+            if not plan_param(plan, "disable_cuda_graph", False):
+                out.append(Fix("Turn off CUDA graphs", {"disable_cuda_graph": True}, "Saves memory; slower."))
+        if S.cuda_gpus(plan) >= tp * 2:
+            out.append(Fix(f"Split the model over {tp * 2} GPUs", {"tp_size": tp * 2}))
+        return out
 
 
-def validate(pairs) -> dict[str, object]:
-    return S.validate(NAME, pairs, table())
-
-
-def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
-            ) -> tuple[dict[str, object], None, list[str]]:
-    out = dict(values)
-    warnings = S.default_context(spec, out, "context_length", DEFAULT_CTX,
-                                 "answers past that length may degrade")
-    warnings += S.gpu_count_warning(hw, out, "tp_size")
-    return out, None, warnings
-
-
-def command(spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
-    python = S.interpreter(NAME)
-    program = [python, "-m", "sglang.launch_server", "--model-path", str(spec.path),
-               "--served-model-name", spec.name, "--host", host, "--port", str(port), "--api-key", api_key,
-               *S.flags(values, table())]
-    return S.exec_command(NAME, program, {"SGLANG_DISABLE_USAGE_STATS": "1"}, health_path="/health",
-                          secret=api_key)
+ENGINE = SGLang()

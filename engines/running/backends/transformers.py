@@ -8,15 +8,19 @@ environment, never on the command line.
 """
 from __future__ import annotations
 
-from engines.running import engine_env
-from engines.running import params as P
+from typing import Mapping
+
+from engines import units
+from engines.diagnosis.types import Fix, Kind, log_table
 from engines.machine.hardware import HardwareProfile
 from engines.models.store import ModelSpec
-from engines.running.supervisor import Command
+from engines.running import engine_env
 from engines.running.backends import _server as S
+from engines.running.backends.base import PlanView, Prepared, Roles, plan_param
+from engines.running.backends.installed import LABELS
+from engines.running.supervisor import Command
 
 NAME = "transformers"
-DEFAULT_CTX = 4096
 
 TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("device", "enum", "auto", choices=("auto", "cpu", "cuda", "mps"),
@@ -31,8 +35,8 @@ TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("trust_remote_code", "bool", False, store_true=True, help="run the model folder's own Python code"),
 )}
 
-#: (regex, kind[, facts]) in the shape of ``engines.diagnosis.patterns``; most specific first.
-LOG_PATTERNS: list[tuple] = [
+#: its own log lines, most specific first.
+LOG_PATTERNS = log_table(
     # torch's allocator; the size in the unit diagnosis reads (alloc_mib), GiB kept apart
     (r"CUDA out of memory\. Tried to allocate (?P<alloc_mib>[\d.]+) MiB", "oom_load", {"memory": "gpu"}),
     (r"CUDA out of memory\. Tried to allocate (?P<alloc_gib>[\d.]+) GiB", "oom_load", {"memory": "gpu"}),
@@ -44,50 +48,53 @@ LOG_PATTERNS: list[tuple] = [
     (r"does not appear to have a file named|Error no file named", "invalid_model", {"problem": "missing"}),
     (r"SafetensorError|Error while deserializing header", "invalid_model", {"problem": "corrupt"}),
     (r"No module named '?(?P<module>torch|transformers)'?", "startup_failed", {"problem": "engine_missing"}),
-]
+)
 
-#: which parameters fix each memory (all keys :func:`validate` accepts); values come from :func:`fixes_for`.
+#: which parameters fix each memory (keys the engine's validate accepts); the values come from its fixes_for.
 FIXES = {"gpu": ["max_model_len", "dtype", "device"], "ram": ["max_model_len", "dtype"]}
 
 
-def fixes_for(kind: str, facts: dict, plan=None) -> list[dict]:
-    if kind != "oom_load":
-        return []
-    length = int(S.param(plan, "max_model_len", DEFAULT_CTX))
-    out = []
-    if length > 512:
-        new = max(512, length // 2)
-        out.append(S.fix(f"Lower the context to {new:,} tokens", {"max_model_len": new}))
-    if S.param(plan, "dtype", "auto") in ("auto", "float32"):
-        out.append(S.fix("Load the weights in half precision", {"dtype": "bfloat16"}, "Half the memory of float32."))
-    if facts.get("memory") == "gpu" and S.param(plan, "device", "auto") != "cpu":
-        out.append(S.fix("Run on the CPU", {"device": "cpu"}, "Slower, but uses the computer's RAM."))
-    return out
+class Transformers(S.ServerEngine):
+    name = NAME
+    label = LABELS[NAME]
+    roles = Roles(context="max_model_len")
+    log_patterns = LOG_PATTERNS
+
+    def table(self) -> dict[str, S.Arg]:
+        return TABLE
+
+    def prepare(self, spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]) -> Prepared:
+        out = dict(values)
+        warnings = S.default_context(spec, out, "max_model_len", units.DEFAULT_N_CTX,
+                                     "answers past that length may degrade")
+        device = out.get("device", "auto")
+        if device == "cuda" and not hw.has_cuda:
+            warnings.append("device=cuda was asked for but no NVIDIA GPU was found; the engine will fail to start")
+        if device == "auto" and not hw.has_cuda and not hw.is_mac_arm:
+            warnings.append("Transformers runs on the CPU here, slowly")
+        return Prepared(out, None, warnings)
+
+    def command(self, spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
+        python = S.interpreter(NAME)
+        program = [python, "-m", "engines.running.hf_server", "--model", str(spec.path), "--host", host,
+                   "--port", str(port), "--served-model-name", spec.name, *S.flags(values, TABLE)]
+        env = {"EMBER_API_KEY": api_key, **engine_env.child_env(python)}
+        return S.exec_command(NAME, program, env, health_path="/health")
+
+    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+        if kind != Kind.OOM_LOAD:
+            return []
+        length = int(plan_param(plan, "max_model_len", units.DEFAULT_N_CTX))
+        out = []
+        if length > 512:
+            new = max(512, length // 2)
+            out.append(Fix(f"Lower the context to {new:,} tokens", {"max_model_len": new}))
+        if plan_param(plan, "dtype", "auto") in ("auto", "float32"):
+            out.append(Fix("Load the weights in half precision", {"dtype": "bfloat16"},
+                           "Half the memory of float32."))
+        if facts.get("memory") == "gpu" and plan_param(plan, "device", "auto") != "cpu":
+            out.append(Fix("Run on the CPU", {"device": "cpu"}, "Slower, but uses the computer's RAM."))
+        return out
 
 
-def schema() -> dict[str, P.ParamSpec]:
-    return {k: a.spec for k, a in TABLE.items()}
-
-
-def validate(pairs) -> dict[str, object]:
-    return S.validate(NAME, pairs, TABLE)
-
-
-def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
-            ) -> tuple[dict[str, object], None, list[str]]:
-    out = dict(values)
-    warnings = S.default_context(spec, out, "max_model_len", DEFAULT_CTX, "answers past that length may degrade")
-    device = out.get("device", "auto")
-    if device == "cuda" and not hw.has_cuda:
-        warnings.append("device=cuda was asked for but no NVIDIA GPU was found; the engine will fail to start")
-    if device == "auto" and not hw.has_cuda and not hw.is_mac_arm:
-        warnings.append("Transformers runs on the CPU here, slowly")
-    return out, None, warnings
-
-
-def command(spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
-    python = S.interpreter(NAME)
-    program = [python, "-m", "engines.running.hf_server", "--model", str(spec.path), "--host", host, "--port", str(port),
-               "--served-model-name", spec.name, *S.flags(values, TABLE)]
-    env = {"EMBER_API_KEY": api_key, **engine_env.child_env(python)}
-    return S.exec_command(NAME, program, env, health_path="/health")
+ENGINE = Transformers()

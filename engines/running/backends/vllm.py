@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Mapping
 
-from engines.running import params as P
-from engines.machine.hardware import HardwareProfile
+from engines import units
+from engines.diagnosis.types import Fix, Kind, log_table
 from engines.models.store import ModelSpec
-from engines.running.supervisor import Command
 from engines.running.backends import _server as S
+from engines.running.backends.base import PlanView, Roles, plan_param
+from engines.running.backends.installed import LABELS
+from engines.running.supervisor import Command
 
 log = logging.getLogger(__name__)
 
 NAME = "vllm"
-DEFAULT_CTX = 4096
 
 COMMON: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("max_model_len", "int", None, check=S.at_least(16),
@@ -48,8 +50,8 @@ COMMON: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("trust_remote_code", "bool", False, store_true=True),
 )}
 
-#: (regex, kind[, facts]) in the shape of ``engines.diagnosis.patterns``; most specific first.
-LOG_PATTERNS: list[tuple] = [
+#: its own log lines, most specific first.
+LOG_PATTERNS = log_table(
     (r"To serve at least one request with the models?'s max seq len \((?P<max_model_len>\d+)\), "
      r"\((?P<needed_gib>[\d.]+) GiB KV cache is needed, which is larger than the available KV cache memory "
      r"\((?P<available_gib>[\d.]+) GiB\)(?:\. Based on the available memory, the estimated maximum model length "
@@ -73,48 +75,15 @@ LOG_PATTERNS: list[tuple] = [
     (r"No CUDA GPUs are available|Failed to infer device type", "startup_failed", {"problem": "no_gpu"}),
     (r"No module named '?vllm'?", "startup_failed", {"problem": "engine_missing"}),
     (r"Engine core initialization failed|EngineCore failed to start", "startup_failed"),
-]
+)
 
-#: which parameters fix each cause (all keys :func:`validate` accepts); values come from :func:`fixes_for`.
+#: which parameters fix each cause (keys the engine's validate accepts); the values come from its fixes_for.
 FIXES = {
     "max_model_len": ["max_model_len", "gpu_memory_utilization", "tensor_parallel_size"],
     "kv_cache": ["gpu_memory_utilization", "max_model_len", "tensor_parallel_size"],
     "gpu_busy": ["gpu_memory_utilization"],
     "gpu": ["max_model_len", "enforce_eager", "tensor_parallel_size"],
 }
-
-
-def fixes_for(kind: str, facts: dict, plan=None) -> list[dict]:
-    """Concrete parameter changes for a diagnosis of this engine (label, changes, note), best first."""
-    if kind != "oom_load":
-        return []
-    cause = facts.get("cause") or "gpu"
-    length = int(S.param(plan, "max_model_len", facts.get("max_model_len") or DEFAULT_CTX))
-    util = float(S.param(plan, "gpu_memory_utilization", 0.9))
-    tp = int(S.param(plan, "tensor_parallel_size", 1))
-    out = []
-    if cause == "gpu_busy":
-        free, total = float(facts.get("free_gib", 0) or 0), float(facts.get("total_gib", 0) or 0)
-        new = round(free / total - 0.03, 2) if free and total else round(util - 0.2, 2)
-        if new >= 0.05:
-            out.append(S.fix(f"Let vLLM use less of the GPU ({new:.0%})", {"gpu_memory_utilization": new},
-                             "Other programs hold part of the GPU's memory."))
-        return out
-    fit_len = facts.get("estimated_max_len") or facts.get("kv_tokens")
-    new_len = S.round_len(int(fit_len)) if fit_len else S.round_len(length // 2)
-    if new_len < length:
-        out.append(S.fix(f"Lower the context to {new_len:,} tokens", {"max_model_len": new_len},
-                         "A shorter context needs a smaller KV cache."))
-    if util < 0.95:
-        new_util = round(min(0.95, util + 0.05), 2)
-        out.append(S.fix(f"Let vLLM use more of the GPU ({new_util:.0%})", {"gpu_memory_utilization": new_util},
-                         "More memory for the KV cache, if nothing else uses the GPU."))
-    if cause == "gpu" and not S.param(plan, "enforce_eager", False):
-        out.append(S.fix("Turn off CUDA graphs", {"enforce_eager": True}, "Saves memory; answers come slower."))
-    if S.cuda_gpus(plan) >= tp * 2:
-        out.append(S.fix(f"Split the model over {tp * 2} GPUs", {"tensor_parallel_size": tp * 2},
-                         "Tensor parallelism spreads weights and KV cache over several GPUs."))
-    return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -130,29 +99,65 @@ def table() -> dict[str, S.Arg]:
     return S.full_table(NAME, COMMON, introspect)
 
 
-def schema() -> dict[str, P.ParamSpec]:
-    return {k: a.spec for k, a in table().items()}
+class VLLM(S.GPUServerEngine):
+    name = NAME
+    label = LABELS[NAME]
+    roles = Roles(context="max_model_len", parallel="max_num_seqs")
+    log_patterns = LOG_PATTERNS
+    tensor_parallel = "tensor_parallel_size"
+    past_training = "vLLM refuses that unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1"
+
+    def table(self) -> dict[str, S.Arg]:
+        return table()
+
+    def command(self, spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
+        python = S.interpreter(NAME)
+        program = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(spec.path),
+                   "--served-model-name", spec.name, "--host", host, "--port", str(port),
+                   *S.flags(values, table())]
+        env = {"VLLM_API_KEY": api_key, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        return S.exec_command(NAME, program, env, health_path="/health")
+
+    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+        """Concrete parameter changes for a diagnosis of this engine, best first."""
+        if kind != Kind.OOM_LOAD:
+            return []
+        if facts.get("cause") == "gpu_busy":
+            return _busy_gpu_fixes(facts, float(plan_param(plan, "gpu_memory_utilization", 0.9)))
+        return _memory_fixes(facts, plan)
 
 
-def validate(pairs) -> dict[str, object]:
-    return S.validate(NAME, pairs, table())
+def _busy_gpu_fixes(facts: Mapping[str, object], util: float) -> list[Fix]:
+    """Other programs hold part of the GPU: ask for what is free."""
+    free, total = float(facts.get("free_gib", 0) or 0), float(facts.get("total_gib", 0) or 0)
+    new = round(free / total - 0.03, 2) if free and total else round(util - 0.2, 2)
+    if new < 0.05:
+        return []
+    return [Fix(f"Let vLLM use less of the GPU ({new:.0%})", {"gpu_memory_utilization": new},
+                "Other programs hold part of the GPU's memory.")]
 
 
-def prepare(spec: ModelSpec, hw: HardwareProfile, values: dict[str, object]
-            ) -> tuple[dict[str, object], None, list[str]]:
-    """Ember's defaults: a context of at most 4096 tokens (vLLM's default, the model's full
-    context, often does not fit the KV cache), one GPU per model unless asked."""
-    out = dict(values)
-    warnings = S.default_context(spec, out, "max_model_len", DEFAULT_CTX,
-                                 "vLLM refuses that unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1")
-    warnings += S.gpu_count_warning(hw, out, "tensor_parallel_size")
-    return out, None, warnings
+def _memory_fixes(facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+    cause = facts.get("cause") or "gpu"
+    length = int(plan_param(plan, "max_model_len", facts.get("max_model_len") or units.DEFAULT_N_CTX))
+    util = float(plan_param(plan, "gpu_memory_utilization", 0.9))
+    tp = int(plan_param(plan, "tensor_parallel_size", 1))
+    out = []
+    fit_len = facts.get("estimated_max_len") or facts.get("kv_tokens")
+    new_len = S.round_len(int(fit_len)) if fit_len else S.round_len(length // 2)
+    if new_len < length:
+        out.append(Fix(f"Lower the context to {new_len:,} tokens", {"max_model_len": new_len},
+                       "A shorter context needs a smaller KV cache."))
+    if util < 0.95:
+        new_util = round(min(0.95, util + 0.05), 2)
+        out.append(Fix(f"Let vLLM use more of the GPU ({new_util:.0%})", {"gpu_memory_utilization": new_util},
+                       "More memory for the KV cache, if nothing else uses the GPU."))
+    if cause == "gpu" and not plan_param(plan, "enforce_eager", False):
+        out.append(Fix("Turn off CUDA graphs", {"enforce_eager": True}, "Saves memory; answers come slower."))
+    if S.cuda_gpus(plan) >= tp * 2:
+        out.append(Fix(f"Split the model over {tp * 2} GPUs", {"tensor_parallel_size": tp * 2},
+                       "Tensor parallelism spreads weights and KV cache over several GPUs."))
+    return out
 
 
-def command(spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
-    python = S.interpreter(NAME)
-    program = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(spec.path),
-               "--served-model-name", spec.name, "--host", host, "--port", str(port),
-               *S.flags(values, table())]
-    env = {"VLLM_API_KEY": api_key, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-    return S.exec_command(NAME, program, env, health_path="/health")
+ENGINE = VLLM()

@@ -1,0 +1,69 @@
+"""The engines Ember knows, and whether each is installed here.
+
+This module only answers "is it here, which version, how to install it"
+without importing the engine (torch and friends take seconds to import); how
+to launch an engine lives in its own backend module (:mod:`engines.running.backends`).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass
+
+from engines.running import engine_env
+
+ENGINES = ("llamacpp", "transformers", "vllm", "sglang", "mlx")
+
+LABELS = {"llamacpp": "llama.cpp", "transformers": "Transformers", "vllm": "vLLM",
+          "sglang": "SGLang", "mlx": "MLX"}
+
+#: (import name, distribution for the version, install command)
+_PACKAGES = {
+    "llamacpp": ("xllamacpp", "xllamacpp", "pip install xllamacpp"),
+    "transformers": ("transformers", "transformers", "pip install 'ember[transformers]'"),
+    "vllm": ("vllm", "vllm", "pip install vllm   (in its own environment; see Settings > Engines)"),
+    "sglang": ("sglang", "sglang", "pip install 'sglang[all]'   (in its own environment; see Settings > Engines)"),
+    "mlx": ("mlx_lm", "mlx-lm", "pip install 'ember[mlx]'"),
+}
+
+
+@dataclass(frozen=True)
+class Availability:
+    engine: str
+    installed: bool
+    version: str | None
+    install_command: str
+    interpreter: str | None = None   # the Python that runs it (None: frozen build, no Python)
+    problem: str | None = None       # why a configured interpreter cannot run it
+
+
+def availability(engine: str) -> Availability:
+    """Installed or not, judged by the interpreter that would run the engine.
+
+    An interpreter set for the engine (``engine_python.<engine>``) is asked in a child
+    process (cached); otherwise Ember's own environment is looked at without importing.
+    """
+    module, dist, cmd = _PACKAGES[engine]
+    if engine != "llamacpp":  # llama.cpp runs inside Ember's own worker
+        configured = engine_env.check(engine)
+        if configured is not None:
+            return Availability(engine, configured.installed, configured.version, cmd,
+                                configured.interpreter, configured.problem)
+        if engine_env.own_python() is None:  # a frozen build: its engines need a Python environment
+            return Availability(engine, False, None, cmd, None,
+                                "this packaged Ember has no Python of its own; choose the python of an "
+                                "environment where it is installed (ember engine-python)")
+    installed = importlib.util.find_spec(module) is not None
+    if engine == "transformers":
+        installed = installed and importlib.util.find_spec("torch") is not None
+    version = None
+    if installed:
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return Availability(engine, installed, version, cmd, engine_env.own_python())
+
+
+def installed_engines() -> dict[str, bool]:
+    return {e: availability(e).installed for e in ENGINES}
