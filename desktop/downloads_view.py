@@ -22,10 +22,10 @@ from PySide6.QtWidgets import (QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLab
 
 from engines import units
 from engines.models import downloads as D
-from engines.models import hub, records
+from engines.models import catalog, hub, records
 
 from .bridge import ManagerBridge, run_async
-from .widgets import PathNote, error_label, muted_label, open_folder
+from .widgets import PathNote, error_label, muted_label, open_folder, text_label
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ def _eta(seconds: float | None) -> str:
     if s >= 3600:
         return f"{s // 3600} h {s % 3600 // 60:02d} min left"
     return f"{s // 60}:{s % 60:02d} left"
+
+
+def display_name(name: str) -> str:
+    """"Qwen2.5 1.5B Instruct (Q4_K_M)" for a catalog variant's id; other names as they are."""
+    entry = catalog.entries().get(name)
+    return (catalog.spec_of(entry, with_path=False).display_name or name) if entry else name
 
 
 def error_words(error: dict) -> str:
@@ -77,8 +83,9 @@ class JobRow(QFrame):
         self.setFrameShape(QFrame.StyledPanel)
         grid = QGridLayout(self)
         grid.setContentsMargins(10, 6, 10, 6)
-        self.title = QLabel(f"<b>{name}</b>")
+        self.title = QLabel(f"<b>{display_name(name)}</b>")
         self.title.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.title.setToolTip(name)
         self.state = muted_label(wrap=False)
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
@@ -157,9 +164,7 @@ class DownloadsView(QGroupBox):
         self.queue.setSpacing(6)
         root.addLayout(self.queue)
 
-        self.disk_title = QLabel()
-        self.disk_title.setWordWrap(True)
-        self.disk_title.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.disk_title = text_label()
         self.open_button = QPushButton("Open folder")
         self.open_button.setAccessibleName("Open the folder of the downloaded models")
         self.open_button.clicked.connect(self.open_folder)

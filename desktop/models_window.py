@@ -41,9 +41,10 @@ from engines.running.manager import EngineManager
 
 from .bridge import ManagerBridge, run_async
 from .downloads_view import attach as attach_downloads
+from .downloads_view import display_name
 from .launch_dialog import LaunchDialog
 from .recommended_view import RecommendedView
-from .widgets import FIT_ORDER, FitBadge, apply_style, muted_label, primary_button
+from .widgets import FIT_ORDER, FitBadge, apply_style, muted_label, primary_button, text_label
 
 log = logging.getLogger(__name__)
 
@@ -271,25 +272,23 @@ class ModelsWindow(QWidget):
         self._loading = False
         self._again: str | None = None  # a refresh asked for while one was running
         self._chat_after: set[str] = set()  # downloads to launch (and chat with) once verified
+        self._starting: str | None = None   # the model the "Starting it" notice is about
         self.has_chat = False
         self.setWindowTitle("Ember \u2014 Models")
         apply_style(self)
-        self.resize(880, 720)
+        self.resize(900, 800)
 
         root = QVBoxLayout(self)
         root.setSpacing(10)
-        root.addWidget(self._build_recommended())
-        root.addWidget(self._build_hardware_box())
         root.addWidget(self._build_notice())
-        root.addLayout(self._build_actions())
-        root.addLayout(self._build_filters())
-        root.addWidget(self._build_list(), 1)
+        root.addWidget(self._build_page(), 1)
         self.downloads_slot = QVBoxLayout()  # the downloads panel goes here (see add_downloads_panel)
         root.addLayout(self.downloads_slot)
 
         self.setAcceptDrops(True)  # drop a .gguf file or a model folder to add it
         self.bridge.changed.connect(self._update_states)
         self.bridge.failed.connect(self._engine_failed)
+        self.bridge.ready.connect(self._engine_ready)
         self.downloads_view = attach_downloads(self, downloads)
         self.downloads_view.bridge.download_changed.connect(self._download_changed)
         self.refresh()
@@ -339,9 +338,7 @@ class ModelsWindow(QWidget):
         self.notice.setFrameShape(QFrame.StyledPanel)
         notice_line = QHBoxLayout(self.notice)
         notice_line.setContentsMargins(10, 6, 6, 6)
-        self.notice_label = QLabel()
-        self.notice_label.setWordWrap(True)
-        self.notice_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.notice_label = text_label()
         self.notice_close = QToolButton()
         self.notice_close.setText("\u2715")
         self.notice_close.setAccessibleName("Dismiss this message")
@@ -413,11 +410,25 @@ class ModelsWindow(QWidget):
         bar.addWidget(self.sort_combo)
         return bar
 
-    def _build_list(self) -> QScrollArea:
-        """The scrolling list of model rows, with a placeholder until they are built."""
+    def _build_page(self) -> QScrollArea:
+        """One scrolling page: the recommendations, this computer, then the model list with its filters."""
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QFrame.NoFrame)
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.setContentsMargins(0, 0, 6, 0)
+        layout.setSpacing(10)
+        layout.addWidget(self._build_recommended())
+        layout.addWidget(self._build_hardware_box())
+        layout.addLayout(self._build_actions())
+        layout.addLayout(self._build_filters())
+        layout.addWidget(self._build_list(), 1)
+        self.scroll.setWidget(page)
+        return self.scroll
+
+    def _build_list(self) -> QWidget:
+        """The model rows, with a placeholder until they are built."""
         self.list_widget = QWidget()
         self.list_layout = QVBoxLayout(self.list_widget)
         self.list_layout.setContentsMargins(0, 0, 0, 0)
@@ -425,8 +436,7 @@ class ModelsWindow(QWidget):
         self.placeholder = muted_label("Looking for models\u2026")
         self.list_layout.addWidget(self.placeholder)
         self.list_layout.addStretch(1)
-        self.scroll.setWidget(self.list_widget)
-        return self.scroll
+        return self.list_widget
 
     # -- public API -----------------------------------------------------------------------
     def save_filters(self) -> None:
@@ -481,7 +491,7 @@ class ModelsWindow(QWidget):
 
     def _launch_failed(self, name: str, exc: BaseException) -> None:
         problem = getattr(exc, "message", None) or getattr(exc, "problem", None) or str(exc)
-        text = f"{name} cannot start: {problem}"
+        text = f"{display_name(name)} cannot start: {problem}"
         self.recommended.launch_failed(name, text)
         self.show_notice(text, error=True)
 
@@ -726,13 +736,25 @@ class ModelsWindow(QWidget):
         self.download_progress.emit(name, download_fraction(job))
         if job.state == "ready" and name in self._chat_after:
             self._chat_after.discard(name)
-            self.show_notice(f"{name} is downloaded and checked. Starting it and opening the chat\u2026")
+            self.show_notice(f"{display_name(name)} is downloaded and checked. Starting it and opening the "
+                             "chat\u2026")
+            self._starting = name
             self.launch_default(name)
         elif job.state in ("failed", "cancelled"):
             self._chat_after.discard(name)
 
     # -- engines ----------------------------------------------------------------------------------
-    def _engine_failed(self, name: str, _error: Exception) -> None:
+    def _engine_ready(self, name: str, _running) -> None:
+        if name == self._starting:  # the chat has it now: the "Starting it" notice is done
+            self._starting = None
+            self.notice.hide()
+
+    def _engine_failed(self, name: str, error: Exception) -> None:
+        if name == self._starting:
+            self._starting = None
+            message = str(getattr(error, "message", None) or error).strip().splitlines()
+            self.show_notice(f"{display_name(name)} did not start" + (f": {message[0]}" if message else "."),
+                             error=True)
         w = self.row_widgets.get(name)
         if w is not None:
             w.set_state(None)

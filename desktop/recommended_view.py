@@ -24,7 +24,7 @@ from engines.models import downloads as D
 from engines.models.hub import Reach
 
 from .downloads_view import progress_text
-from .widgets import error_label, muted_label, primary_button
+from .widgets import error_label, muted_label, primary_button, text_label
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,7 @@ class RecommendedView(QFrame):
         body = QVBoxLayout(self.body)
         body.setContentsMargins(0, 0, 0, 0)
         body.setSpacing(6)
-        self.intro = QLabel(INTRO_FIRST_RUN)
-        self.intro.setWordWrap(True)
+        self.intro = text_label(INTRO_FIRST_RUN)
         body.addWidget(self.intro)
         body.addWidget(self._build_offline())
         self.list = QVBoxLayout()
@@ -185,9 +184,7 @@ class RecommendedView(QFrame):
         self.offline.setFrameShape(QFrame.StyledPanel)
         line = QHBoxLayout(self.offline)
         line.setContentsMargins(10, 6, 10, 6)
-        self.offline_label = QLabel()
-        self.offline_label.setWordWrap(True)
-        self.offline_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.offline_label = text_label()
         self.recheck_button = QPushButton("Check again")
         self.recheck_button.clicked.connect(self.recheck_requested)
         self.starter_button = QPushButton("Chat with the starter")

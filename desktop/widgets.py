@@ -102,11 +102,17 @@ def primary_button(text: str, parent: QWidget | None = None) -> QPushButton:
     return b
 
 
-def muted_label(text: str = "", parent: QWidget | None = None, wrap: bool = True) -> QLabel:
-    """Secondary text (the numbers below the words), in the palette's placeholder colour."""
+def text_label(text: str = "", parent: QWidget | None = None, wrap: bool = True) -> QLabel:
+    """Text people may want to copy (paths, reasons): wrapped and selectable with the mouse."""
     lab = QLabel(text, parent)
     lab.setWordWrap(wrap)
     lab.setTextInteractionFlags(Qt.TextSelectableByMouse)
+    return lab
+
+
+def muted_label(text: str = "", parent: QWidget | None = None, wrap: bool = True) -> QLabel:
+    """Secondary text (the numbers below the words), in the palette's placeholder colour."""
+    lab = text_label(text, parent, wrap)
     lab.setProperty("ember", "muted")
     return lab
 
@@ -129,9 +135,7 @@ class PathNote(QFrame):
         self.path = ""
         line = QHBoxLayout(self)
         line.setContentsMargins(8, 4, 4, 4)
-        self.label = QLabel()
-        self.label.setWordWrap(True)
-        self.label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.label = text_label()
         self.copy_button = QPushButton("Copy path")
         self.copy_button.setAccessibleName("Copy the folder's path")
         self.copy_button.clicked.connect(self.copy)

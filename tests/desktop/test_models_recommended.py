@@ -198,7 +198,8 @@ def test_download_button_in_the_list_queues_and_errors_show_in_words(qtbot, hub,
                           check_params_cb=lambda n, f: n == name and f == -1.0):
         w.row_widget(name).download_button.click()
     job_row = w.downloads_view.rows[name]
-    assert job_row.state.text() == "Failed" and job_row.error.isVisible()
+    qtbot.waitUntil(job_row.error.isVisible, timeout=5_000)  # a new row shows on the next event-loop turn
+    assert job_row.state.text() == "Failed"
     assert "was not found on " + hub.url in job_row.error.text()
     assert job_row.pause_button.text() == "Retry"
     assert w.row_widget(name).download_button.text() == "Try again"
