@@ -165,7 +165,8 @@ def test_download_and_chat_downloads_with_progress_then_launches_and_opens_the_c
     app = ember_app()
     app.show_models()
     w = app.models_window
-    qtbot.waitUntil(lambda: bool(w.recommended.rows) and w.recommended.reach is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: bool(w.recommended.rows) and w.recommended.reach is not None
+                    and not w.hw_busy.isVisible(), timeout=60_000)  # the whole list is built
     name, rec = next(iter(w.recommended.rows.items()))
     served = hub.add_catalog(name, chat_gguf, throttle_bps=60_000_000)
     fractions = []
