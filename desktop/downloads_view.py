@@ -7,11 +7,14 @@ threads); this widget only shows it. Job changes reach it through
 row reads the job then. Deleting files runs off the GUI thread too.
 
 Use :func:`attach` to put it in the models window: it connects the window's
-"Download" buttons to the queue and refreshes the list when a download is ready.
+"Download" buttons to the queue and refreshes the list when a download is ready
+(the models window calls it itself). "Open folder" opens the Hub cache in the
+file manager, or shows the path with Copy where none can.
 """
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
@@ -19,10 +22,10 @@ from PySide6.QtWidgets import (QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLab
 
 from engines import units
 from engines.models import downloads as D
-from engines.models import hub, records
+from engines.models import catalog, hub, records
 
 from .bridge import ManagerBridge, run_async
-from .widgets import error_label, muted_label
+from .widgets import PathNote, error_label, muted_label, open_folder, text_label
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,24 @@ def _eta(seconds: float | None) -> str:
     if s >= 3600:
         return f"{s // 3600} h {s % 3600 // 60:02d} min left"
     return f"{s // 60}:{s % 60:02d} left"
+
+
+def display_name(name: str) -> str:
+    """"Qwen2.5 1.5B Instruct (Q4_K_M)" for a catalog variant's id; other names as they are."""
+    entry = catalog.entries().get(name)
+    return (catalog.spec_of(entry, with_path=False).display_name or name) if entry else name
+
+
+def error_words(error: dict) -> str:
+    """A failed download's error as a sentence for the window (the core's raw reason goes in the tooltip)."""
+    if error.get("kind") == "network":
+        host = urlsplit(str(error.get("endpoint") or "")).netloc or "the Hugging Face Hub"
+        kept = error.get("partial_bytes") or 0
+        return (f"Ember cannot reach {host}: this computer seems to be offline, or the site is blocked."
+                + (f" The {units.size(kept)} already downloaded are kept; Retry resumes." if kept else ""))
+    if error.get("kind") == "bug":
+        return f"The download stopped because of a bug in Ember ({error.get('message', '')}). Retry may work."
+    return str(error.get("message") or "The download failed.")
 
 
 def progress_text(job: D.Job) -> str:
@@ -62,8 +83,9 @@ class JobRow(QFrame):
         self.setFrameShape(QFrame.StyledPanel)
         grid = QGridLayout(self)
         grid.setContentsMargins(10, 6, 10, 6)
-        self.title = QLabel(f"<b>{name}</b>")
+        self.title = QLabel(f"<b>{display_name(name)}</b>")
         self.title.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.title.setToolTip(name)
         self.state = muted_label(wrap=False)
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
@@ -114,7 +136,8 @@ class JobRow(QFrame):
         self.cancel_button.setVisible(job.state in ("downloading", "queued", "paused", "failed"))
         self.clear_button.setVisible(job.state in ("ready", "cancelled", "failed"))
         if job.error:
-            self.error.setText(job.error.get("message", ""))
+            self.error.setText(error_words(job.error))
+            self.error.setToolTip(str(job.error.get("message", "")))
             self.error.show()
         else:
             self.error.hide()
@@ -141,8 +164,16 @@ class DownloadsView(QGroupBox):
         self.queue.setSpacing(6)
         root.addLayout(self.queue)
 
-        self.disk_title = QLabel()
-        root.addWidget(self.disk_title)
+        self.disk_title = text_label()
+        self.open_button = QPushButton("Open folder")
+        self.open_button.setAccessibleName("Open the folder of the downloaded models")
+        self.open_button.clicked.connect(self.open_folder)
+        disk_line = QHBoxLayout()
+        disk_line.addWidget(self.disk_title, 1)
+        disk_line.addWidget(self.open_button, 0, Qt.AlignTop)
+        root.addLayout(disk_line)
+        self.path_note = PathNote()
+        root.addWidget(self.path_note)
         self.disk_list = QVBoxLayout()
         self.disk_list.setSpacing(2)
         root.addLayout(self.disk_list)
@@ -164,6 +195,15 @@ class DownloadsView(QGroupBox):
             row.setParent(None)
             row.deleteLater()
         self._update_empty()
+
+    def open_folder(self) -> bool:
+        """Open the downloads' folder (the Hub cache); without a file manager, show its path with Copy."""
+        folder = hub.cache()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.info("cannot create %s: %s", folder, exc)
+        return open_folder(folder, self.path_note)
 
     def delete_model(self, name: str) -> None:
         """Delete a downloaded model's files, off the GUI thread."""

@@ -1,16 +1,21 @@
-"""The models window: this computer's hardware, every model with whether it runs here, and launch.
+"""The models window: "Recommended for this computer", this computer's hardware, every model with
+whether it runs here and how fast, downloads, and launch.
 
 All facts come from the core (``hardware.detect``, ``catalog.rows``,
-``store.add_local``); this module only lays them out. Detection, the model
-list and stopping an engine run off the GUI thread so the window opens at
-once and never freezes.
+``recommend.annotate``, ``store.add_local``, the download queue); this module
+only lays them out. Detection, the model list, the Hub check and stopping an
+engine run off the GUI thread so the window opens at once and never freezes.
 
 For the app: ``ModelsWindow(manager, bridge=app_bridge)`` (engine events come
 through :class:`desktop.bridge.ManagerBridge`; without one the window makes its
 own); connect ``launch_requested`` (a :class:`engines.running.launch.LaunchPlan`)
-to whatever starts it (``manager.launch`` off the GUI thread). For downloads: connect ``download_requested`` (a model
-name) and put the download panel in with :meth:`ModelsWindow.add_downloads_panel`;
-call :meth:`ModelsWindow.refresh` when a download finishes.
+to whatever starts it and opens the chat. "Download and chat" emits it too,
+once the download is verified. The window has its own downloads panel
+(:func:`desktop.downloads_view.attach`, over ``downloads=`` or a new
+:class:`~engines.models.downloads.DownloadManager`); ``download_progress(name,
+fraction)`` reports every download (fraction 0..1, -1.0 once it ended or
+failed) for the tray. The filters (run here, sort, search) are remembered in
+the settings.
 """
 from __future__ import annotations
 
@@ -19,26 +24,58 @@ import os
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QHideEvent
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGridLayout, QGroupBox, QHBoxLayout,
                                QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea, QSizePolicy, QToolButton,
                                QVBoxLayout, QWidget)
 
-from engines import units
+from engines import settings, units
+from engines.chat import completion_mode
 from engines.machine import hardware as H
-from engines.models import catalog, lookup, store
+from engines.models import catalog, hub, lookup, recommend, store
+from engines.models import downloads as D
+from engines.running import launch
 from engines.running.backends import LABELS
 from engines.running.launch import LaunchPlan
 from engines.running.manager import EngineManager
 
 from .bridge import ManagerBridge, run_async
+from .downloads_view import attach as attach_downloads
+from .downloads_view import display_name
 from .launch_dialog import LaunchDialog
-from .widgets import FIT_ORDER, FitBadge, apply_style, muted_label, primary_button
+from .recommended_view import RecommendedView
+from .widgets import FIT_ORDER, FitBadge, apply_style, muted_label, primary_button, text_label
 
 log = logging.getLogger(__name__)
 
 RUNS_HERE = ("gpu", "partial", "cpu")
 BUILD_CHUNK = 12  # rows built per event-loop turn
 SORTS = {"Best fit first": "fit", "Name": "name", "Size": "size"}
+SAVE_FILTERS_MS = 400  # the search box is saved this long after the last key
+ENDED = ("ready", "failed", "cancelled")
+
+
+def load_rows(hw: H.HardwareProfile) -> tuple[list[dict], bool]:
+    """Every model's row with the recommendation fields, and whether a chat model is already here.
+
+    Runs off the GUI thread: the chat-template check reads each local GGUF's header.
+    """
+    rows = recommend.annotate(catalog.rows(hw), hw)
+    specs = []
+    for r in rows:
+        if r.get("local"):
+            try:
+                specs.append(lookup.resolve(r["name"]))
+            except store.ModelError as exc:
+                log.info("%s is listed but cannot be read: %s", r["name"], exc.problem)
+    return rows, completion_mode.has_chat_model(specs)
+
+
+def download_fraction(job: D.Job) -> float:
+    """What the tray shows for a download: 0..1 while it is under way or paused, -1.0 once it ended."""
+    if job.state in ENDED:
+        return -1.0
+    return min(1.0, job.done_bytes / job.total_bytes) if job.total_bytes else 0.0
 
 
 def _numbers_line(row: dict) -> str:
@@ -49,9 +86,11 @@ def _numbers_line(row: dict) -> str:
     if row.get("fit") == "partial" and not detail:
         detail = f"{row.get('gpu_layers')} of {row.get('total_layers')} layers on the GPU"
     size = units.size(row.get("size_bytes")) if row.get("size_bytes") else ""
+    tps = row.get("expected_tokens_per_second")
+    speed = f"about {tps:,.0f} tokens/s here (estimate)" if tps and row.get("fit") in RUNS_HERE else ""
     if row.get("engine") is None:
-        detail = ""
-    return " \u00b7 ".join(x for x in (detail, size) if x)
+        detail = speed = ""
+    return " \u00b7 ".join(x for x in (detail, speed, size) if x)
 
 
 def _engine_line(row: dict) -> str:
@@ -185,6 +224,15 @@ class ModelRow(QFrame):
         self.download_button.setVisible(row.get("source") == "catalog" and not downloaded)
         self.remove_button.setVisible(row.get("source") == "local")
 
+    def set_download(self, job: D.Job) -> None:
+        """The Download button follows the model's download (the panel below has the details)."""
+        percent = f"{100 * job.done_bytes / job.total_bytes:.0f}%" if job.total_bytes else ""
+        text = {"queued": "Waiting\u2026", "downloading": f"Downloading\u2026 {percent}",
+                "verifying": "Checking\u2026", "paused": f"Resume ({percent})" if percent else "Resume",
+                "failed": "Try again"}.get(job.state, "Download\u2026")
+        self.download_button.setText(text)
+        self.download_button.setEnabled(job.state not in ("queued", "downloading", "verifying"))
+
     def _toggle_why(self, on: bool) -> None:
         self.why_toggle.setArrowType(Qt.DownArrow if on else Qt.RightArrow)
         self.why_label.setVisible(on)
@@ -205,10 +253,12 @@ class ModelsWindow(QWidget):
 
     launch_requested = Signal(LaunchPlan)  # the plan the launch dialog accepted
     download_requested = Signal(str)       # a catalog model's name (the downloads panel queues it)
+    download_progress = Signal(str, float)  # model name, 0..1 (-1.0: the download ended or failed): the tray
     models_loaded = Signal()               # the list is on screen (tests and the app may wait for it)
 
     def __init__(self, manager: EngineManager, parent: QWidget | None = None,
-                 hardware: H.HardwareProfile | None = None, bridge: ManagerBridge | None = None):
+                 hardware: H.HardwareProfile | None = None, bridge: ManagerBridge | None = None,
+                 downloads: D.DownloadManager | None = None):
         super().__init__(parent)
         self.manager = manager
         self.bridge = bridge or ManagerBridge(manager, self)
@@ -221,26 +271,37 @@ class ModelsWindow(QWidget):
         self.row_widgets: dict[str, ModelRow] = {}
         self._loading = False
         self._again: str | None = None  # a refresh asked for while one was running
+        self._chat_after: set[str] = set()  # downloads to launch (and chat with) once verified
+        self._starting: str | None = None   # the model the "Starting it" notice is about
+        self.has_chat = False
         self.setWindowTitle("Ember \u2014 Models")
         apply_style(self)
-        self.resize(880, 720)
+        self.resize(900, 800)
 
         root = QVBoxLayout(self)
         root.setSpacing(10)
-        root.addWidget(self._build_hardware_box())
         root.addWidget(self._build_notice())
-        root.addLayout(self._build_actions())
-        root.addLayout(self._build_filters())
-        root.addWidget(self._build_list(), 1)
+        root.addWidget(self._build_page(), 1)
         self.downloads_slot = QVBoxLayout()  # the downloads panel goes here (see add_downloads_panel)
         root.addLayout(self.downloads_slot)
 
         self.setAcceptDrops(True)  # drop a .gguf file or a model folder to add it
         self.bridge.changed.connect(self._update_states)
         self.bridge.failed.connect(self._engine_failed)
+        self.bridge.ready.connect(self._engine_ready)
+        self.downloads_view = attach_downloads(self, downloads)
+        self.downloads_view.bridge.download_changed.connect(self._download_changed)
         self.refresh()
+        self.check_hub()
 
     # -- building ---------------------------------------------------------------------------
+    def _build_recommended(self) -> RecommendedView:
+        self.recommended = RecommendedView()
+        self.recommended.download_and_chat.connect(self.download_and_chat)
+        self.recommended.starter_requested.connect(lambda: self.launch_default(store.STARTER))
+        self.recommended.recheck_requested.connect(self.check_hub)
+        return self.recommended
+
     def _build_hardware_box(self) -> QGroupBox:
         """This computer: CPU, memory, GPUs, and why llama.cpp cannot use a GPU when it cannot."""
         self.hw_box = QGroupBox("This computer")
@@ -277,9 +338,7 @@ class ModelsWindow(QWidget):
         self.notice.setFrameShape(QFrame.StyledPanel)
         notice_line = QHBoxLayout(self.notice)
         notice_line.setContentsMargins(10, 6, 6, 6)
-        self.notice_label = QLabel()
-        self.notice_label.setWordWrap(True)
-        self.notice_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.notice_label = text_label()
         self.notice_close = QToolButton()
         self.notice_close.setText("\u2715")
         self.notice_close.setAccessibleName("Dismiss this message")
@@ -318,20 +377,29 @@ class ModelsWindow(QWidget):
         return actions
 
     def _build_filters(self) -> QHBoxLayout:
-        """Search, "only models that run here" and the sort order."""
+        """Search, "only models that run here" and the sort order, as the user last left them."""
         bar = QHBoxLayout()
-        self.search = QLineEdit()
+        saved = settings.load()
+        self.search = QLineEdit(str(saved.get("models_search") or ""))
         self.search.setPlaceholderText("Search models by name or quantization")
         self.search.setAccessibleName("Search models")
         self.search.setClearButtonEnabled(True)
         self.search.setMinimumWidth(260)
-        self.search.textChanged.connect(lambda _t: self._apply_view(False))
         self.only_runnable = QCheckBox("Only models that run here")
-        self.only_runnable.toggled.connect(self._apply_view)
+        self.only_runnable.setChecked(bool(saved.get("models_only_runnable")))
         self.sort_combo = QComboBox()
         self.sort_combo.addItems(list(SORTS))
         self.sort_combo.setAccessibleName("Sort models by")
-        self.sort_combo.currentIndexChanged.connect(self._apply_view)
+        self.sort_combo.setToolTip("Best fit first: the models that run here, the fastest on this computer first "
+                                   "(an estimate from the model's size and this computer's memory speed)")
+        modes = list(SORTS.values())
+        self.sort_combo.setCurrentIndex(modes.index(saved.get("models_sort")) if saved.get("models_sort") in modes
+                                        else 0)
+        self._save_timer = QTimer(self, singleShot=True, interval=SAVE_FILTERS_MS)
+        self._save_timer.timeout.connect(self.save_filters)
+        self.search.textChanged.connect(lambda _t: (self._apply_view(False), self._save_timer.start()))
+        self.only_runnable.toggled.connect(lambda _on: (self._apply_view(), self.save_filters()))
+        self.sort_combo.currentIndexChanged.connect(lambda _i: (self._apply_view(), self.save_filters()))
         sort_label = QLabel("&Sort by")
         sort_label.setBuddy(self.sort_combo)
         bar.addWidget(self.search, 1)
@@ -342,11 +410,25 @@ class ModelsWindow(QWidget):
         bar.addWidget(self.sort_combo)
         return bar
 
-    def _build_list(self) -> QScrollArea:
-        """The scrolling list of model rows, with a placeholder until they are built."""
+    def _build_page(self) -> QScrollArea:
+        """One scrolling page: the recommendations, this computer, then the model list with its filters."""
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QFrame.NoFrame)
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.setContentsMargins(0, 0, 6, 0)
+        layout.setSpacing(10)
+        layout.addWidget(self._build_recommended())
+        layout.addWidget(self._build_hardware_box())
+        layout.addLayout(self._build_actions())
+        layout.addLayout(self._build_filters())
+        layout.addWidget(self._build_list(), 1)
+        self.scroll.setWidget(page)
+        return self.scroll
+
+    def _build_list(self) -> QWidget:
+        """The model rows, with a placeholder until they are built."""
         self.list_widget = QWidget()
         self.list_layout = QVBoxLayout(self.list_widget)
         self.list_layout.setContentsMargins(0, 0, 0, 0)
@@ -354,10 +436,40 @@ class ModelsWindow(QWidget):
         self.placeholder = muted_label("Looking for models\u2026")
         self.list_layout.addWidget(self.placeholder)
         self.list_layout.addStretch(1)
-        self.scroll.setWidget(self.list_widget)
-        return self.scroll
+        return self.list_widget
 
     # -- public API -----------------------------------------------------------------------
+    def save_filters(self) -> None:
+        """Remember "run here", the sort order and the search for the next start."""
+        self._save_timer.stop()
+        wanted = {"models_only_runnable": self.only_runnable.isChecked(),
+                  "models_sort": SORTS[self.sort_combo.currentText()], "models_search": self.search.text()}
+        current = settings.load()
+        if any(current.get(k) != v for k, v in wanted.items()):
+            settings.update(wanted)
+
+    def hideEvent(self, event: QHideEvent) -> None:  # noqa: N802 (Qt's name)
+        if self._save_timer.isActive():
+            self.save_filters()
+        super().hideEvent(event)
+
+    def check_hub(self) -> None:
+        """Ask (off the GUI thread) whether the Hub answers; the recommendations say so when it does not."""
+        self.recommended.set_reach(None)
+        run_async(hub.reachable, self.recommended.set_reach, lambda exc: log.warning("hub check failed: %s", exc),
+                  name="hub-reachable", owner=self)
+
+    def download_and_chat(self, name: str) -> None:
+        """Download a model (progress here and in the panel), then launch it and open the chat."""
+        self._chat_after.add(name)
+        self.downloads_view.add(name)
+
+    def launch_default(self, name: str) -> None:
+        """Launch a model with the default plan for this computer (off the GUI thread): emits launch_requested."""
+        hw = self.hw
+        run_async(lambda: launch.plan(name, hw), self.launch_requested.emit,
+                  lambda exc: self._launch_failed(name, exc), name=f"plan-{name}", owner=self)
+
     def add_downloads_panel(self, widget: QWidget) -> None:
         """Place the downloads panel under the model list (one call; the panel manages itself)."""
         self.downloads_slot.addWidget(widget)
@@ -376,6 +488,12 @@ class ModelsWindow(QWidget):
         hw_now = self.hw if not redetect else None
         run_async(lambda: injected or hw_now or H.detect(), self._hardware_ready, self._load_failed,
                   name="detect-hardware", owner=self)
+
+    def _launch_failed(self, name: str, exc: BaseException) -> None:
+        problem = getattr(exc, "message", None) or getattr(exc, "problem", None) or str(exc)
+        text = f"{display_name(name)} cannot start: {problem}"
+        self.recommended.launch_failed(name, text)
+        self.show_notice(text, error=True)
 
     def set_hardware(self, hw: H.HardwareProfile | None) -> None:
         """Judge the models against another profile (None: this computer again)."""
@@ -464,7 +582,7 @@ class ModelsWindow(QWidget):
         self.hw = hw
         self._show_hardware(hw)
         self.hw_status.setText("Checking which models run here\u2026")
-        run_async(lambda: catalog.rows(hw), self._rows_ready, self._load_failed, name="model-rows", owner=self)
+        run_async(lambda: load_rows(hw), self._rows_ready, self._load_failed, name="model-rows", owner=self)
 
     def _load_failed(self, exc: BaseException) -> None:
         self._loading = False
@@ -473,9 +591,13 @@ class ModelsWindow(QWidget):
         self.show_notice(f"Ember could not read the model list: {getattr(exc, 'problem', None) or exc}", error=True)
         self._run_pending()
 
-    def _rows_ready(self, rows: list[dict]) -> None:
+    def _rows_ready(self, loaded: tuple[list[dict], bool]) -> None:
         """Build the rows a chunk per event-loop turn: hundreds of rows never freeze the window."""
+        rows, self.has_chat = loaded
         self.rows = rows
+        self.recommended.set_models(recommend.recommended(rows), self.has_chat)
+        for job in self.downloads_view.manager.jobs():
+            self.recommended.update_job(job)
         self._order = {r["name"]: i for i, r in enumerate(rows)}
         for w in self.row_widgets.values():
             self.list_layout.removeWidget(w)
@@ -496,6 +618,9 @@ class ModelsWindow(QWidget):
             w.remove_clicked.connect(self.remove_model)
             w.download_clicked.connect(self.download_requested)
             w.setVisible(not only or r.get("fit") in RUNS_HERE)
+            job = self.downloads_view.manager.job(r["name"])
+            if job is not None and not r.get("local"):
+                w.set_download(job)
             self.row_widgets[r["name"]] = w
             self.list_layout.insertWidget(len(self._layout_order) + 1, w)  # after the placeholder
             self._layout_order.append(r["name"])
@@ -551,13 +676,16 @@ class ModelsWindow(QWidget):
 
     # -- view -----------------------------------------------------------------------------------
     def _sort_key(self, row: dict):
+        """Best fit first: what runs here, fastest first (expected tokens/s on this computer), then the rest."""
         mode = SORTS[self.sort_combo.currentText()]
         name = (row.get("display_name") or row["name"]).lower()
         if mode == "name":
             return (name,)
         if mode == "size":
-            return (row.get("size_bytes") or 0, name)
-        return (FIT_ORDER.get(row.get("fit"), 9), 0 if row.get("local") else 1, self._order.get(row["name"], 0))
+            return (row.get("size_bytes") or row.get("weights_bytes") or 0, name)
+        speed = row.get("expected_tokens_per_second") if row.get("fit") in RUNS_HERE else None
+        return (0 if speed else 1, -(speed or 0.0), FIT_ORDER.get(row.get("fit"), 9),
+                0 if row.get("local") else 1, self._order.get(row["name"], 0))
 
     def _apply_view(self, *_args) -> None:
         if self._build_queue:
@@ -595,8 +723,38 @@ class ModelsWindow(QWidget):
                 QWidget.setTabOrder(prev, b)
                 prev = b
 
+    # -- downloads --------------------------------------------------------------------------------
+    def _download_changed(self, name: str) -> None:
+        """A download moved: its rows follow, the tray hears the fraction, a finished "Download and chat" launches."""
+        job = self.downloads_view.manager.job(name)
+        if job is None:
+            return
+        self.recommended.update_job(job)
+        row = self.row_widgets.get(name)
+        if row is not None and not row.row.get("local"):
+            row.set_download(job)
+        self.download_progress.emit(name, download_fraction(job))
+        if job.state == "ready" and name in self._chat_after:
+            self._chat_after.discard(name)
+            self.show_notice(f"{display_name(name)} is downloaded and checked. Starting it and opening the "
+                             "chat\u2026")
+            self._starting = name
+            self.launch_default(name)
+        elif job.state in ("failed", "cancelled"):
+            self._chat_after.discard(name)
+
     # -- engines ----------------------------------------------------------------------------------
-    def _engine_failed(self, name: str, _error: Exception) -> None:
+    def _engine_ready(self, name: str, _running) -> None:
+        if name == self._starting:  # the chat has it now: the "Starting it" notice is done
+            self._starting = None
+            self.notice.hide()
+
+    def _engine_failed(self, name: str, error: Exception) -> None:
+        if name == self._starting:
+            self._starting = None
+            message = str(getattr(error, "message", None) or error).strip().splitlines()
+            self.show_notice(f"{display_name(name)} did not start" + (f": {message[0]}" if message else "."),
+                             error=True)
         w = self.row_widgets.get(name)
         if w is not None:
             w.set_state(None)

@@ -1,5 +1,6 @@
 """Small widgets shared by Ember's windows: the fit badge in words, the accent button,
-muted and error labels, and the one style sheet behind them.
+muted and error labels, the one style sheet behind them, and "Open folder" that
+shows the path with Copy when no file manager can open it (:func:`open_folder`).
 
 Sizes are written with :mod:`engines.units`; work off the GUI thread goes through
 :func:`desktop.bridge.run_async`."""
@@ -7,8 +8,11 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QPushButton, QSizePolicy, QWidget
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer, QUrl
+from PySide6.QtGui import QDesktopServices, QGuiApplication
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QToolButton, QWidget
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +102,17 @@ def primary_button(text: str, parent: QWidget | None = None) -> QPushButton:
     return b
 
 
-def muted_label(text: str = "", parent: QWidget | None = None, wrap: bool = True) -> QLabel:
-    """Secondary text (the numbers below the words), in the palette's placeholder colour."""
+def text_label(text: str = "", parent: QWidget | None = None, wrap: bool = True) -> QLabel:
+    """Text people may want to copy (paths, reasons): wrapped and selectable with the mouse."""
     lab = QLabel(text, parent)
     lab.setWordWrap(wrap)
     lab.setTextInteractionFlags(Qt.TextSelectableByMouse)
+    return lab
+
+
+def muted_label(text: str = "", parent: QWidget | None = None, wrap: bool = True) -> QLabel:
+    """Secondary text (the numbers below the words), in the palette's placeholder colour."""
+    lab = text_label(text, parent, wrap)
     lab.setProperty("ember", "muted")
     return lab
 
@@ -114,3 +124,48 @@ def error_label(parent: QWidget | None = None) -> QLabel:
     lab.setProperty("ember", "error")
     lab.hide()
     return lab
+
+
+class PathNote(QFrame):
+    """Where a folder is, selectable, with Copy: what "Open folder" shows when no file manager opens it."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setFrameShape(QFrame.StyledPanel)
+        self.path = ""
+        line = QHBoxLayout(self)
+        line.setContentsMargins(8, 4, 4, 4)
+        self.label = text_label()
+        self.copy_button = QPushButton("Copy path")
+        self.copy_button.setAccessibleName("Copy the folder's path")
+        self.copy_button.clicked.connect(self.copy)
+        self.close_button = QToolButton()
+        self.close_button.setText("\u2715")
+        self.close_button.setAccessibleName("Dismiss this message")
+        self.close_button.clicked.connect(self.hide)
+        line.addWidget(self.label, 1)
+        line.addWidget(self.copy_button)
+        line.addWidget(self.close_button, 0, Qt.AlignTop)
+        self.hide()
+
+    def show_path(self, path: str) -> None:
+        self.path = path
+        self.label.setText(f"No file manager could open the folder. It is here:\n{path}")
+        self.copy_button.setText("Copy path")
+        self.show()
+
+    def copy(self) -> None:
+        QGuiApplication.clipboard().setText(self.path)
+        self.copy_button.setText("Copied")
+        QTimer.singleShot(2000, self, lambda: self.copy_button.setText("Copy path"))
+
+
+def open_folder(path: str | Path, note: PathNote) -> bool:
+    """Open a folder in the file manager; when none can (``openUrl`` says False), ``note`` shows the path."""
+    opened = QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+    if opened:
+        note.hide()
+    else:
+        log.info("no file manager opened %s; showing the path instead", path)
+        note.show_path(str(path))
+    return opened

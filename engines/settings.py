@@ -19,8 +19,12 @@ DEFAULTS: dict[str, object] = {
     "idle_unload_minutes": 30,       # None = never unload
     "start_at_login": False,
     "default_n_ctx": units.DEFAULT_N_CTX,
+    "reply_limit": 1024,   # tokens per reply in the chat window and `ember chat`; the raw API is left alone
     "tray_notice_shown": False,      # "Ember keeps running in the tray" said once
     "last_model": None,
+    "models_only_runnable": False,   # the models window's filters, as the user left them
+    "models_sort": "fit",            # "fit" (fastest here first), "name" or "size"
+    "models_search": "",
 }
 ENGINE_PYTHON = "engine_python."   # engine_python.<engine>: the interpreter that runs that engine
 

@@ -3,13 +3,18 @@
 Downloads and remote GGUF headers both ask the Hub; they share this one place
 for ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, the token (``HF_TOKEN`` / ``hf auth
 login``) and the standard cache layout (``HF_HUB_CACHE`` / ``HF_HOME``), so
-neither reaches into the other.
+neither reaches into the other. :func:`reachable` tells whether the Hub
+answers at all (the models window says "offline" plainly when it does not).
 """
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRUE = ("1", "true", "yes", "on")
@@ -56,3 +61,27 @@ def headers() -> dict[str, str]:
 def resolve_url(repo: str, revision: str, filename: str) -> str:
     """The URL of one file of a repository at a revision (the Hub redirects it to the bytes)."""
     return f"{endpoint()}/{repo}/resolve/{revision}/{quote(filename)}"
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Whether the Hub can be used now, and if not, why in words (``detail``: the raw error, for logs)."""
+
+    online: bool
+    reason: str = ""
+    detail: str = ""
+
+
+def reachable(timeout: float = 3.0) -> Reach:
+    """Ask the Hub once (any HTTP answer counts as reachable); a few seconds at most, off the GUI thread."""
+    if offline():
+        return Reach(False, "downloads are turned off on this computer (HF_HUB_OFFLINE is set)")
+    import httpx  # lazy: only the models window and the downloads ask
+    host = urlsplit(endpoint()).netloc or endpoint()
+    try:
+        httpx.head(endpoint(), timeout=timeout, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        log.info("the Hub at %s is not reachable: %s: %s", endpoint(), type(exc).__name__, exc)
+        return Reach(False, f"Ember cannot reach {host}: this computer seems to be offline, "
+                            "or the site is blocked", f"{type(exc).__name__}: {exc}")
+    return Reach(True)

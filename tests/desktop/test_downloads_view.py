@@ -63,15 +63,14 @@ def test_queue_progress_pause_resume_and_delete(qtbot, hub):
 
 
 def test_embedded_in_the_models_window_with_a_download_action(qtbot, hub):
-    from desktop.downloads_view import attach
     from desktop.models_window import ModelsWindow
     manager = EngineManager(idle_timeout=None)
     hw = hardware.HardwareProfile.load(FIXTURES / "nvidia_24gb.json")
-    w = ModelsWindow(manager, hardware=hw)
+    w = ModelsWindow(manager, hardware=hw, downloads=D.DownloadManager(max_parallel=1))
     qtbot.addWidget(w)
     with qtbot.waitSignal(w.models_loaded, timeout=60_000):
         w.show()
-    view = attach(w, D.DownloadManager(max_parallel=1))
+    view = w.downloads_view
     row = w.row_widget("qwen3-8b-q4_k_m")
     assert row is not None and row.download_button.isVisible()
     # the fake hub does not have that repository: the queue shows the typed error, the GUI stays alive

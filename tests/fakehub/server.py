@@ -84,6 +84,18 @@ class FakeHub:
         self.repos.setdefault(repo, HubRepo({})).files[filename] = f
         return f
 
+    def add_catalog(self, name: str, path: Path, **kw) -> HubFile:
+        """Serve ``path`` as the file of the catalog variant ``name`` (its real repository and file name)."""
+        from engines.models import catalog
+        spec = catalog.resolve(name)
+        assert spec.repo and len(spec.files) == 1, f"{name} is not a one-file catalog variant"
+        return self.add(spec.repo, spec.files[0], path, **kw)
+
+    def environ(self, cache: Path) -> dict[str, str]:
+        """The environment that points huggingface_hub and Ember at this hub, with downloads under ``cache``."""
+        return {"HF_ENDPOINT": self.url, "HF_HUB_CACHE": str(cache), "HF_HUB_DISABLE_XET": "1",
+                "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(Path(cache).parent / "hf-home")}
+
     def start(self) -> "FakeHub":
         hub = self
 
