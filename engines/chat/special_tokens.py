@@ -16,9 +16,24 @@ import re
 log = logging.getLogger(__name__)
 
 #: Markers without a ``<|name|>`` shape (that shape is always a special token: ChatML, Llama 3,
-#: Phi, gpt-oss's harmony, ``<|endoftext|>``).
-NAMED_TOKENS = ("<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<pad>", "<s>", "</s>",
-                "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>")
+#: Phi, Granite, gpt-oss's harmony, ``<|endoftext|>``), family by family. Only names that are
+#: special tokens in their vocabulary and never words or markup: Gemma's ``<table>`` or ``<b>``
+#: are ordinary text tokens, and so is ``[IMG]`` (BBCode).
+NAMED_TOKENS = (
+    # Gemma 1-3 (control tokens of the starter's vocabulary, and its media markers; the
+    # starter writes <start_of_image> where a web page had a picture)
+    "<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<pad>", "<unk>", "<mask>",
+    "<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_audio>", "<end_of_audio>",
+    "<audio_soft_token>", "[multimodal]",
+    # Llama 2, Mistral (v1-v3 and tekken's control tokens)
+    "<s>", "</s>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
+    "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_CALLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]",
+    # ChatGLM
+    "[gMASK]", "<sop>", "<eop>",
+)
+#: Numbered families: Gemma's thousands of ``<unusedNN>`` control tokens; DeepSeek's markers with
+#: full-width bars (``<｜begin▁of▁sentence｜>``, ``<｜Assistant｜>``).
+_NUMBERED = r"<unused\d{1,5}>|<\uff5c[^\uff5c<>\n]{1,40}\uff5c>"
 
 #: Markers that open a turn; the role name written after them (``user``, ``assistant``, or
 #: whatever a base model invents, such as ``admin``) and its line break are template too.
@@ -34,25 +49,40 @@ _NAMED = "|".join(re.escape(t) for t in NAMED_TOKENS)
 _MARKER = (rf"(?:{_TURN_OPENERS})(?:{_ROLE})?"                       # a turn opener with its role line
            rf"|(?:{_TURN_CLOSERS})(?:{_NEXT_ROLE})?"                  # a turn closer, with a role after it
            r"|<\|start_header_id\|>[^<\n]{0,20}<\|end_header_id\|>\n{0,2}"  # Llama 3's header
-           rf"|<\|[A-Za-z0-9_.:-]{{1,40}}\|>|{_BARE}|{_NAMED}")
+           rf"|<\|[A-Za-z0-9_.:-]{{1,40}}\|>|{_BARE}|{_NAMED}|{_NUMBERED}")
 #: A marker; after a space, the spaces after it go too ("Kingdom? <|im_end|> What" reads "Kingdom? What").
 _TOKEN = re.compile(rf"(?<=[ \t])(?:{_MARKER})[ \t]*|(?:{_MARKER})")
 
 #: The tail that may still change: the start of a marker (``<``, ``<|im_e``, ``|im_e``, ``</``, ``[/IN``,
-#: ``<<SY``), a turn opener or closer whose role line is not finished, or a whole marker whose following
+#: ``<<SY``, ``<unused12``, ``[multimo``), a turn opener or closer whose role line is not finished, or a whole marker whose following
 #: spaces may come next.
 _PARTIAL = re.compile(
     rf"(?:(?:{_TURN_OPENERS})[ \t]*[A-Za-z_]{{0,20}}[ \t]*|(?:{_TURN_CLOSERS})[a-z]{{0,9}}[ \t]*"
     r"|<\|start_header_id\|>[^<\n]{0,20}(?:<\|?[a-z_]*\|?)?"
-    rf"|<?\|[A-Za-z0-9_.:-]{{0,40}}\|?|<<?/?[A-Za-z_]{{0,14}}|\[/?[A-Z]{{0,4}}|(?:{_MARKER})[ \t]*)\Z")
+    rf"|<?\|[A-Za-z0-9_.:-]{{0,40}}\|?|<<?/?[A-Za-z0-9_]{{0,20}}|\[/?[A-Za-z_]{{0,17}}"
+    r"|<\uff5c[^\uff5c<>\n]{0,40}\uff5c?"
+    rf"|(?:{_MARKER})[ \t]*)\Z")
 #: What a reply cut off mid-marker ends with; never prose, so it is dropped at the end of the stream.
 _DANGLING = re.compile(r"(?:<\|[A-Za-z0-9_.:-]{0,40}|\|(?:im|eot|eom|end|start)_[a-z_]{0,20})\|?\Z")
 _TAIL = 80  # no partial marker is longer than this
 
 
+#: A marker between these keeps the words apart: "France.<start_of_image>Paris" reads "France. Paris".
+_GLUE_BEFORE = re.compile(r"[\w.,;:!?)\"'\u2019\u201d]")
+_GLUE_AFTER = re.compile(r"[\w(\"'\u2018\u201c]")
+
+
+def _replacement(m: re.Match) -> str:
+    """What a marker becomes: nothing, or a space (a line break for a role line) between two words."""
+    s, start, end = m.string, m.start(), m.end()
+    if not (start and end < len(s) and _GLUE_BEFORE.match(s[start - 1]) and _GLUE_AFTER.match(s[end])):
+        return ""
+    return "\n" if "\n" in m.group() else " "
+
+
 def strip(text: str) -> str:
     """A whole reply without any template or special token (what the filter gives for it as a stream)."""
-    return _TOKEN.sub("", _DANGLING.sub("", text))
+    return _TOKEN.sub(_replacement, _DANGLING.sub("", text))
 
 
 class SpecialTokenFilter:
@@ -77,7 +107,7 @@ class SpecialTokenFilter:
     def _clean(self, text: str) -> str:
         if not text:
             return ""
-        out, n = _TOKEN.subn("", self._before + text)
+        out, n = _TOKEN.subn(_replacement, self._before + text)
         self._before = text[-1]
         if n:
             self.removed += n
