@@ -250,8 +250,10 @@ def cmd_serve(args) -> int:
     loaded = proc.meta.get("loaded")
     if loaded is not None and loaded.summary() and not args.quiet:
         print(f"ember: loaded: {loaded.summary()}", file=sys.stderr)
+    # "model": the id /v1/models lists and every answer carries; "mode": "completion" for a model
+    # without a chat template (send text to /v1/completions)
     print(json.dumps({"base_url": proc.base_url, "api_key": proc.api_key, "model": plan.model.name,
-                      "engine": plan.engine, "pid": proc.pid}), flush=True)
+                      "mode": _mode(plan.model).mode.value, "engine": plan.engine, "pid": proc.pid}), flush=True)
     try:
         while not stop.wait(0.5):
             status = proc.exit_status()

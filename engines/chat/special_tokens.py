@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 
 #: Markers without a ``<|name|>`` shape (that shape is always a special token: ChatML, Llama 3,
 #: Phi, Granite, gpt-oss's harmony, ``<|endoftext|>``), family by family. Only names that are
-#: special tokens in their vocabulary and never words or markup: Gemma's ``<table>`` or ``<b>``
-#: are ordinary text tokens, and so is ``[IMG]`` (BBCode).
+#: special tokens in their vocabulary and never words or markup: Gemma's ``<table>``, ``<b>`` and
+#: ``<s>`` are ordinary text tokens (HTML), so Llama 2's ``<s>``/``</s>`` stay, as does ``[IMG]`` (BBCode).
 NAMED_TOKENS = (
     # Gemma 1-3 (control tokens of the starter's vocabulary, and its media markers; the
     # starter writes <start_of_image> where a web page had a picture)
@@ -26,7 +26,7 @@ NAMED_TOKENS = (
     "<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_audio>", "<end_of_audio>",
     "<audio_soft_token>", "[multimodal]",
     # Llama 2, Mistral (v1-v3 and tekken's control tokens)
-    "<s>", "</s>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
+    "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
     "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_CALLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]",
     # ChatGLM
     "[gMASK]", "<sop>", "<eop>",
@@ -70,19 +70,42 @@ _TAIL = 80  # no partial marker is longer than this
 #: A marker between these keeps the words apart: "France.<start_of_image>Paris" reads "France. Paris".
 _GLUE_BEFORE = re.compile(r"[\w.,;:!?)\"'\u2019\u201d]")
 _GLUE_AFTER = re.compile(r"[\w(\"'\u2018\u201c]")
+#: Where markers were taken out, until what follows them is known (a role line: _GAP_LINE).
+_GAP, _GAP_LINE = "\x00", "\x01"
+_GAPS = re.compile("[\x00\x01]+")
+_OPEN_GAP = re.compile("[\x00\x01]+\\Z")
 
 
-def _replacement(m: re.Match) -> str:
-    """What a marker becomes: nothing, or a space (a line break for a role line) between two words."""
-    s, start, end = m.string, m.start(), m.end()
-    if not (start and end < len(s) and _GLUE_BEFORE.match(s[start - 1]) and _GLUE_AFTER.match(s[end])):
+def _mark(m: re.Match) -> str:
+    """A marker after a space goes with the spaces after it; any other leaves a gap to close."""
+    if m.start() and m.string[m.start() - 1] in " \t":
         return ""
-    return "\n" if "\n" in m.group() else " "
+    return _GAP_LINE if "\n" in m.group() else _GAP
+
+
+def _close_gaps(text: str, before: str, final: bool) -> tuple[str, str]:
+    """Each run of gaps becomes a space (a line break after a role line) between two words, else nothing.
+
+    ``before``: the character shown just before ``text``. Unless ``final``, a run at the very end
+    stays open (returned second): what follows it decides.
+    """
+    still_open = ""
+    if not final and (m := _OPEN_GAP.search(text)):
+        text, still_open = text[:m.start()], m.group()
+
+    def close(m: re.Match) -> str:
+        prev = m.string[m.start() - 1] if m.start() else before
+        after = m.string[m.end()] if m.end() < len(m.string) else ""
+        if prev and after and _GLUE_BEFORE.match(prev) and _GLUE_AFTER.match(after):
+            return "\n" if _GAP_LINE in m.group() else " "
+        return ""
+
+    return _GAPS.sub(close, text), still_open
 
 
 def strip(text: str) -> str:
     """A whole reply without any template or special token (what the filter gives for it as a stream)."""
-    return _TOKEN.sub(_replacement, _DANGLING.sub("", text))
+    return _close_gaps(_TOKEN.sub(_mark, _DANGLING.sub("", text)), "", final=True)[0]
 
 
 class SpecialTokenFilter:
@@ -91,6 +114,8 @@ class SpecialTokenFilter:
     def __init__(self) -> None:
         self._pending = ""
         self._before = "\n"  # the last character released, which decides whether spaces after a marker go
+        self._shown = ""  # the last character shown, which decides whether a gap becomes a space
+        self._gap = ""  # markers taken out at the end of what was released, not closed yet
         self.removed = 0  # how many markers were taken out, for logs and tests
 
     def feed(self, delta: str) -> str:
@@ -102,17 +127,19 @@ class SpecialTokenFilter:
     def flush(self) -> str:
         """The rest at the end of the stream: an unfinished ``<|...`` is dropped, anything else is shown."""
         text, self._pending = self._pending, ""
-        return self._clean(_DANGLING.sub("", text))
+        return self._clean(_DANGLING.sub("", text), final=True)
 
-    def _clean(self, text: str) -> str:
-        if not text:
+    def _clean(self, text: str, final: bool = False) -> str:
+        if not text and not (final and self._gap):
             return ""
-        out, n = _TOKEN.subn(_replacement, self._before + text)
-        self._before = text[-1]
+        out, n = _TOKEN.subn(_mark, self._before + text)
+        self._before = text[-1] if text else self._before
         if n:
             self.removed += n
             log.debug("removed %d template token(s) from a reply", n)
-        return out[1:]
+        out, self._gap = _close_gaps(self._gap + out[1:], self._shown, final)
+        self._shown = out[-1] if out else self._shown
+        return out
 
 
 def _hold_from(text: str) -> int:
