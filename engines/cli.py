@@ -15,8 +15,8 @@ from pathlib import Path
 
 from engines import settings
 from engines.chat import completion_mode, remotes, stop_reason
-from engines.chat.client import ChatStream, Delta, Finished
-from engines.chat.guard import ReplyWatch
+from engines.chat.client import ChatStream
+from engines.chat.terminal import TerminalReply
 from engines.diagnosis import diagnose
 from engines.machine import gguf_info, hardware
 from engines.models import catalog, downloads, recommend, records, store
@@ -283,71 +283,15 @@ def _mode(spec: store.ModelSpec) -> completion_mode.ModeDecision:
 def _say_completion_mode(spec: store.ModelSpec, decision: completion_mode.ModeDecision) -> None:
     """Said once per ``ember chat``: a model without a chat template continues text."""
     if decision.mode is completion_mode.Mode.COMPLETION:
-        print(f"ember: {spec.name} {decision.note} ({decision.reason}); Ember sends your words as text to "
-              "continue. For answers to questions, download a chat model: `ember models` marks the "
-              "recommended ones.", file=sys.stderr)
-
-
-class _Reply:
-    """One reply streamed to the terminal as people see it: template tokens out, loops stopped."""
-
-    def __init__(self, stream: ChatStream, args):
-        self.stream, self.args = stream, args
-        self.watch = ReplyWatch()
-        self.pieces = 0
-        self.finished: Finished | None = None
-
-    def run(self) -> None:
-        """Stream to stdout; exceptions from the stream propagate, Ctrl-C stops the reply."""
-        try:
-            for ev in self.stream:
-                if isinstance(ev, Delta):
-                    self.pieces += 1
-                    self._write(self.watch.feed(ev))
-                    if self.watch.repeating and not self.stream.cancelled:
-                        self.stream.cancel()
-                elif isinstance(ev, Finished):
-                    self.finished = ev
-        except KeyboardInterrupt:
-            self.stream.cancel()
-            self.finished = Finished("cancelled", max_tokens=self.stream.options.get("max_tokens"), cancelled=True)
-        finally:
-            for d in self.watch.flush():
-                self._write(d)
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-
-    def _write(self, shown: Delta | None) -> None:
-        if shown is not None and not shown.reasoning:
-            sys.stdout.write(shown.text)
-            sys.stdout.flush()
-
-    def report(self) -> dict:
-        """The stop reason with its numbers (``--json``: one object)."""
-        fin = self.finished
-        reason = self.watch.reason(fin)
-        tokens = (fin.usage.completion_tokens if not fin.cancelled else None) or self.pieces
-        out = {"stop_reason": reason.value, "sentence": reason.sentence(fin.max_tokens), "tokens": tokens,
-               "max_tokens": fin.max_tokens, "tokens_per_second": fin.tokens_per_second}
-        if self.watch.repeating:
-            out["repetition"] = self.watch.repeating.describe()
-        return out
-
-    def print_report(self) -> None:
-        r = self.report()
-        if getattr(self.args, "json", False):
-            print(json.dumps(r), file=sys.stderr)
-            return
-        numbers = f"{r['tokens']:,} tokens" + (f", {r['tokens_per_second']:.1f} tokens/s"
-                                               if r["tokens_per_second"] else "")
-        rep = self.watch.repeating  # the span rule's text is normalized tokens: not for reading
-        print(f"ember: {r['sentence']} ({numbers})" + (f": {r['repetition']}" if rep and rep.rule != "span" else ""),
-              file=sys.stderr)
+        log.info("%s runs in completion mode: %s", spec.name, decision.reason)
+        print(f"ember: {spec.name} {decision.note}: its files have no chat template (a base model), so Ember "
+              "sends your words as text to continue. For answers to questions, download a chat model: "
+              "`ember models` marks the recommended ones.", file=sys.stderr)
 
 
 def _stream_reply(stream: ChatStream, args, proc=None, plan=None) -> tuple[str | None, int]:
     """Stream one reply, then name why it ended (stderr); (the reply as shown, exit code)."""
-    reply = _Reply(stream, args)
+    reply = TerminalReply(stream, as_json=bool(getattr(args, "json", False)))
     try:
         reply.run()
     except Exception as exc:  # client errors go through diagnosis
