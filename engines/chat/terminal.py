@@ -15,6 +15,7 @@ from typing import TextIO
 
 from engines.chat.client import ChatStream, Delta, Finished
 from engines.chat.guard import ReplyWatch
+from engines.chat.stop_reason import StopReason
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,11 @@ class TerminalReply:
         if self.as_json:
             print(json.dumps(r), file=self.err)
             return
-        numbers = f"{r['tokens']:,} tokens" + (f", {r['tokens_per_second']:.1f} tokens/s"
-                                               if r["tokens_per_second"] else "")
+        numbers = [] if r["stop_reason"] == StopReason.REPLY_LIMIT.value else [f"{r['tokens']:,} tokens"]
+        if r["tokens_per_second"]:
+            numbers.append(f"{r['tokens_per_second']:.1f} tokens/s")
+        text = r["sentence"]
+        if numbers:  # "limit (1,024 tokens)" takes the speed inside its own brackets
+            text = text[:-1] + f"; {', '.join(numbers)})" if text.endswith(")") else f"{text} ({', '.join(numbers)})"
         rep = self.watch.repeating  # the span rule's text is normalized tokens: not for reading
-        print(f"ember: {r['sentence']} ({numbers})" + (f": {r['repetition']}" if rep and rep.rule != "span" else ""),
-              file=self.err)
+        print(f"ember: {text}" + (f": {r['repetition']}" if rep and rep.rule != "span" else ""), file=self.err)
