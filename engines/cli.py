@@ -13,11 +13,13 @@ import sys
 import threading
 from pathlib import Path
 
-from engines.chat import remotes
-from engines.chat.client import ChatStream, Delta, Finished
+from engines import settings
+from engines.chat import completion_mode, remotes, stop_reason
+from engines.chat.client import ChatStream
+from engines.chat.terminal import TerminalReply
 from engines.diagnosis import diagnose
-from engines.machine import hardware
-from engines.models import catalog, downloads, records, store
+from engines.machine import gguf_info, hardware
+from engines.models import catalog, downloads, recommend, records, store
 from engines.running import engine_env, launch, supervisor, worker
 from engines.running import params as P
 from engines.running import backends, selection
@@ -85,8 +87,33 @@ def cmd_doctor(args) -> int:
 # -- models -------------------------------------------------------------------
 
 def model_rows(hw: hardware.HardwareProfile, rules_only: bool = False) -> list[dict]:
-    """``rules_only``: judge engines by the rules alone (a profile of another machine)."""
-    return catalog.rows(hw, installed=None) if rules_only else catalog.rows(hw)
+    """Every row of ``ember models --json``: fit, recommendation, and chat or completion for local models.
+
+    ``rules_only``: judge engines by the rules alone (a profile of another machine).
+    """
+    local = store.local_models()
+    rows = catalog.rows(hw, installed=None, local=local) if rules_only else catalog.rows(hw, local=local)
+    recommend.annotate(rows, hw)
+    modes = {spec.name: _mode(spec) for spec in local}
+    for r in rows:
+        decision = modes.get(r["name"]) if r["local"] else None
+        r["mode"] = (decision.mode if decision else completion_mode.Mode.CHAT).value
+        r["mode_note"] = decision.note if decision else ""
+    return rows
+
+
+BADGE = {"gpu": "fits on GPU", "partial": "partly on GPU", "cpu": "CPU only", "none": "does not fit",
+         "unavailable": "no engine", "unknown": "fit unknown"}
+
+
+def _model_line(r: dict) -> str:
+    layers = f" {r['gpu_layers']}/{r['total_layers']} layers" if r["fit"] == "partial" else ""
+    mark = f"  * recommended #{r['recommended_rank']}" if r.get("recommended") else ""
+    line = (f"{r['name']:<40} {r['format']:<8} {r['quantization']:<8} {LABELS.get(r['engine'], '-'):<12} "
+            f"{BADGE.get(r['fit'], r['fit'])}{layers}{mark}")
+    if r["local"] and r.get("mode") == completion_mode.Mode.COMPLETION.value:
+        line += f"\n{'':<4}{r.get('description') or 'a text-completion model: ' + r['mode_note']}"
+    return line
 
 
 def cmd_models(args) -> int:
@@ -97,12 +124,15 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    badge = {"gpu": "fits on GPU", "partial": "partly on GPU", "cpu": "CPU only", "none": "does not fit",
-             "unavailable": "no engine"}
     for r in rows:
-        layers = f" {r['gpu_layers']}/{r['total_layers']} layers" if r["fit"] == "partial" else ""
-        print(f"{r['name']:<40} {r['format']:<8} {r['quantization']:<8} {LABELS.get(r['engine'], '-'):<12} "
-              f"{badge.get(r['fit'], r['fit'])}{layers}")
+        print(_model_line(r))
+    picked = recommend.recommended(rows)
+    if picked:
+        print("\nRecommended chat models for this computer (`ember pull NAME`, then `ember chat NAME`):")
+        for r in picked:
+            print(f"  {r['recommended_rank']}. {r['name']}: {r.get('recommended_because', '')}")
+    else:
+        print("\nNo chat model in the catalog fits this computer at a usable speed.")
     return 0
 
 
@@ -168,12 +198,14 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _explain(exc: BaseException, args, proc=None, plan=None) -> int:
-    """Print a failure: the diagnosis when available, the error's own message otherwise."""
+def _explain(exc: BaseException, args, proc=None, plan=None, extra: dict | None = None) -> int:
+    """Print a failure: the diagnosis when available, the error's own message otherwise.
+
+    ``extra``: fields added to the ``--json`` object (a chat's ``stop_reason``)."""
     d = diagnose.diagnose_exception(exc, proc=proc, plan=plan)
     if d is not None:
         if getattr(args, "json", False):
-            print(json.dumps(d.to_dict(), indent=2), file=sys.stderr)
+            print(json.dumps({**(extra or {}), **d.to_dict()}, indent=2), file=sys.stderr)
         else:
             print(d.render_text(), file=sys.stderr)
         return 1
@@ -181,20 +213,31 @@ def _explain(exc: BaseException, args, proc=None, plan=None) -> int:
     return _fail(msg)
 
 
-def _start(args):
+def _plan(args) -> tuple[launch.LaunchPlan | None, int]:
     try:
         plan = _plan_from_args(args)
     except (P.ParamError, launch.PlanError, store.ModelError, ValueError) as exc:
-        return None, None, _explain(exc, args)
+        return None, _explain(exc, args)
     for w in plan.warnings:
         print(f"ember: warning: {w}", file=sys.stderr)
     if plan.fit is not None and plan.fit.devices and not getattr(args, "quiet", False):
         print(f"ember: {plan.fit.summary()}", file=sys.stderr)
+    return plan, 0
+
+
+def _launch(plan: launch.LaunchPlan, args):
     try:
-        proc = launch.start(plan)
+        return launch.start(plan), 0
     except supervisor.EngineStartError as exc:
-        return None, plan, _explain(exc, args, plan=plan)
-    return proc, plan, 0
+        return None, _explain(exc, args, plan=plan)
+
+
+def _start(args):
+    plan, code = _plan(args)
+    if plan is None:
+        return None, None, code
+    proc, code = _launch(plan, args)
+    return proc, plan, code
 
 
 def cmd_serve(args) -> int:
@@ -207,8 +250,10 @@ def cmd_serve(args) -> int:
     loaded = proc.meta.get("loaded")
     if loaded is not None and loaded.summary() and not args.quiet:
         print(f"ember: loaded: {loaded.summary()}", file=sys.stderr)
+    # "model": the id /v1/models lists and every answer carries; "mode": "completion" for a model
+    # without a chat template (send text to /v1/completions)
     print(json.dumps({"base_url": proc.base_url, "api_key": proc.api_key, "model": plan.model.name,
-                      "engine": plan.engine, "pid": proc.pid}), flush=True)
+                      "mode": _mode(plan.model).mode.value, "engine": plan.engine, "pid": proc.pid}), flush=True)
     try:
         while not stop.wait(0.5):
             status = proc.exit_status()
@@ -221,34 +266,62 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _chat_once(proc, plan, messages, args) -> tuple[str | None, int]:
-    stream = ChatStream(proc.base_url, messages, proc.api_key, max_tokens=args.max_tokens,
-                        temperature=args.temperature)
-    text = ""
+def _reply_limit(args) -> int:
+    """``--max-tokens``, else the ``reply_limit`` setting (the chat window's too)."""
+    if getattr(args, "max_tokens", None):
+        return int(args.max_tokens)
+    return int(settings.get("reply_limit") or settings.DEFAULTS["reply_limit"])
+
+
+def _mode(spec: store.ModelSpec) -> completion_mode.ModeDecision:
     try:
-        for ev in stream:
-            if isinstance(ev, Delta):
-                if not ev.reasoning:
-                    text += ev.text
-                    sys.stdout.write(ev.text)
-                    sys.stdout.flush()
-            elif isinstance(ev, Finished):
-                sys.stdout.write("\n")
-                sys.stdout.flush()
-                d = diagnose.diagnose_finish(ev, plan=plan)
-                if d is not None:
-                    print(d.render_text(), file=sys.stderr)
-    except KeyboardInterrupt:
-        stream.cancel()
-        sys.stdout.write("\n")
-        return text, 0
+        return completion_mode.mode_of(spec)
+    except gguf_info.GGUFError as exc:  # the engine will say what is wrong with the file
+        return completion_mode.ModeDecision(completion_mode.Mode.CHAT, f"unreadable: {exc.problem}")
+
+
+def _say_completion_mode(spec: store.ModelSpec, decision: completion_mode.ModeDecision) -> None:
+    """Said once per ``ember chat``: a model without a chat template continues text."""
+    if decision.mode is completion_mode.Mode.COMPLETION:
+        log.info("%s runs in completion mode: %s", spec.name, decision.reason)
+        print(f"ember: {spec.name} {decision.note}: its files have no chat template (a base model), so Ember "
+              "sends your words as text to continue. For answers to questions, download a chat model: "
+              "`ember models` marks the recommended ones.", file=sys.stderr)
+
+
+def _stream_reply(stream: ChatStream, args, proc=None, plan=None) -> tuple[str | None, int]:
+    """Stream one reply, then name why it ended (stderr); (the reply as shown, exit code)."""
+    reply = TerminalReply(stream, as_json=bool(getattr(args, "json", False)))
+    try:
+        reply.run()
     except Exception as exc:  # client errors go through diagnosis
-        return None, _explain(exc, args, proc, plan)
-    return text, 0
+        reason = stop_reason.from_error(exc)
+        if not getattr(args, "json", False):
+            print(f"ember: {reason.sentence()}", file=sys.stderr)
+        return None, _explain(exc, args, proc, plan, extra={"stop_reason": reason.value})
+    reply.print_report()
+    if plan is not None and reply.finished is not None and not reply.watch.repeating:
+        d = diagnose.diagnose_finish(reply.finished, plan=plan)
+        if d is not None:
+            print(d.render_text(), file=sys.stderr)
+    return reply.watch.text, 0
+
+
+def _chat_once(proc, plan, messages, args, mode: completion_mode.ModeDecision) -> tuple[str | None, int]:
+    completion = (completion_mode.completion_request(messages)
+                  if mode.mode is completion_mode.Mode.COMPLETION else None)
+    stream = ChatStream(proc.base_url, messages, proc.api_key, model=plan.model.name,
+                        max_tokens=_reply_limit(args), temperature=args.temperature, completion=completion)
+    return _stream_reply(stream, args, proc, plan)
 
 
 def cmd_chat(args) -> int:
-    proc, plan, code = _start(args)
+    plan, code = _plan(args)
+    if plan is None:
+        return code
+    mode = _mode(plan.model)
+    _say_completion_mode(plan.model, mode)
+    proc, code = _launch(plan, args)
     if proc is None:
         return code
     try:
@@ -257,7 +330,7 @@ def cmd_chat(args) -> int:
             messages.append({"role": "system", "content": args.system})
         if args.prompt:
             messages.append({"role": "user", "content": " ".join(args.prompt)})
-            _, code = _chat_once(proc, plan, messages, args)
+            _, code = _chat_once(proc, plan, messages, args, mode)
             return code
         print(f"Chatting with {plan.model.display_name or plan.model.name} ({LABELS[plan.engine]}). "
               "Empty line or Ctrl-D to quit.", file=sys.stderr)
@@ -270,7 +343,7 @@ def cmd_chat(args) -> int:
             if not line.strip():
                 return 0
             messages.append({"role": "user", "content": line})
-            reply, code = _chat_once(proc, plan, messages, args)
+            reply, code = _chat_once(proc, plan, messages, args, mode)
             if reply is None:
                 return code
             messages.append({"role": "assistant", "content": reply})
@@ -353,16 +426,32 @@ def cmd_remote(args) -> int:
 def _remote_chat(args) -> int:
     ep = remotes.endpoint(args.name, args.model)
     stream = ChatStream(ep.base_url, [{"role": "user", "content": " ".join(args.prompt)}], ep.api_key,
-                        model=ep.model_id, max_tokens=args.max_tokens)
-    try:
-        for ev in stream:
-            if isinstance(ev, Delta) and not ev.reasoning:
-                sys.stdout.write(ev.text)
-                sys.stdout.flush()
-        sys.stdout.write("\n")
-    except Exception as exc:
-        return _explain(exc, args)
-    return 0
+                        model=ep.model_id, max_tokens=_reply_limit(args))
+    return _stream_reply(stream, args)[1]
+
+
+def _remote_parser(sub) -> None:
+    r = sub.add_parser("remote", help="remote OpenAI-compatible servers (Xinference, vLLM, SGLang, any URL)")
+    rs = r.add_subparsers(dest="remote_action", required=True)
+    ra = rs.add_parser("add", help="add a server; its models appear beside the local ones")
+    ra.add_argument("name")
+    ra.add_argument("url", help="the server's OpenAI base URL, e.g. http://host:9997/v1")
+    key = ra.add_mutually_exclusive_group()
+    key.add_argument("--key-env", metavar="VAR", help="read the API key from this environment variable")
+    key.add_argument("--key-stdin", action="store_true", help="read the API key from stdin; kept in the keyring")
+    rl = rs.add_parser("list", help="the servers and the models each lists")
+    rl.add_argument("--json", action="store_true")
+    rr = rs.add_parser("remove")
+    rr.add_argument("name")
+    rc = rs.add_parser("chat", help="one prompt through a remote server")
+    rc.add_argument("name")
+    rc.add_argument("prompt", nargs="+")
+    rc.add_argument("--model", help="the model id (default: the first the server lists)")
+    rc.add_argument("--max-tokens", type=int, default=None,
+                    help="reply limit in tokens (default: the reply_limit setting, 1,024)")
+    rc.add_argument("--json", action="store_true", help="print the stop reason and a failure's diagnosis as JSON")
+    for sp in (ra, rl, rr, rc):
+        sp.set_defaults(func=cmd_remote)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--engine", choices=ENGINES, help="override the engine the rules would choose")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="engine parameter, nested keys in dot notation (sampling.top_k=40); repeatable")
-        sp.add_argument("--json", action="store_true", help="print a failure's diagnosis as JSON")
+        sp.add_argument("--json", action="store_true",
+                        help="print a failure's diagnosis (and a chat's stop reason) as JSON on stderr")
         sp.add_argument("-q", "--quiet", action="store_true")
         hw_opt(sp)
 
@@ -402,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch_opts(c)
     c.add_argument("prompt", nargs="*", help="a single prompt; without it, an interactive session")
     c.add_argument("--system", help="system prompt")
-    c.add_argument("--max-tokens", type=int, default=512)
+    c.add_argument("--max-tokens", type=int, default=None,
+                   help="reply limit in tokens (default: the reply_limit setting, 1,024)")
     c.add_argument("--temperature", type=float, default=None)
     c.set_defaults(func=cmd_chat)
 
@@ -422,27 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--reset", action="store_true", help="back to Ember's own environment")
     ep.set_defaults(func=cmd_engine_python)
 
-    r = sub.add_parser("remote", help="remote OpenAI-compatible servers (Xinference, vLLM, SGLang, any URL)")
-    rs = r.add_subparsers(dest="remote_action", required=True)
-    ra = rs.add_parser("add", help="add a server; its models appear beside the local ones")
-    ra.add_argument("name")
-    ra.add_argument("url", help="the server's OpenAI base URL, e.g. http://host:9997/v1")
-    key = ra.add_mutually_exclusive_group()
-    key.add_argument("--key-env", metavar="VAR", help="read the API key from this environment variable")
-    key.add_argument("--key-stdin", action="store_true", help="read the API key from stdin; kept in the keyring")
-    rl = rs.add_parser("list", help="the servers and the models each lists")
-    rl.add_argument("--json", action="store_true")
-    rr = rs.add_parser("remove")
-    rr.add_argument("name")
-    rc = rs.add_parser("chat", help="one prompt through a remote server")
-    rc.add_argument("name")
-    rc.add_argument("prompt", nargs="+")
-    rc.add_argument("--model", help="the model id (default: the first the server lists)")
-    rc.add_argument("--max-tokens", type=int, default=512)
-    rc.add_argument("--json", action="store_true", help="print a failure's diagnosis as JSON")
-    for sp in (ra, rl, rr, rc):
-        sp.set_defaults(func=cmd_remote)
-
+    _remote_parser(sub)
     sub.add_parser("gui", help="start the desktop app (the default when `ember` has no arguments)")
     return p
 

@@ -21,6 +21,12 @@ doing now, not a phrase it once used twice):
   ``max_period`` tokens (3 copies and at least ``min_span_tokens`` tokens), which
   also catches loops with no sentence ends.
 
+Two more watch the engine's raw pieces, before the template-token filter
+(:class:`DeltaRun`): ``delta``, one piece sent ``same_deltas`` times in a row
+(the starter writes ``<start_of_image>`` or a line break to the reply limit),
+and ``hidden``, ``hidden_deltas`` pieces in a row that show no text
+(template tokens and blank lines, which the text rules never see).
+
 Normal text does not trip them: list items, table rows and code lines differ;
 a song's chorus comes back after a verse, not back to back; inside a fenced
 code block, the thresholds are higher (``code_copies``), since code can repeat
@@ -58,6 +64,8 @@ class GuardConfig:
     max_period: int = 600          # the longest repeated span, in tokens
     min_span_tokens: int = 48
     code_min_span_tokens: int = 300
+    same_deltas: int = 32          # the engine sent one piece this many times in a row ("<start_of_image>", "\n")
+    hidden_deltas: int = 24        # pieces in a row that showed no text (template tokens, blank lines)
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,11 @@ class Repetition:
     copies: int
 
     def describe(self) -> str:
-        return f'the same text {self.copies} times in a row: "{_shorten(self.text)}"' if self.rule != "pattern" \
-            else f'{self.copies} sentences in a row of one pattern, like "{_shorten(self.text)}"'
+        if self.rule == "pattern":
+            return f'{self.copies} sentences in a row of one pattern, like "{_shorten(self.text)}"'
+        if self.rule == "hidden":
+            return f'{self.copies} pieces in a row with no text, like "{_shorten(self.text)}"'
+        return f'the same text {self.copies} times in a row: "{_shorten(self.text)}"'
 
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"  # kana, CJK ideographs, hangul
@@ -228,6 +239,31 @@ class RepetitionGuard:
         return Repetition("span", " ".join(block), copies)
 
 
+class DeltaRun:
+    """The raw pieces of one reply: one piece over and over, or a run of pieces that show nothing."""
+
+    def __init__(self, config: GuardConfig | None = None):
+        self.config = config or GuardConfig()
+        self.tripped: Repetition | None = None
+        self._last, self._same, self._hidden = None, 0, 0
+
+    def feed(self, raw: str, shown: bool) -> Repetition | None:
+        """``shown``: whether this piece showed any text (not only spaces) after the filter."""
+        if self.tripped is not None or not raw:
+            return self.tripped
+        self._same = self._same + 1 if raw == self._last else 1
+        self._last = raw
+        self._hidden = 0 if shown else self._hidden + 1
+        c = self.config
+        if self._same >= c.same_deltas:
+            self.tripped = Repetition("delta", raw, self._same)
+        elif self._hidden >= c.hidden_deltas:
+            self.tripped = Repetition("hidden", raw, self._hidden)
+        if self.tripped is not None:
+            log.info("reply stopped: %s", self.tripped.describe())
+        return self.tripped
+
+
 class ReplyWatch:
     """One reply as people see it: template tokens removed, loops noticed, the stop reason named.
 
@@ -248,14 +284,16 @@ class ReplyWatch:
     def __init__(self, config: GuardConfig | None = None):
         self._filters = {False: SpecialTokenFilter(), True: SpecialTokenFilter()}
         self._guards = {False: RepetitionGuard(config), True: RepetitionGuard(config)}
+        self._runs = {False: DeltaRun(config), True: DeltaRun(config)}
         self.text = ""  # the answer as shown (without reasoning): what a conversation keeps
 
     @property
     def repeating(self) -> Repetition | None:
-        return self._guards[False].tripped or self._guards[True].tripped
+        return next((x.tripped for x in (*self._runs.values(), *self._guards.values()) if x.tripped), None)
 
     def feed(self, delta: Delta) -> Delta | None:
         shown = self._filters[delta.reasoning].feed(delta.text)
+        self._runs[delta.reasoning].feed(delta.text, bool(shown.strip()))
         return self._show(shown, delta.reasoning)
 
     def flush(self) -> list[Delta]:

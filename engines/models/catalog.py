@@ -227,6 +227,7 @@ def _base_row(spec: store.ModelSpec, sel: selection.Selection, hw: HardwareProfi
             "total_layers": (spec.block_count or 0) + 1 if spec.block_count else None,
             "reason": sel.reason, "reasons": sel.reasons, "size_bytes": spec.size_bytes,
             "local": spec.is_local, "source": spec.source, "repo": spec.repo, "files": list(spec.files),
+            "description": spec.description,
             "n_ctx": n_ctx, "weights_bytes": None, "weights_source": None, "kv_cache_bytes": None,
             "devices": [{"name": g.name, "backend": g.backend, "memory_free_bytes": g.memory_free_bytes,
                          "memory_total_bytes": g.memory_total_bytes} for g in hw.gpus],
@@ -397,14 +398,15 @@ def sort_rows(rows_: list[dict]) -> list[dict]:
 
 
 def rows(hw: HardwareProfile, installed: dict[str, bool] | None | str = AUTO, n_ctx: int | None = None,
-         fits: bool = False, sort: bool = True) -> list[dict]:
+         fits: bool = False, sort: bool = True, local: list[store.ModelSpec] | None = None) -> list[dict]:
     """Local models and every catalog variant, with engine, fit badge and the numbers behind it.
 
-    ``fits``: only what can run here (gpu, partial, cpu).
+    ``fits``: only what can run here (gpu, partial, cpu). ``local``: the local models when the
+    caller has read them already (default: :func:`store.local_models`).
     """
     if installed == AUTO:
         installed = installed_engines()
-    out = [row(spec, hw, installed, n_ctx) for spec in store.local_models()]
+    out = [row(spec, hw, installed, n_ctx) for spec in (store.local_models() if local is None else local)]
     out += catalog_rows(hw, installed, n_ctx)
     if fits:
         out = [r for r in out if r["fit"] in ("gpu", "partial", "cpu")]

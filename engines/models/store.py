@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("gguf", "pytorch", "awq", "gptq", "mlx")
 STARTER = "starter"
+#: What the starter is, said the same way everywhere (``ember models``, the models window, the picker).
+STARTER_DESCRIPTION = ("A tiny offline demo that ships with Ember (Gemma 3 270M, a base model): it continues "
+                       "text; it does not follow instructions or answer questions. For a real chat, download "
+                       "a chat model.")
 
 #: GGUF ``general.architecture`` -> Hugging Face architecture class, for the common families.
 GGUF_TO_HF = {
@@ -275,7 +279,7 @@ def starter_spec(assemble: bool = True) -> ModelSpec | None:
         return None
     spec = spec_from_gguf(path, STARTER, source="starter")
     spec.display_name = "Gemma 3 270M (starter)"
-    spec.description = "A tiny model that ships with Ember: fast anywhere, for trying things out."
+    spec.description = STARTER_DESCRIPTION
     return spec
 
 

@@ -10,10 +10,13 @@ runs under any interpreter the user picked for the transformers engine
 ``PYTHONPATH``.
 
 Endpoints: ``GET /health`` (200 once the model is loaded; the port is not even
-open before), ``GET /v1/models``, ``POST /v1/chat/completions`` (streaming SSE
-or one JSON answer). The API key comes from the environment (``EMBER_API_KEY``),
-never the command line. One generation runs at a time; a client that goes away
-stops its generation.
+open before), ``GET /v1/models``, ``POST /v1/chat/completions`` and
+``POST /v1/completions`` (text to continue, for models without a chat
+template), each streaming SSE or one JSON answer. The model id is the served
+name (``--served-model-name``, what ``ember serve`` prints), never a path; a
+request naming another model gets 404 listing the served one. The API key
+comes from the environment (``EMBER_API_KEY``), never the command line. One
+generation runs at a time; a client that goes away stops its generation.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from engines.units import DEFAULT_N_CTX
@@ -103,6 +107,11 @@ class Engine:
     def prompt_ids(self, messages: list[dict]):
         with self.lock:
             return self._prompt_ids(messages)
+
+    def text_ids(self, prompt: str):
+        """A completion's prompt as it is: no template, the tokenizer's own start token."""
+        with self.lock:
+            return self.tokenizer(prompt, return_tensors="pt").input_ids
 
     def _prompt_ids(self, messages: list[dict]):
         msgs = [{"role": m.get("role", "user"), "content": _text_content(m.get("content"))} for m in messages]
@@ -230,19 +239,22 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         path = self.path.split("?", 1)[0]
-        if path not in ("/v1/chat/completions", "/chat/completions"):
+        kind = ROUTES.get(path)
+        if kind is None:
             self._error(404, f"no route {path}", "not_found_error")
             return
         if not self._authorized():
             return
         try:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-            if not isinstance(body.get("messages"), list) or not body["messages"]:
-                raise ValueError("'messages' must be a non-empty list")
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            if not self._served(body):
+                return
+            ids = self._ids(kind, body)
         except ValueError as exc:
             self._error(400, f"bad request: {exc}", "invalid_request_error")
             return
-        ids = self.engine.prompt_ids(body["messages"])
         n_prompt = int(ids.shape[-1])
         if n_prompt >= self.engine.max_model_len:
             self._error(400, f"request ({n_prompt} tokens) exceeds the available context size "
@@ -251,25 +263,40 @@ class ChatHandler(BaseHTTPRequestHandler):
             return
         cancel, out = threading.Event(), queue.Queue()
         threading.Thread(target=self.engine.generate, args=(body, ids, cancel, out), daemon=True).start()
-        rid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        answer = Answer(kind, ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24],
+                        int(time.time()), self.engine.model_id)
         if body.get("stream"):
-            self._stream(body, rid, created, cancel, out)
+            self._stream(body, answer, cancel, out)
         else:
-            self._whole(rid, created, out)
+            self._whole(answer, out)
 
-    def _chunk(self, rid, created, delta=None, finish=None, usage=None) -> bytes:
-        event = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.engine.model_id,
-                 "choices": [] if delta is None and finish is None else
-                 [{"index": 0, "delta": delta or {}, "finish_reason": finish}]}
-        if usage is not None:
-            event["usage"] = usage
-        return b"data: " + json.dumps(event).encode() + b"\n\n"
+    def _ids(self, kind: str, body: dict):
+        """The prompt's token ids; ValueError for a body that is not a request of this kind."""
+        if kind == "chat":
+            if not isinstance(body.get("messages"), list) or not body["messages"]:
+                raise ValueError("'messages' must be a non-empty list")
+            return self.engine.prompt_ids(body["messages"])
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError("'prompt' must be a non-empty string")
+        return self.engine.text_ids(prompt)
+
+    def _served(self, body: dict) -> bool:
+        """Whether the request names the served model (or none); else a 404 that lists it."""
+        asked = body.get("model")
+        if asked in (None, "", self.engine.model_id):
+            return True
+        self._error(404, f"The model '{asked}' is not served here; this server serves '{self.engine.model_id}'",
+                    "model_not_found", served_models=[self.engine.model_id])
+        return False
 
     def _send_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
-    def _stream(self, body, rid, created, cancel, out) -> None:
+    def _stream(self, body, answer: "Answer", cancel, out) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -277,11 +304,12 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.end_headers()
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         try:
-            self._send_chunk(self._chunk(rid, created, {"role": "assistant", "content": ""}))
+            if answer.kind == "chat":
+                self._send_chunk(answer.chunk({"role": "assistant", "content": ""}))
             while True:
                 item = out.get()
                 if isinstance(item, str):
-                    self._send_chunk(self._chunk(rid, created, {"content": item}))
+                    self._send_chunk(answer.chunk({"content": item}))
                     continue
                 if item[0] == "error":
                     err = {"error": {"message": f"{type(item[1]).__name__}: {item[1]}", "type": "server_error",
@@ -289,9 +317,9 @@ class ChatHandler(BaseHTTPRequestHandler):
                     self._send_chunk(b"data: " + json.dumps(err).encode() + b"\n\n")
                     break
                 _, usage, finish = item
-                self._send_chunk(self._chunk(rid, created, {}, finish))
+                self._send_chunk(answer.chunk({}, finish))
                 if include_usage:
-                    self._send_chunk(self._chunk(rid, created, usage=usage))
+                    self._send_chunk(answer.chunk(usage=usage))
                 self._send_chunk(b"data: [DONE]\n\n")
                 break
             self.wfile.write(b"0\r\n\r\n")
@@ -300,7 +328,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             cancel.set()  # the client left: stop generating for it
             self.close_connection = True
 
-    def _whole(self, rid, created, out) -> None:
+    def _whole(self, answer: "Answer", out) -> None:
         text = ""
         while True:
             item = out.get()
@@ -311,10 +339,42 @@ class ChatHandler(BaseHTTPRequestHandler):
                 self._error(500, f"{type(item[1]).__name__}: {item[1]}", "server_error")
                 return
             _, usage, finish = item
-            self._json(200, {"id": rid, "object": "chat.completion", "created": created, "model": self.engine.model_id,
-                             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                          "finish_reason": finish}], "usage": usage})
+            self._json(200, answer.whole(text, finish, usage))
             return
+
+
+#: The POST routes and the kind of request each takes.
+ROUTES = {"/v1/chat/completions": "chat", "/chat/completions": "chat",
+          "/v1/completions": "completion", "/completions": "completion"}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer's OpenAI shapes: chat (``chat.completion``) or text completion (``text_completion``)."""
+
+    kind: str       # chat | completion
+    id: str
+    created: int
+    model: str
+
+    def chunk(self, delta: dict | None = None, finish: str | None = None, usage: dict | None = None) -> bytes:
+        """One SSE event: a piece of text (``delta``), the finish reason, or the usage alone."""
+        choices = []
+        if delta is not None or finish is not None:
+            choices = [{"index": 0, "delta": delta or {}, "finish_reason": finish} if self.kind == "chat" else
+                       {"index": 0, "text": (delta or {}).get("content", ""), "logprobs": None,
+                        "finish_reason": finish}]
+        event = {"id": self.id, "object": "chat.completion.chunk" if self.kind == "chat" else "text_completion",
+                 "created": self.created, "model": self.model, "choices": choices}
+        if usage is not None:
+            event["usage"] = usage
+        return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+    def whole(self, text: str, finish: str, usage: dict) -> dict:
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                  if self.kind == "chat" else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
+        return {"id": self.id, "object": "chat.completion" if self.kind == "chat" else "text_completion",
+                "created": self.created, "model": self.model, "choices": [choice], "usage": usage}
 
 
 def make_handler(engine: Engine, api_key: str | None) -> type[ChatHandler]:

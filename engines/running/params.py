@@ -21,6 +21,7 @@ EMBER_OWNED = {
     "port": "Ember picks a free port",
     "hostnames": "engines listen on 127.0.0.1 only",
     "api_keys": "Ember creates a fresh API key for each launch",
+    "model_alias": "the served model id is the model's name in Ember (what `ember serve` prints)",
 }
 
 _TRUE = {"1", "true", "yes", "on"}

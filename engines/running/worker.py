@@ -89,6 +89,8 @@ def run_llamacpp(config: dict, stop: threading.Event) -> int:
     p = xllamacpp.CommonParams()
     P.apply(p, config.get("params", {}))
     p.model.path = config["model_path"]
+    if config.get("model_alias"):  # /v1/models and every response name the model so, never its file path
+        p.model_alias = {config["model_alias"]}
     p.hostnames = [config.get("host", "127.0.0.1")]
     p.port = int(config["port"])
     if config.get("api_key"):

@@ -125,6 +125,25 @@ def test_serve_checks_the_api_key(served):
     assert psutil.Process(info["pid"]).ppid() == proc.pid
 
 
+def test_serve_prints_the_id_the_server_answers_with(served, starter_path):
+    """llama.cpp's model_alias: /v1/models and every answer say "starter", never the file's path."""
+    proc, info = served
+    headers = {"Authorization": f"Bearer {info['api_key']}"}
+    assert info["model"] == "starter" and info["mode"] == "completion"
+    models = httpx.get(info["base_url"] + "/models", headers=headers, timeout=30)
+    assert [m["id"] for m in models.json()["data"]] == ["starter"]
+    assert str(starter_path) not in models.text and os.path.expanduser("~") not in models.text
+    for path, body in (("/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}),
+                       ("/completions", {"prompt": "Hi"})):
+        answer = httpx.post(info["base_url"] + path, json=dict(body, max_tokens=2), headers=headers, timeout=60)
+        assert answer.json()["model"] == "starter"
+        # llama.cpp serves one model and ignores the name asked for (it has no option to refuse
+        # another); its answer names the served one, so a client can tell
+        other = httpx.post(info["base_url"] + path, json=dict(body, max_tokens=2, model="gpt-4o"), headers=headers,
+                           timeout=60)
+        assert other.status_code == 200 and other.json()["model"] == "starter"
+
+
 def test_serve_stops_its_engine_on_sigterm(served):
     proc, info = served
     proc.send_signal(signal.SIGTERM)

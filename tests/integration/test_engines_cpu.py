@@ -15,11 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
 from engines.running import launch
 from engines.running import supervisor
+from engines.chat import completion_mode
 from engines.chat.client import ChatStream, Delta, EngineHTTPError, Finished, StreamBroken
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,6 +115,34 @@ def test_cancel_stops_the_generation(engine):
         log = "\n".join(proc.log_lines(offset))
         m = re.search(r"generation cancelled after (\d+) of at most 300 tokens", log)
         assert m and int(m.group(1)) < 300, log
+
+
+def test_the_served_name_is_the_only_model_id(engine):
+    """The id `ember serve` prints is what /v1/models lists and every answer names; never a path."""
+    plan, proc = engine
+    headers = {"Authorization": f"Bearer {proc.api_key}"}
+    listed = httpx.get(proc.base_url + "/models", headers=headers, timeout=30).json()["data"]
+    assert [m["id"] for m in listed] == [plan.model.name]
+    text, fin = _chat(proc, "Hello", max_tokens=3, temperature=0, model=plan.model.name)
+    assert fin.model == plan.model.name
+    text, fin = _chat(proc, "Hello", max_tokens=3, temperature=0)  # no name: the loaded model
+    assert fin.model == plan.model.name and "/" not in fin.model
+    with pytest.raises(EngineHTTPError) as err:
+        _chat(proc, "Hello", max_tokens=3, model="gpt-4o")
+    assert err.value.status == 404 and err.value.fields["served_models"] == [plan.model.name]
+    assert f"this server serves '{plan.model.name}'" in err.value.error_message
+
+
+def test_completion_mode_continues_text(engine):
+    """A model without a chat template runs through /v1/completions, named by its served id."""
+    plan, proc = engine
+    messages = [{"role": "user", "content": "The capital of France is"}]
+    stream = ChatStream(proc.base_url, messages, proc.api_key, max_tokens=8, temperature=0,
+                        completion=completion_mode.completion_request(messages))
+    events = list(stream)
+    text = "".join(e.text for e in events if isinstance(e, Delta))
+    assert text.strip() and isinstance(events[-1], Finished)
+    assert events[-1].finish_reason in ("length", "stop") and events[-1].model == plan.model.name
 
 
 @pytest.mark.parametrize("name", ENGINES)

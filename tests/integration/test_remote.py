@@ -22,6 +22,7 @@ from engines.diagnosis import diagnose
 from engines.chat import remotes
 from engines.running import supervisor
 from engines.chat.client import ChatStream, Delta, EngineHTTPError, StreamBroken
+from engines.chat.stop_reason import StopReason
 from engines.running.manager import EngineManager
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,6 +166,8 @@ def test_cli_remote_add_chat_list_remove(home, served):
     assert "the API key is read from $LAB_KEY" in out.stdout and "models:" in out.stdout
     out = ember("remote", "chat", "lab", "--max-tokens", "8", "Say hello.")
     assert out.returncode == 0 and out.stdout.strip(), out.stderr
+    assert "<|" not in out.stdout  # the starter under llama.cpp's ChatML fallback writes markers: filtered
+    assert any(StopReason(r).sentence() in out.stderr for r in ("finished", "reply_limit", "repeating"))
     out = ember("remote", "list", "--json")
     rows = json.loads(out.stdout)
     assert rows[0]["name"] == "lab" and rows[0]["key"] == "env"

@@ -166,9 +166,22 @@ def test_mlx_command_has_a_bootstrap_that_waits_for_the_model(tmp_path):
     cmd = mlx.command(spec, mlx.validate(["max_tokens=32", "temperature=0.5"]), "127.0.0.1", 9001, "unused")
     program = engine_program(cmd)
     assert program[1] == "-c" and "mlx_lm.server" in program[2]
-    assert program[3:] == ["--model", str(tmp_path), "--host", "127.0.0.1", "--port", "9001", "--max-tokens", "32",
-                           "--temp", "0.5"]
+    assert program[3:] == ["--model", str(tmp_path), "--served-model-name", "tiny", "--host", "127.0.0.1",
+                           "--port", "9001", "--max-tokens", "32", "--temp", "0.5"]
     assert "<script>" in cmd.display and "\n" not in cmd.display
+    assert "handle_models_request" in program[2] and "served_models" in program[2]
+
+
+def test_llamacpp_serves_the_model_under_its_name_never_its_path(tmp_path):
+    """xllamacpp's model_alias: what `ember serve` prints is the id /v1/models lists (see test_core_real)."""
+    spec = ModelSpec(name="tiny", format="gguf", quantization="Q4_K_M", path=str(tmp_path / "tiny.gguf"))
+    llama = backends.get("llamacpp")
+    cmd = llama.command(spec, {"n_ctx": 512}, "127.0.0.1", 9002, "k-1")
+    config = json.loads(cmd.stdin_line)
+    assert config["model_alias"] == "tiny" and config["model_path"] == spec.path
+    with pytest.raises(P.ParamError) as err:
+        llama.validate(["model_alias=other"])
+    assert "cannot be set" in err.value.problem
 
 
 # -- selection (the seed's rules stay; overrides only where conditions hold) -----------

@@ -162,3 +162,52 @@ def test_text_without_spaces_is_judged_too(text, loops):
     for piece in _pieces(text, 5):
         guard.feed(piece)
     assert (guard.tripped is not None) is loops
+
+
+# -- the engine's raw pieces ------------------------------------------------------------------------
+
+def _sentence_then(run: list[str]) -> list[str]:
+    """A real first sentence of the starter in completion mode, then ``run`` (what was measured)."""
+    return [" Paris", " is", " the", " capital", " of", " France", "."] + run
+
+
+@pytest.mark.parametrize("run,rule", [
+    (["<start_of_image>"] * 1017, "hidden"),           # measured: the sentence, then this to the 1,024 limit
+    (["<start_of_image>", "<end_of_image>"] * 500, "hidden"),
+    (["<start_of_image>", "\n"] * 500, "hidden"),     # blank lines between markers show no text either
+    (["\n"] * 1000, "hidden"),
+    ([" very"] * 1000, "delta"),                      # one word-piece: before the span rule's 48 tokens
+    ([" very", " good"] * 500, "span"),
+])
+def test_one_piece_over_and_over_is_stopped_even_when_it_shows_nothing(run, rule):
+    pieces = _sentence_then(run)
+    watch, n = ReplyWatch(), 0
+    for n, piece in enumerate(pieces, start=1):
+        watch.feed(Delta(piece))
+        if watch.repeating:
+            break
+    watch.flush()
+    assert watch.repeating is not None and watch.repeating.rule == rule, watch.repeating
+    assert n <= 7 + 50, n  # within a few dozen pieces, not at the limit
+    assert watch.text.startswith(" Paris is the capital of France.") and "<" not in watch.text
+    assert watch.reason(Finished("cancelled", Usage(), max_tokens=1024, cancelled=True)) is StopReason.REPEATING
+
+
+def test_a_special_token_now_and_then_is_not_a_loop():
+    """The starter's seeded reply (tests/fixtures/replies) writes <start_of_image> between paragraphs."""
+    pieces = []
+    for i in range(40):
+        pieces += [f" Sentence", f" number {i}", " is", " here", ".", "<start_of_image>"]
+    watch, _ = _watch(pieces)
+    assert watch.repeating is None
+    assert "Sentence number 39 is here." in watch.text and "<" not in watch.text
+
+
+def test_the_raw_rules_are_configurable():
+    watch = ReplyWatch(GuardConfig(same_deltas=5, hidden_deltas=100))
+    for _ in range(4):
+        watch.feed(Delta("<eos>"))
+    assert watch.repeating is None
+    watch.feed(Delta("<eos>"))
+    assert watch.repeating.rule == "delta" and watch.repeating.copies == 5
+    assert 'the same text 5 times in a row: "<eos>"' == watch.repeating.describe()

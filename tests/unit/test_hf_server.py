@@ -34,6 +34,9 @@ class ScriptedEngine:
     def prompt_ids(self, messages):
         return _Ids(self.prompt_tokens)
 
+    def text_ids(self, prompt):
+        return _Ids(self.prompt_tokens)
+
     def generate(self, body, ids, cancel, out):
         for p in self.pieces:
             out.put(p)
@@ -109,3 +112,40 @@ def test_a_prompt_longer_than_the_context_is_refused_as_llama_cpp_does(serve):
 def test_a_request_without_messages_is_a_bad_request(serve):
     status, text = _request(serve(), "POST", "/v1/chat/completions", {"messages": []})
     assert status == 400 and json.loads(text)["error"]["type"] == "invalid_request_error"
+
+
+def test_a_text_completion_whole_and_streamed(serve):
+    """Completion mode (a model without a chat template): /v1/completions, OpenAI's text_completion shape."""
+    port = serve()
+    status, text = _request(port, "POST", "/v1/completions", {"prompt": "The capital of France is"})
+    answer = json.loads(text)
+    assert status == 200 and answer["object"] == "text_completion" and answer["model"] == "tiny"
+    assert answer["choices"][0]["text"] == "Hello" and answer["choices"][0]["finish_reason"] == "stop"
+    body = {"prompt": "The capital of France is", "stream": True, "stream_options": {"include_usage": True}}
+    status, text = _request(port, "POST", "/v1/completions", body)
+    events = [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert status == 200 and events[-1] == "[DONE]"
+    assert {c["object"] for c in chunks} == {"text_completion"} and {c["model"] for c in chunks} == {"tiny"}
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "Hello"
+    assert chunks[-1]["usage"]["completion_tokens"] == 2
+
+
+def test_a_completion_without_a_prompt_is_a_bad_request(serve):
+    status, text = _request(serve(), "POST", "/v1/completions", {"prompt": ""})
+    assert status == 400 and json.loads(text)["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/completions", {"prompt": "hi"}),
+])
+def test_the_served_name_is_the_only_model(serve, path, body):
+    """The id `ember serve` prints is the one the server answers to; another name is refused, listing it."""
+    port = serve()
+    status, text = _request(port, "POST", path, dict(body, model="tiny"))
+    assert status == 200 and json.loads(text)["model"] == "tiny"
+    status, text = _request(port, "POST", path, dict(body, model="gpt-4o"))
+    err = json.loads(text)["error"]
+    assert status == 404 and err["type"] == "model_not_found" and err["served_models"] == ["tiny"]
+    assert "'gpt-4o' is not served here; this server serves 'tiny'" in err["message"]

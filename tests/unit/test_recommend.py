@@ -6,13 +6,17 @@ computed as the CLI does for ``--hardware`` (engines judged by the rules alone).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
+from engines.chat.completion_mode import COMPLETION_NOTE
 from engines.machine import speed
 from engines.machine.hardware import GPU, HardwareProfile
 from engines.models import catalog, recommend
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, ROOT
 
 PROFILES = ("cpu_laptop_8gb", "nvidia_24gb", "apple_m2_16gb", "nvidia_2gb_busy", "nvidia_2x12gb",
             "nvidia_cpu_build")
@@ -150,3 +154,47 @@ def test_a_row_that_does_not_run_has_no_speed():
     assert speed.estimate_row({"fit": "cpu", "weights_bytes": None}, hw) is None
     est = speed.estimate_row({"fit": "partial", "weights_bytes": 10 ** 9, "gpu_layers": 0, "total_layers": 10}, hw)
     assert est is not None and est.to_dict()["estimate"] is True
+
+
+# -- `ember models` itself -----------------------------------------------------------------------------
+
+def _ember_models(*args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "engines.cli", "models", *args], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli_rows(starter_path) -> dict[str, list[dict]]:
+    return {name: json.loads(_ember_models("--json", "--hardware", str(FIXTURES / f"{name}.json")).stdout)
+            for name in ("cpu_laptop_8gb", "nvidia_24gb")}
+
+
+def test_ember_models_json_marks_a_fitting_model_on_the_laptop_and_a_larger_one_on_the_gpu(cli_rows):
+    laptop, gpu = (recommend.recommended(cli_rows[name])[0] for name in ("cpu_laptop_8gb", "nvidia_24gb"))
+    for rows in cli_rows.values():
+        assert all(isinstance(r["recommended"], bool) and "recommended_rank" in r for r in rows)
+        assert all(r["fit"] in recommend.RUNS for r in rows if r["recommended"])
+    assert laptop["recommended_rank"] == 1 and laptop["fit"] == "cpu"
+    assert laptop["total_bytes"] <= recommend.RAM_HEADROOM * _hw("cpu_laptop_8gb").ram_total_bytes
+    assert gpu["recommended_rank"] == 1 and gpu["fit"] == "gpu"
+    assert _model(gpu)["parameters"] > 2 * _model(laptop)["parameters"]
+
+
+def test_ember_models_describes_the_starter_honestly(cli_rows):
+    starter = next(r for r in cli_rows["cpu_laptop_8gb"] if r["name"] == "starter")
+    assert starter["mode"] == "completion" and starter["mode_note"] == COMPLETION_NOTE
+    assert "tiny offline demo" in starter["description"] and "does not follow instructions" in starter["description"]
+    assert starter["recommended"] is False
+    assert {r["mode"] for r in cli_rows["cpu_laptop_8gb"] if not r["local"]} == {"chat"}
+
+
+def test_ember_models_marks_the_recommended_ones_for_people(starter_path):
+    text = _ember_models("--hardware", str(FIXTURES / "cpu_laptop_8gb.json")).stdout
+    lines = text.splitlines()
+    first = next(l for l in lines if l.endswith("* recommended #1"))
+    assert "CPU only" in first
+    assert "Recommended chat models for this computer" in text
+    starter = lines.index(next(l for l in lines if l.startswith("starter ")))
+    assert "tiny offline demo" in lines[starter + 1] and "does not follow instructions" in lines[starter + 1]

@@ -19,7 +19,8 @@ CASES = [
     ("<|im_start|>assistant\nParis is the capital.<|im_end|>", "Paris is the capital."),
     ("<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nHi", "Hello!\nHi"),
     ("<|start_header_id|>assistant<|end_header_id|>\n\nSure.<|eot_id|>", "Sure."),
-    ("<s>[INST] hi [/INST] Hello</s>", " hi Hello"),
+    ("[INST] hi [/INST] Hello", " hi Hello"),
+    ("<p>It was <s>cheap</s> free</p>", "<p>It was <s>cheap</s> free</p>"),  # HTML, also in Gemma's vocabulary
     ("<bos>Text<eos>", "Text"),
     ("Done.<|endoftext|>", "Done."),
     # the starter's seeded chat (tests/fixtures/replies): a role after a closer, a marker without its "<"
@@ -35,6 +36,24 @@ CASES = [
     ("x |> f |y|", "x |> f |y|"),
     ("The list [INFO] stays; <si> stays", "The list [INFO] stays; <si> stays"),
     ("Role words stay: <|im_start|>What is it?", "Role words stay: What is it?"),
+    # Gemma's own special tokens: the starter writes <start_of_image> where a web page had a picture
+    ("since 2010.<start_of_image>The French capital", "since 2010. The French capital"),
+    ("arrondissements.<start_of_image><start_of_image>The French", "arrondissements. The French"),
+    ("Paris.\n<start_of_image>Paris is", "Paris.\nParis is"),
+    ("x<end_of_image> y <image_soft_token> z", "x y z"),
+    ("a<unused0>b <unused6241> c<mask><unk><pad>", "a b c"),
+    ("[multimodal]Hi", "Hi"),
+    # a marker between words keeps them apart; a role line becomes a line break
+    ("Kingdom?<|im_end|>What", "Kingdom? What"),
+    ("France?<|im_start|>user\nWhat", "France?\nWhat"),
+    # DeepSeek's full-width bars, Mistral's tekken control tokens, ChatGLM
+    ("<\uff5cbegin\u2581of\u2581sentence\uff5c>Hi<\uff5cAssistant\uff5c>", "Hi"),
+    ("[SYSTEM_PROMPT]Be brief.[/SYSTEM_PROMPT][INST]Hi[/INST]", "Be brief. Hi"),
+    ("[gMASK]<sop>Hello", "Hello"),
+    # Gemma's vocabulary has HTML as ordinary text tokens: an answer's markup stays
+    ("<h2>Paris</h2> <strong>big</strong> <table><tr><td>1</td></tr></table>",
+     "<h2>Paris</h2> <strong>big</strong> <table><tr><td>1</td></tr></table>"),
+    ("<unused> and <unused_var> and [IMG]x[/IMG] stay", "<unused> and <unused_var> and [IMG]x[/IMG] stay"),
 ]
 
 
@@ -67,6 +86,7 @@ def test_real_starter_streams_lose_every_marker(name):
     raw = "".join(deltas)
     shown = _stream(raw, deltas)
     assert "<|" not in shown and "|>" not in shown and "<start_of_turn>" not in shown
+    assert "<start_of_image>" not in shown
     assert shown == strip(raw)
     rechunked = []
     rng = random.Random(11)
@@ -98,3 +118,22 @@ def test_a_reply_cut_mid_marker_drops_the_fragment():
     f = SpecialTokenFilter()
     assert f.feed("Paris.<|im_") == "Paris."
     assert f.flush() == ""
+
+
+def test_a_run_of_one_special_token_shows_nothing():
+    """The measured starter reply: one sentence, then <start_of_image> to the reply limit."""
+    f = SpecialTokenFilter()
+    shown = f.feed(" Paris is the capital of France.")
+    for _ in range(500):
+        shown += f.feed("<start_of_image>")
+    shown += f.flush()
+    assert shown == " Paris is the capital of France." and f.removed == 500
+
+
+def test_the_starters_image_markers_become_spaces_between_sentences():
+    """Real deltas (completion_france_seed3): <start_of_image> between sentences, once twice in a row."""
+    deltas = STARTER_REPLIES["completion_france_seed3"]["deltas"]
+    assert deltas.count("<start_of_image>") >= 6
+    shown = _stream("".join(deltas), deltas)
+    assert "since 2010. The French capital is divided" in shown
+    assert "unique architecture. The French capital" in shown  # two markers, one space

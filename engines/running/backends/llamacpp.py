@@ -57,7 +57,8 @@ class LlamaCpp(Engine):
         return Prepared(out, estimate, warnings)
 
     def command(self, spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
-        config = {"model_path": spec.path, "params": values, "host": host, "port": port, "api_key": api_key}
+        config = {"model_path": spec.path, "model_alias": spec.name, "params": values, "host": host, "port": port,
+                  "api_key": api_key}
         redacted = dict(config, api_key="***")
         return Command(argv=worker_argv("llamacpp"), stdin_line=json.dumps(config),
                        display=" ".join(worker_argv("llamacpp")) + " " + json.dumps(redacted))

@@ -11,6 +11,13 @@ forever); and it has no API key. So the server is started through a few lines
 and exit with an error if loading failed, so "ready" means ready and a broken
 model is a failed start. If a future mlx_lm renames those hooks, the bootstrap
 falls back to the plain server. The engine listens on 127.0.0.1 only.
+
+``mlx_lm.server`` also loads whatever a request's ``model`` field names (an
+unknown name makes it try the Hub) and lists the Hub cache at ``/v1/models``.
+The bootstrap makes the served name (``--served-model-name``, what ``ember
+serve`` prints) the model's only id: ``/v1/models`` lists it alone, responses
+carry it, a request without a name gets the loaded model, and one naming
+another model gets 404 listing the served one, before mlx_lm sees it.
 """
 from __future__ import annotations
 
@@ -56,6 +63,51 @@ if MP is not None and hasattr(MP, "load_default") and hasattr(s, "_run_http_serv
         print("ember-mlx: model loaded", file=sys.stderr, flush=True)
         return _run(host, port, generator, *a, **k)
     s._run_http_server = run_http
+SERVED, H = None, getattr(s, "APIHandler", None)
+if "--served-model-name" in sys.argv:
+    i = sys.argv.index("--served-model-name")
+    SERVED = sys.argv[i + 1]
+    del sys.argv[i:i + 2]
+if SERVED and MP is not None and all(hasattr(H, n) for n in ("do_POST", "validate_model_parameters",
+                                                              "handle_models_request", "_set_completion_headers")):
+    import io, json
+    _init = MP.__init__
+    def init(self, cli_args):
+        _init(self, cli_args)
+        self._model_map[SERVED] = cli_args.model
+        self._adapter_map[SERVED] = getattr(cli_args, "adapter_path", None)
+    MP.__init__ = init
+    def send_json(handler, status, payload):
+        data = json.dumps(payload).encode()
+        handler._set_completion_headers(status)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+        handler.wfile.flush()
+    _post = H.do_POST
+    def do_post(self):
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            asked = json.loads(raw).get("model")
+        except Exception:
+            asked = None
+        if asked not in (None, "", "default_model", SERVED):
+            return send_json(self, 404, {"error": {
+                "message": f"The model '{asked}' is not served here; this server serves '{SERVED}'",
+                "type": "model_not_found", "code": 404, "served_models": [SERVED]}})
+        rfile, self.rfile = self.rfile, io.BytesIO(raw)
+        try:
+            return _post(self)
+        finally:
+            self.rfile = rfile
+    H.do_POST = do_post
+    _validate = H.validate_model_parameters
+    def validate(self):
+        _validate(self)
+        self.requested_model = SERVED  # do_post let only the served name (or none) through
+    H.validate_model_parameters = validate
+    H.handle_models_request = lambda self: send_json(self, 200, {"object": "list", "data": [
+        {"id": SERVED, "object": "model", "created": self.created, "owned_by": "ember"}]})
 sys.argv = ["mlx_lm.server"] + sys.argv[1:]
 s.main()
 """
@@ -110,8 +162,8 @@ class MLX(S.ServerEngine):
 
     def command(self, spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
         python = S.interpreter(NAME)
-        program = [python, "-c", BOOTSTRAP, "--model", str(spec.path), "--host", host, "--port", str(port),
-                   *S.flags(values, TABLE)]
+        program = [python, "-c", BOOTSTRAP, "--model", str(spec.path), "--served-model-name", spec.name,
+                   "--host", host, "--port", str(port), *S.flags(values, TABLE)]
         # mlx_lm.server has no API key: the key is unused; the server listens on loopback only.
         return S.exec_command(NAME, program, health_path="/health")
 
