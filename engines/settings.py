@@ -19,6 +19,7 @@ DEFAULTS: dict[str, object] = {
     "idle_unload_minutes": 30,       # None = never unload
     "start_at_login": False,
     "default_n_ctx": units.DEFAULT_N_CTX,
+    "reply_limit": 1024,   # tokens per reply in the chat window and `ember chat`; the raw API is left alone
     "tray_notice_shown": False,      # "Ember keeps running in the tray" said once
     "last_model": None,
 }

@@ -13,9 +13,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import httpx
+
+if TYPE_CHECKING:  # only for the annotation: completion_mode imports this module
+    from engines.chat.completion_mode import CompletionRequest
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +89,12 @@ class ChatStream:
     """One streamed chat completion. Iterate it; call :meth:`cancel` from any thread."""
 
     def __init__(self, base_url: str, messages: list[dict], api_key: str | None = None, model: str | None = None,
-                 timeout: float = 600.0, client: httpx.Client | None = None, **options):
+                 timeout: float = 600.0, client: httpx.Client | None = None,
+                 completion: "CompletionRequest | None" = None, **options):
+        """``completion``: a text-completion model (no chat template): the conversation goes to
+        ``/completions`` as one text to continue, never through another model family's template."""
         self.base_url, self.messages, self.api_key, self.model = base_url.rstrip("/"), messages, api_key, model
-        self.options, self.timeout = options, timeout
+        self.options, self.timeout, self.completion = options, timeout, completion
         self._client = client
         self._cancel = threading.Event()
         self._response: httpx.Response | None = None
@@ -107,7 +113,13 @@ class ChatStream:
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
+    @property
+    def path(self) -> str:
+        return "/completions" if self.completion is not None else "/chat/completions"
+
     def body(self) -> dict:
+        if self.completion is not None:
+            return self.completion.body(self.model, **self.options)
         body = {"messages": self.messages, "stream": True, "stream_options": {"include_usage": True}}
         if self.model:
             body["model"] = self.model
@@ -125,7 +137,7 @@ class ChatStream:
         model = None
         try:
             try:
-                with client.stream("POST", self.base_url + "/chat/completions", json=self.body(),
+                with client.stream("POST", self.base_url + self.path, json=self.body(),
                                    headers=_headers(self.api_key)) as resp:
                     self._response = resp
                     if resp.status_code >= 400:
@@ -151,6 +163,8 @@ class ChatStream:
                             usage = Usage(u.get("prompt_tokens"), u.get("completion_tokens"))
                         for choice in event.get("choices") or []:
                             delta = choice.get("delta") or {}
+                            if "text" in choice:  # a /completions chunk
+                                delta = {"content": choice.get("text")}
                             for key, reasoning in (("reasoning_content", True), ("content", False)):
                                 piece = delta.get(key)
                                 if piece:
