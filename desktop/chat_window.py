@@ -21,11 +21,11 @@ from typing import Callable
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QMainWindow, QSplitter, QVBoxLayout, QWidget
 
 from engines import settings
-from engines.chat import conversations, first_run, special_tokens
+from engines.chat import conversations, special_tokens
+from engines.chat.first_run import FirstRun
 from engines.chat.completion_mode import Mode
 from engines.chat.stop_reason import StopReason
 from engines.models import store as model_store
@@ -42,7 +42,7 @@ from .chat.engine_control import EngineControl
 from .chat.reply import ReplyEnd, ReplyStream
 from .chat.transcript import ChatMessage, Transcript
 from .chat.troubleshoot import Troubleshooter, failure_sentence
-from .chat.welcome import WelcomeCard
+from .chat.welcome import Welcome
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,6 @@ class ChatWindow(QMainWindow):
         self.keep_in_tray = False
         self.max_tokens: int | None = None  # the reply limit; None: the reply_limit setting
         self.conversation: conversations.Conversation | None = None
-        self.first_run: first_run.FirstRun | None = None   # known once checked off the GUI thread
-        self._welcome_dismissed = False
-        self._first_run_call = None
         self._last_model_saved = settings.get("last_model")
         self.conversations = ConversationList(self.store)
         self.transcript = Transcript()
@@ -82,13 +79,13 @@ class ChatWindow(QMainWindow):
         self.engine = EngineControl(manager, self.bridge, self)
         self.troubleshooter = Troubleshooter(manager, self.engine.plans, self)
         self.reply = ReplyStream(self.transcript, self.store, self)
-        self.welcome = WelcomeCard()
+        self.welcome = Welcome(self.transcript, self)
         self._build()
         self._connect()
         self.refresh_conversations()
         self.engine.refresh()
         self.new_chat()
-        self.check_first_run()
+        self.welcome.check()
 
     # -- layout ---------------------------------------------------------------------
     def _build(self) -> None:
@@ -109,10 +106,7 @@ class ChatWindow(QMainWindow):
         rv.addLayout(top)
         for part in (self.engine.note, self.engine.offer, self.engine.busy, self.troubleshooter.banner):
             rv.addWidget(part)
-        self.middle = QStackedWidget()
-        self.middle.addWidget(self.transcript)
-        self.middle.addWidget(self.welcome)
-        rv.addWidget(self.middle, 1)
+        rv.addWidget(self.welcome.stack, 1)  # the transcript, or the welcome card in its place
         rv.addWidget(self.composer)
         splitter = QSplitter()
         splitter.addWidget(self.conversations)
@@ -157,9 +151,11 @@ class ChatWindow(QMainWindow):
         self.troubleshooter.fix_action.connect(self._fix_action)
         self.reply.ended.connect(self._on_finished)
         self.reply.failed.connect(self._on_failed)
-        self.welcome.choose_clicked.connect(self.models_requested)
-        self.welcome.starter_clicked.connect(self.try_starter)
-        self.bridge.ready.connect(self._recheck_first_run)  # a downloaded chat model may be running
+        self.welcome.card.choose_clicked.connect(self.models_requested)
+        self.welcome.card.starter_clicked.connect(self.try_starter)
+        self.welcome.switched.connect(self._update_buttons)
+        self.welcome.checked.connect(self.first_run_checked)
+        self.bridge.ready.connect(lambda *_: self.welcome.recheck())  # a downloaded chat model may be running
 
     # -- state ----------------------------------------------------------------------
     @property
@@ -181,7 +177,7 @@ class ChatWindow(QMainWindow):
                                 has_reply=any(m.role == "assistant" for m in self.history))
         self.conversations.set_busy(busy)
         self.engine.update_offer()
-        if self.welcome_shown:  # the card says it all, and offers the starter itself
+        if self.welcome.shown:  # the card says it all, and offers the starter itself
             self.engine.offer.hide()
             self.engine.note.hide()
         self.composer.set_completion(self._completion_chosen())
@@ -206,7 +202,7 @@ class ChatWindow(QMainWindow):
         """Start this plan off the GUI thread with the busy row (and its Cancel); ``then()`` once ready.
 
         The user chose this model (Download and chat, Launch… in Models): the chat is theirs, no welcome card."""
-        self.dismiss_welcome()
+        self.welcome.dismiss()
         self.engine.start_launch(plan, then)
 
     def _model_ready(self, name: str) -> None:
@@ -228,7 +224,7 @@ class ChatWindow(QMainWindow):
         self.conversations.clear_selection()
         self.troubleshooter.banner.hide()
         self.transcript.show_messages([])
-        self._show_welcome_if_needed()
+        self.welcome.show_if_needed()
         self.composer.focus()
 
     def open_conversation(self, conversation_id: int) -> None:
@@ -241,7 +237,7 @@ class ChatWindow(QMainWindow):
         if conv.model:
             self.select_model(conv.model)
         self.troubleshooter.banner.hide()
-        self.dismiss_welcome()
+        self.welcome.dismiss()
         self.transcript.show_messages([_shown(m) for m in self.store.messages(conv.id) if m.role != "system"])
         self._update_buttons()
 
@@ -270,7 +266,7 @@ class ChatWindow(QMainWindow):
         text = (text if isinstance(text, str) else self.composer.text()).strip()
         if not text or self.streaming or self.loading:
             return False
-        self.dismiss_welcome()
+        self.welcome.dismiss()
         conv = self._ensure_conversation(text)
         mid = self.store.add_message(conv.id, "user", text)  # saved before anything is sent
         self.transcript.append(ChatMessage("user", text, mid))
@@ -457,49 +453,21 @@ class ChatWindow(QMainWindow):
         self.troubleshooter.show_log(path)
 
     # -- the first run -------------------------------------------------------------
-    def check_first_run(self) -> None:
-        """Find out (off the GUI thread) whether a chat model is on this computer and the Hub answers."""
-        if self._first_run_call is not None:
-            return
-
-        def known(facts: first_run.FirstRun) -> None:
-            self._first_run_call = None
-            self.first_run = facts
-            self.welcome.show_facts(facts)
-            self._show_welcome_if_needed()
-            self.first_run_checked.emit(facts)
-
-        def failed(exc: BaseException) -> None:
-            self._first_run_call = None
-            log.warning("the first-run check failed: %s", exc)
-
-        self._first_run_call = run_async(first_run.check, known, failed, name="first-run-check", owner=self)
-
-    def _recheck_first_run(self, *_) -> None:
-        if self.first_run is not None and not self.first_run.has_chat_model:
-            self.check_first_run()
-
-    def _show_welcome_if_needed(self) -> None:
-        """The welcome card takes the transcript's place in a new, empty chat while no chat model is here."""
-        show = (self.first_run is not None and not self.first_run.has_chat_model and not self._welcome_dismissed
-                and not self.history)
-        self.middle.setCurrentWidget(self.welcome if show else self.transcript)
-        self._update_buttons()
+    @property
+    def first_run(self) -> FirstRun | None:
+        """Whether a chat model is here and the Hub answers; None until checked."""
+        return self.welcome.facts
 
     @property
     def welcome_shown(self) -> bool:
-        return self.middle.currentWidget() is self.welcome
+        return self.welcome.shown
 
     def dismiss_welcome(self) -> None:
-        """Back to the transcript for this session (the user chose to chat anyway)."""
-        self._welcome_dismissed = True
-        if self.welcome_shown:
-            self.middle.setCurrentWidget(self.transcript)
-            self._update_buttons()
+        self.welcome.dismiss()
 
     def try_starter(self) -> None:
         """The welcome card's second button: chat with the starter, started now if it is not running."""
-        self.dismiss_welcome()
+        self.welcome.dismiss()
         if not self.select_model(model_store.STARTER) and not self.loading:
             self.engine.launch_model(model_store.STARTER)
         self.composer.focus()
@@ -508,7 +476,7 @@ class ChatWindow(QMainWindow):
     def showEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)
         self.engine.refresh_remotes()
-        self._recheck_first_run()  # a chat model may have been downloaded since
+        self.welcome.recheck()  # a chat model may have been downloaded since
 
     def show_and_raise(self) -> None:
         self.show()

@@ -65,6 +65,7 @@ class EngineControl(QObject):
         self.note = CompletionNote()
         self.note.action_clicked.connect(self.models_requested)
         self.modes: dict[str, ModeDecision] = {}   # model name -> chat or completion, read from its files
+        self._mode_files: dict[str, str | None] = {}  # model name -> the file or folder its mode was read from
         self._modes_pending: set[str] = set()
         bridge.failed.connect(self._engine_failed)
         bridge.stopped.connect(self._engine_stopped)
@@ -165,9 +166,14 @@ class EngineControl(QObject):
         if known is not None:
             return known
         spec = self.spec_of(ep)
-        decision = _decide(spec) if spec is not None else ModeDecision(Mode.CHAT, "a remote server's own template")
-        self.modes[ep.name] = decision
-        return decision
+        if spec is None:
+            return ModeDecision(Mode.CHAT, "a remote server uses its own template")
+        self._learned(ep.name, spec, _decide(spec))
+        return self.modes[ep.name]
+
+    def _learned(self, name: str, spec: store.ModelSpec, decision: ModeDecision) -> None:
+        self.modes[name] = decision
+        self._mode_files[name] = spec.path
 
     def _learn_modes(self, endpoints: list[Endpoint]) -> None:
         """Read the mode of newly listed local models off the GUI thread, then label them."""
@@ -177,9 +183,9 @@ class EngineControl(QObject):
                 continue
             self._modes_pending.add(ep.name)
 
-            def learned(decision: ModeDecision, name: str = ep.name) -> None:
+            def learned(decision: ModeDecision, name: str = ep.name, spec: store.ModelSpec = spec) -> None:
                 self._modes_pending.discard(name)
-                self.modes[name] = decision
+                self._learned(name, spec, decision)
                 self.refresh()
 
             def failed(exc: BaseException, name: str = ep.name) -> None:
@@ -211,7 +217,8 @@ class EngineControl(QObject):
 
     def _engine_ready(self, name: str, run: Running) -> None:
         self.plans[name] = run.plan
-        self.modes.pop(name, None)  # another launch may be another file
+        if self._mode_files.get(name, run.plan.model.path) != run.plan.model.path:
+            self.modes.pop(name, None)  # the name now runs another file: read its mode again
         self.refresh()
         self.model_ready.emit(name)
 

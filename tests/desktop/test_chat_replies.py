@@ -190,13 +190,13 @@ def online_hub(monkeypatch):
 
 def test_the_first_chat_opens_on_the_welcome_card(qtbot, bare_window, online_hub, screenshot):
     w = bare_window()
-    assert w.welcome_shown and w.welcome.isVisible() and not w.transcript.isVisible()
-    assert w.first_run.offline is None and w.welcome.lead.isVisible() and not w.welcome.offline.isVisible()
-    assert "tiny offline demo" in w.welcome.about.text() and "continues your text" in w.welcome.about.text()
+    assert w.welcome_shown and w.welcome.card.isVisible() and not w.transcript.isVisible()
+    assert w.first_run.offline is None and w.welcome.card.lead.isVisible() and not w.welcome.card.offline.isVisible()
+    assert "tiny offline demo" in w.welcome.card.about.text() and "continues your text" in w.welcome.card.about.text()
     assert not w.engine.offer.isVisible()                    # the card offers the starter itself
     screenshot(w, "chat_welcome")
     with qtbot.waitSignal(w.models_requested, timeout=2_000):
-        qtbot.mouseClick(w.welcome.choose_button, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(w.welcome.card.choose_button, Qt.MouseButton.LeftButton)
     w.new_chat()
     assert w.welcome_shown                                   # a new chat still leads to a chat model
 
@@ -206,7 +206,7 @@ def test_the_starter_is_one_click_away_from_the_welcome_card(qtbot, bare_window,
     w = bare_window()
     try:
         with qtbot.waitSignal(w.busy_changed, timeout=5_000, check_params_cb=lambda busy: busy):
-            qtbot.mouseClick(w.welcome.starter_button, Qt.MouseButton.LeftButton)
+            qtbot.mouseClick(w.welcome.card.starter_button, Qt.MouseButton.LeftButton)
         assert not w.welcome_shown and w.transcript.isVisible()
         qtbot.waitUntil(lambda: not w.loading and w.current_model_name() == "starter", timeout=300_000)
         assert w.manager.get("starter").proc.running
@@ -226,11 +226,11 @@ def test_offline_the_card_says_so_plainly(qtbot, bare_window, monkeypatch, how):
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing answers
     w = bare_window()
-    assert w.welcome_shown and w.welcome.offline.isVisible() and not w.welcome.lead.isVisible()
-    text = w.welcome.offline.text()
+    assert w.welcome_shown and w.welcome.card.offline.isVisible() and not w.welcome.card.lead.isVisible()
+    text = w.welcome.card.offline.text()
     assert "offline" in text and "starter works without a network" in text
     assert ("HF_HUB_OFFLINE" in text) == (how == "setting") and ("127.0.0.1" in text) == (how == "unreachable")
-    assert w.welcome.starter_button.isVisible()
+    assert w.welcome.card.starter_button.isVisible()
 
 
 def test_with_a_chat_model_on_disk_there_is_no_welcome_card(qtbot, bare_window, tmp_path, online_hub):
