@@ -99,6 +99,7 @@ class ReplyStream(QObject):
         self.store = store
         self.endpoint: Endpoint | None = None   # the last reply's (kept after it ends)
         self.completion = False                 # whether the last reply continued text (no chat template)
+        self.raw_text = ""                      # the last reply as the engine wrote it (logs, tests)
         self._thread: StreamThread | None = None
         self._pending: list[str] = []
         self._last_save = 0.0
@@ -147,6 +148,7 @@ class ReplyStream(QObject):
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.wait(5000)
+            self.raw_text = thread.stream.text
             thread.deleteLater()
         messages = self.transcript.messages
         msg = messages[-1] if messages and messages[-1].role == "assistant" else None

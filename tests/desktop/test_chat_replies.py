@@ -117,6 +117,7 @@ def test_template_tokens_are_never_shown_nor_saved(qtbot, window, store):
     with qtbot.waitSignal(window.reply_ended, timeout=300_000):
         window.send("What is the capital of France?")
     assert not window.reply.completion
+    assert not no_template_marks(window.reply.raw_text)                # the engine did write them
     reply = window.history[-1].content
     assert no_template_marks(reply) and no_template_marks(window.transcript.toPlainText())
     assert all(no_template_marks(text) for text, _ in saved_replies(store, window.conversation.id))
