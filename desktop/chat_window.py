@@ -1,12 +1,17 @@
 """The chat window: streaming replies rendered as markdown, conversations kept in SQLite.
 
 The window lays out its parts (:mod:`desktop.chat`) and connects them: the
-conversation list, the transcript, the composer, the engine control (model picker,
-offer and busy rows) and the troubleshooter. Nothing here blocks the GUI thread: a
-reply streams on a thread (:mod:`desktop.chat.reply`), engine starts run through
+conversation list, the transcript (or, while no chat model is on this computer, the
+welcome card), the composer, the engine control (model picker, offer, note and busy
+rows) and the troubleshooter. Nothing here blocks the GUI thread: a reply streams on
+a thread (:mod:`desktop.chat.reply`), engine starts run through
 :func:`desktop.bridge.run_async` with a busy row and a Cancel. The user's message is
 saved before it is sent and the reply while it streams, so a crash loses at most
 the last second.
+
+Every reply ends: it is limited to the ``reply_limit`` setting (or
+:attr:`ChatWindow.max_tokens`), stopped when it loops, and the status line says in
+one sentence why it ended, or what failed (never the engine's raw text).
 """
 from __future__ import annotations
 
@@ -19,8 +24,11 @@ from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QMainWindow, QSplitter, QVBoxLayout, QWidget
 
 from engines import settings
-from engines.chat import conversations
-from engines.chat.client import Finished
+from engines.chat import conversations, special_tokens
+from engines.chat.first_run import FirstRun
+from engines.chat.completion_mode import Mode
+from engines.chat.stop_reason import StopReason
+from engines.models import store as model_store
 from engines.running import backends
 from engines.running.launch import LaunchPlan
 from engines.chat.endpoint import Endpoint
@@ -31,9 +39,10 @@ from .bridge import ManagerBridge, run_async
 from .chat.composer import Composer
 from .chat.conversation_list import ConversationList
 from .chat.engine_control import EngineControl
-from .chat.reply import ReplyStream
+from .chat.reply import ReplyEnd, ReplyStream
 from .chat.transcript import ChatMessage, Transcript
-from .chat.troubleshoot import Troubleshooter
+from .chat.troubleshoot import Troubleshooter, failure_sentence
+from .chat.welcome import Welcome
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +57,11 @@ class ChatWindow(QMainWindow):
     hidden_to_tray = Signal()
     # progress, for the app and for tests
     reply_finished = Signal(object)    # client.Finished
+    reply_ended = Signal(object)       # chat.reply.ReplyEnd: the same ending with its stop reason
     reply_failed = Signal(object)      # exception
     failure_shown = Signal(object)     # the dialog or message box shown for a failure
     busy_changed = Signal(bool)
+    first_run_checked = Signal(object)  # engines.chat.first_run.FirstRun
 
     def __init__(self, manager: EngineManager, bridge: ManagerBridge | None = None,
                  store: conversations.Store | None = None, parent: QWidget | None = None):
@@ -59,7 +70,7 @@ class ChatWindow(QMainWindow):
         self.bridge = bridge or ManagerBridge(manager, self)
         self.store = store or conversations.Store()
         self.keep_in_tray = False
-        self.max_tokens: int | None = 1024
+        self.max_tokens: int | None = None  # the reply limit; None: the reply_limit setting
         self.conversation: conversations.Conversation | None = None
         self._last_model_saved = settings.get("last_model")
         self.conversations = ConversationList(self.store)
@@ -68,11 +79,13 @@ class ChatWindow(QMainWindow):
         self.engine = EngineControl(manager, self.bridge, self)
         self.troubleshooter = Troubleshooter(manager, self.engine.plans, self)
         self.reply = ReplyStream(self.transcript, self.store, self)
+        self.welcome = Welcome(self.transcript, self)
         self._build()
         self._connect()
         self.refresh_conversations()
         self.engine.refresh()
         self.new_chat()
+        self.welcome.check()
 
     # -- layout ---------------------------------------------------------------------
     def _build(self) -> None:
@@ -85,15 +98,15 @@ class ChatWindow(QMainWindow):
         rv.setContentsMargins(6, 6, 6, 6)
         top = QHBoxLayout()
         top.addWidget(QLabel("Model:"))
-        top.addWidget(self.engine.combo, 1)
+        top.addWidget(self.engine.combo)
         self.system_edit = QLineEdit()
         self.system_edit.setPlaceholderText("System prompt (optional)")
         self.system_edit.setAccessibleName("System prompt")
         top.addWidget(self.system_edit, 2)
         rv.addLayout(top)
-        for part in (self.engine.offer, self.engine.busy, self.troubleshooter.banner):
+        for part in (self.engine.note, self.engine.offer, self.engine.busy, self.troubleshooter.banner):
             rv.addWidget(part)
-        rv.addWidget(self.transcript, 1)
+        rv.addWidget(self.welcome.stack, 1)  # the transcript, or the welcome card in its place
         rv.addWidget(self.composer)
         splitter = QSplitter()
         splitter.addWidget(self.conversations)
@@ -138,6 +151,11 @@ class ChatWindow(QMainWindow):
         self.troubleshooter.fix_action.connect(self._fix_action)
         self.reply.ended.connect(self._on_finished)
         self.reply.failed.connect(self._on_failed)
+        self.welcome.card.choose_clicked.connect(self.models_requested)
+        self.welcome.card.starter_clicked.connect(self.try_starter)
+        self.welcome.switched.connect(self._update_buttons)
+        self.welcome.checked.connect(self.first_run_checked)
+        self.bridge.ready.connect(lambda *_: self.welcome.recheck())  # a downloaded chat model may be running
 
     # -- state ----------------------------------------------------------------------
     @property
@@ -159,6 +177,16 @@ class ChatWindow(QMainWindow):
                                 has_reply=any(m.role == "assistant" for m in self.history))
         self.conversations.set_busy(busy)
         self.engine.update_offer()
+        if self.welcome.shown:  # the card says it all, and offers the starter itself
+            self.engine.offer.hide()
+            self.engine.note.hide()
+        self.composer.set_completion(self._completion_chosen())
+
+    def _completion_chosen(self) -> bool:
+        """Whether the chosen model is known to only continue text (its mode is read off the GUI thread)."""
+        ep = self.current_endpoint()
+        mode = self.engine.modes.get(ep.name) if ep is not None else None
+        return mode is not None and mode.mode is Mode.COMPLETION
 
     # -- models (the public face of the engine control) -----------------------------
     def current_endpoint(self) -> Endpoint | None:
@@ -171,7 +199,10 @@ class ChatWindow(QMainWindow):
         return self.engine.select_model(name)
 
     def start_launch(self, plan: LaunchPlan, then: Callable[[], None] | None = None) -> None:
-        """Start this plan off the GUI thread with the busy row (and its Cancel); ``then()`` once ready."""
+        """Start this plan off the GUI thread with the busy row (and its Cancel); ``then()`` once ready.
+
+        The user chose this model (Download and chat, Launch… in Models): the chat is theirs, no welcome card."""
+        self.welcome.dismiss()
         self.engine.start_launch(plan, then)
 
     def _model_ready(self, name: str) -> None:
@@ -180,7 +211,7 @@ class ChatWindow(QMainWindow):
 
     def _launch_failed(self, exc: BaseException, name: str) -> None:
         self.reply_failed.emit(exc)
-        self.handle_failure(exc, name)
+        self.handle_failure(exc, name, starting=True)
 
     # -- conversations --------------------------------------------------------------
     def refresh_conversations(self) -> None:
@@ -193,8 +224,8 @@ class ChatWindow(QMainWindow):
         self.conversations.clear_selection()
         self.troubleshooter.banner.hide()
         self.transcript.show_messages([])
+        self.welcome.show_if_needed()
         self.composer.focus()
-        self._update_buttons()
 
     def open_conversation(self, conversation_id: int) -> None:
         conv = self.store.get(conversation_id)
@@ -206,8 +237,8 @@ class ChatWindow(QMainWindow):
         if conv.model:
             self.select_model(conv.model)
         self.troubleshooter.banner.hide()
-        self.transcript.show_messages([ChatMessage(m.role, m.content, m.id, m.model)
-                                       for m in self.store.messages(conv.id) if m.role != "system"])
+        self.welcome.dismiss()
+        self.transcript.show_messages([_shown(m) for m in self.store.messages(conv.id) if m.role != "system"])
         self._update_buttons()
 
     def _conversation_renamed(self, conversation_id: int) -> None:
@@ -235,6 +266,7 @@ class ChatWindow(QMainWindow):
         text = (text if isinstance(text, str) else self.composer.text()).strip()
         if not text or self.streaming or self.loading:
             return False
+        self.welcome.dismiss()
         conv = self._ensure_conversation(text)
         mid = self.store.add_message(conv.id, "user", text)  # saved before anything is sent
         self.transcript.append(ChatMessage("user", text, mid))
@@ -273,32 +305,47 @@ class ChatWindow(QMainWindow):
         msgs += [{"role": m.role, "content": m.content} for m in self.history if m.content or m.role == "user"]
         return msgs
 
+    def reply_limit(self) -> int:
+        """The most tokens one reply may have: :attr:`max_tokens`, else the ``reply_limit`` setting."""
+        if self.max_tokens:
+            return int(self.max_tokens)
+        value = settings.get("reply_limit")
+        return int(value) if isinstance(value, (int, float)) and value > 0 else int(settings.DEFAULTS["reply_limit"])
+
     def _start_stream(self, ep: Endpoint) -> None:
         conv = self.conversation
         messages = self.api_messages()
+        completion = self.engine.mode(ep).mode is Mode.COMPLETION
+        limit = self.reply_limit()
         self.store.set_model(conv.id, ep.name)
         aid = self.store.add_message(conv.id, "assistant", "", complete=False, model=ep.name)
         self.transcript.append(ChatMessage("assistant", "", aid, ep.name, streaming=True))
+        self.transcript.follow()  # the user asked: show the reply as it comes (also after a fix's restart)
         if ep.kind == "local":
             self.manager.touch(ep.name)
         self.troubleshooter.banner.hide()
-        self.status.setText(f"{ep.name} is answering…")
-        self.reply.start(ep, messages, self.max_tokens)
+        doing = "continuing your text" if completion else "answering"
+        self.status.setText(f"{ep.name} is {doing}… (reply limit {limit:,} tokens)")
+        self.reply.start(ep, messages, limit, completion=completion)
         self._update_buttons()
 
-    def _on_finished(self, fin: Finished) -> None:
+    def _on_finished(self, end: ReplyEnd) -> None:
+        fin = end.finished
         ep = self.reply.endpoint
         msg = self.reply.end()
         if msg is not None and msg.id is not None:
-            self.store.update_message(msg.id, msg.content, complete=not fin.cancelled)
+            self.store.update_message(msg.id, msg.content, complete=end.reason is not StopReason.STOPPED_BY_YOU)
         if ep is not None and ep.kind == "local":
             self.manager.touch(ep.name)
             self._remember_model(ep.name)
         self.transcript.refresh_last()
-        self.status.setText(self.status_text(fin, ep))
+        self.status.setText(self.status_text(end, ep))
+        self.status.setToolTip(end.repetition.describe() if end.repetition else "")
         self._update_buttons()
         run = self.manager.get(ep.name) if ep else None
-        self.troubleshooter.check_finish(fin, run.plan if run else None)
+        if end.reason is not StopReason.REPEATING:  # cancelled by Ember: nothing to diagnose
+            self.troubleshooter.check_finish(fin, run.plan if run else None)
+        self.reply_ended.emit(end)
         self.reply_finished.emit(fin)
 
     def _on_failed(self, exc: BaseException) -> None:
@@ -311,10 +358,9 @@ class ChatWindow(QMainWindow):
             else:
                 self.store.delete_message(msg.id)
                 self.transcript.drop_last()
-        self.status.setText(f"Failed: {getattr(exc, 'message', None) or exc}")
         self._update_buttons()
         self.reply_failed.emit(exc)
-        self.handle_failure(exc, ep.name if ep else None)
+        self.handle_failure(exc, ep.name if ep else None, kept=bool(msg is not None and msg.content))
 
     def _remember_model(self, name: str) -> None:
         """The 'no model' row offers the last model used; saved off the GUI thread (it fsyncs)."""
@@ -322,10 +368,14 @@ class ChatWindow(QMainWindow):
             self._last_model_saved = name
             run_async(lambda: settings.set("last_model", name), name="save-last-model")
 
-    def status_text(self, fin: Finished, ep: Endpoint | None) -> str:
-        parts = ["Stopped" if fin.cancelled else "Done"]
+    def status_text(self, end: ReplyEnd, ep: Endpoint | None) -> str:
+        """Why the reply ended, in a sentence, then its numbers: speed, length of the limit, context."""
+        fin = end.finished
+        parts = [end.sentence()]
         if fin.tokens_per_second:
             parts.append(f"{fin.tokens_per_second:.1f} tokens/s")
+        if fin.usage.completion_tokens is not None and fin.max_tokens and end.reason is not StopReason.REPLY_LIMIT:
+            parts.append(f"reply {fin.usage.completion_tokens:,} of {fin.max_tokens:,} tokens")
         used = (fin.usage.prompt_tokens or 0) + (fin.usage.completion_tokens or 0)
         n_ctx = None
         run = self.manager.get(ep.name) if ep else None
@@ -351,9 +401,17 @@ class ChatWindow(QMainWindow):
                 return
 
     # -- failures and fixes ---------------------------------------------------------
-    def handle_failure(self, exc: BaseException, name: str | None = None) -> QWidget:
-        """Show what went wrong: the guided diagnosis dialog, else a message with the log."""
-        return self.troubleshooter.show_failure(exc, name)
+    def handle_failure(self, exc: BaseException, name: str | None = None, starting: bool = False,
+                       kept: bool = False) -> QWidget:
+        """Show what went wrong: one sentence in the status line (the diagnosis title; the raw text is
+        under Details), and the guided diagnosis dialog, else a message with the log.
+
+        ``starting``: ``name``'s start failed; ``kept``: the reply had text, which is kept."""
+        diagnosis = self.troubleshooter.diagnose(exc, name)
+        sentence = failure_sentence(exc, diagnosis, name if starting else None)
+        self.status.setText(sentence + (". The reply so far is kept." if kept else "."))
+        self.status.setToolTip("")
+        return self.troubleshooter.show_failure(exc, name, diagnosis)
 
     def apply_fix(self, changes: dict) -> None:
         """Relaunch the failed (or current) model with changed parameters, then resend the last message."""
@@ -394,10 +452,31 @@ class ChatWindow(QMainWindow):
     def show_log(self, path: Path | str) -> None:
         self.troubleshooter.show_log(path)
 
+    # -- the first run -------------------------------------------------------------
+    @property
+    def first_run(self) -> FirstRun | None:
+        """Whether a chat model is here and the Hub answers; None until checked."""
+        return self.welcome.facts
+
+    @property
+    def welcome_shown(self) -> bool:
+        return self.welcome.shown
+
+    def dismiss_welcome(self) -> None:
+        self.welcome.dismiss()
+
+    def try_starter(self) -> None:
+        """The welcome card's second button: chat with the starter, started now if it is not running."""
+        self.welcome.dismiss()
+        if not self.select_model(model_store.STARTER) and not self.loading:
+            self.engine.launch_model(model_store.STARTER)
+        self.composer.focus()
+
     # -- window ---------------------------------------------------------------------
     def showEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)
         self.engine.refresh_remotes()
+        self.welcome.recheck()  # a chat model may have been downloaded since
 
     def show_and_raise(self) -> None:
         self.show()
@@ -418,3 +497,9 @@ class ChatWindow(QMainWindow):
             return
         self.shutdown()
         super().closeEvent(event)
+
+
+def _shown(m: conversations.Message) -> ChatMessage:
+    """A saved message as shown: a reply saved before template tokens were filtered is shown without them."""
+    content = special_tokens.strip(m.content) if m.role == "assistant" else m.content
+    return ChatMessage(m.role, content, m.id, m.model)

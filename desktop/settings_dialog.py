@@ -1,4 +1,4 @@
-"""Preferences: idle unload, start at login, default context size, engine interpreters.
+"""Preferences: idle unload, start at login, default context size, reply limit, engine interpreters.
 
 Reads and writes :mod:`engines.settings`; the app applies the result (manager
 idle timeout, autostart entry) when the dialog is accepted.
@@ -49,6 +49,14 @@ class SettingsDialog(QDialog):
         self.n_ctx.setValue(int(values.get("default_n_ctx") or units.DEFAULT_N_CTX))
         self.n_ctx.setAccessibleName("Default context size")
         form.addRow("Default context size", self.n_ctx)
+        self.reply_limit = QSpinBox(minimum=16, maximum=1 << 17, singleStep=256, suffix=" tokens")
+        limit = values.get("reply_limit")
+        self.reply_limit.setValue(int(limit) if isinstance(limit, (int, float)) and limit > 0
+                                  else int(settings.DEFAULTS["reply_limit"]))
+        self.reply_limit.setAccessibleName("Reply limit")
+        form.addRow("Reply limit", self.reply_limit)
+        form.addRow("", QLabel("The longest reply in the chat window and ember chat; a reply that "
+                               "repeats itself stops sooner."))
         layout.addWidget(general)
 
         engines_box = QGroupBox("Engine interpreters")
@@ -74,6 +82,7 @@ class SettingsDialog(QDialog):
             "idle_unload_minutes": None if self.idle_never.isChecked() else self.idle_minutes.value(),
             "start_at_login": self.start_at_login.isChecked(),
             "default_n_ctx": self.n_ctx.value(),
+            "reply_limit": self.reply_limit.value(),
         }
         for engine, edit in self.engine_python.items():
             out[settings.ENGINE_PYTHON + engine] = edit.text().strip() or None

@@ -8,6 +8,9 @@ from PySide6.QtWidgets import QHBoxLayout, QPlainTextEdit, QPushButton, QVBoxLay
 
 log = logging.getLogger(__name__)
 
+CHAT_HINT = "Message (Enter sends, Shift+Enter for a new line)"
+COMPLETION_HINT = "The start of a text for the model to continue (Enter sends, Shift+Enter for a new line)"
+
 
 class ChatInput(QPlainTextEdit):
     """Enter sends, Shift+Enter makes a new line."""
@@ -35,7 +38,7 @@ class Composer(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         self.input = ChatInput()
-        self.input.setPlaceholderText("Message (Enter sends, Shift+Enter for a new line)")
+        self.input.setPlaceholderText(CHAT_HINT)
         self.input.setAccessibleName("Message")
         self.input.setMaximumHeight(110)
         self.input.submitted.connect(self.send_requested)
@@ -70,6 +73,10 @@ class Composer(QWidget):
 
     def focus(self) -> None:
         self.input.setFocus()
+
+    def set_completion(self, completion: bool) -> None:
+        """The model only continues text: the box asks for the start of one, not a message."""
+        self.input.setPlaceholderText(COMPLETION_HINT if completion else CHAT_HINT)
 
     def set_state(self, *, busy: bool, has_user_message: bool, has_reply: bool) -> None:
         """Busy (a reply streams or an engine starts): only Stop and Copy stay usable."""

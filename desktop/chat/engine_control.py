@@ -1,59 +1,33 @@
 """Which model the chat talks to, and starting one without blocking the window.
 
-The picker lists running, idle-unloaded and remote models; the offer row starts a
-model in one click when none runs; the busy row shows an engine start with a
-Cancel. Every start runs through :func:`desktop.bridge.run_async`.
+The picker lists running, idle-unloaded and remote models, and says which ones
+only continue text (no chat template: :mod:`engines.chat.completion_mode`); the
+note row (:mod:`.rows`) says it again under the picker while such a model is
+chosen. The offer row starts a model in one click when none runs; the busy row
+shows an engine start with a Cancel. Every start runs through :func:`desktop.bridge.run_async`.
+An engine that fails or stops (the manager's events, through the bridge) leaves
+the picker at once: it never says a dead model is ready.
 """
 from __future__ import annotations
 
 import logging
 from typing import Callable
 
-from PySide6.QtCore import QObject, Signal
-from PySide6.QtWidgets import QComboBox, QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtWidgets import QComboBox
 
 from engines import settings, units
+from engines.chat.completion_mode import Mode, ModeDecision, mode_of
+from engines.machine.gguf_info import GGUFError
 from engines.models import lookup, store
 from engines.running import launch
 from engines.chat.endpoint import Endpoint
 from engines.running.manager import EngineManager, Running
 
 from ..bridge import ManagerBridge, run_async
-from .notice import NoticeRow
+from .rows import COMPLETION_MARK, BusyRow, CompletionNote, OfferRow
 
 log = logging.getLogger(__name__)
-
-
-class OfferRow(NoticeRow):
-    """'No model is running': start the offered one in one click (the action), or browse the models."""
-
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__("No model is running.", "Start the starter model", "Models…", parent)
-
-    def offer(self, name: str) -> None:
-        label = "the starter model" if name == store.STARTER else name
-        self.button.setText(f"Start {label}")
-        self.label.setText(f"No model is running. Start {label} in one click, or choose another in Models.")
-
-
-class BusyRow(QFrame):
-    """An engine starting: what is happening, an endless progress bar, Cancel."""
-
-    cancel_clicked = Signal()
-
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        row = QHBoxLayout(self)
-        self.label = QLabel()
-        row.addWidget(self.label)
-        bar = QProgressBar(minimum=0, maximum=0)
-        bar.setMaximumWidth(160)
-        bar.setAccessibleName("Loading")
-        row.addWidget(bar)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel_clicked)
-        row.addWidget(self.cancel_button)
-        self.hide()
 
 
 class EngineControl(QObject):
@@ -81,12 +55,20 @@ class EngineControl(QObject):
         self.combo = QComboBox()
         self.combo.setAccessibleName("Model")
         self.combo.setMinimumContentsLength(24)
+        self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)  # the whole note shows
         self.combo.setPlaceholderText("No model running")
         self.offer = OfferRow()
         self.offer.action_clicked.connect(lambda: self.launch_model(self.offered_model()))
         self.offer.second_clicked.connect(self.models_requested)
         self.busy = BusyRow()
         self.busy.cancel_clicked.connect(self.cancel)
+        self.note = CompletionNote()
+        self.note.action_clicked.connect(self.models_requested)
+        self.modes: dict[str, ModeDecision] = {}   # model name -> chat or completion, read from its files
+        self._mode_files: dict[str, str | None] = {}  # model name -> the file or folder its mode was read from
+        self._modes_pending: set[str] = set()
+        bridge.failed.connect(self._engine_failed)
+        bridge.stopped.connect(self._engine_stopped)
         bridge.changed.connect(self.refresh)
         bridge.loading.connect(lambda name, plan: self.plans.__setitem__(name, plan))
         bridge.ready.connect(self._engine_ready)
@@ -125,24 +107,92 @@ class EngineControl(QObject):
     def refresh(self) -> None:
         """List the models again, keeping the selection."""
         current = self.current_model_name()
+        local = self.local_endpoints()
         self.combo.blockSignals(True)
         self.combo.clear()
-        for ep in self.local_endpoints() + self._remote_endpoints:
-            label = ep.name
-            if ep.kind == "unloaded":
-                label += " (unloaded while idle)"
-            elif ep.kind == "remote":
-                label += " (remote)"
-            self.combo.addItem(label, ep)
+        for ep in local + self._remote_endpoints:
+            self.combo.addItem(self.label(ep), ep)
+            mode = self.modes.get(ep.name)
+            self.combo.setItemData(self.combo.count() - 1, mode.reason if mode else None,
+                                   Qt.ItemDataRole.ToolTipRole)
         if not (current and self.select_model(current)) and self.combo.count():
             self.combo.setCurrentIndex(0)  # with a placeholder set, Qt selects nothing by itself
         self.combo.blockSignals(False)
         self.offer.offer(self.offered_model())
+        self._learn_modes(local)
         self.changed.emit()
 
+    def label(self, ep: Endpoint) -> str:
+        """The picker's line for a model: its name, its state, and whether it only continues text."""
+        label = ep.name
+        if ep.kind == "unloaded":
+            label += " (unloaded while idle)"
+        elif ep.kind == "remote":
+            label += " (remote)"
+        elif not self.alive(ep.name):
+            label += " (stopped)"
+        mode = self.modes.get(ep.name)
+        if mode is not None and mode.mode is Mode.COMPLETION:
+            label += COMPLETION_MARK
+        return label
+
     def update_offer(self) -> None:
-        """The offer row shows while no model is chosen and none is starting."""
-        self.offer.setVisible(self.current_endpoint() is None and not self.loading)
+        """The offer row shows while no model is chosen and none is starting; the note while the
+        chosen model only continues text."""
+        ep = self.current_endpoint()
+        self.offer.setVisible(ep is None and not self.loading)
+        mode = self.modes.get(ep.name) if ep is not None else None
+        if mode is not None and mode.mode is Mode.COMPLETION:
+            self.note.describe(ep.name)
+            self.note.show()
+        else:
+            self.note.hide()
+
+    # -- chat or completion -------------------------------------------------------------
+    def spec_of(self, ep: Endpoint) -> store.ModelSpec | None:
+        """The model files behind a local endpoint (running or idle-unloaded); None for a remote one."""
+        if ep.kind == "remote":
+            return None
+        run = self.manager.get(ep.name)
+        plan = run.plan if run else self.manager.unloaded().get(ep.name) or self.plans.get(ep.name)
+        return plan.model if plan else None
+
+    def mode(self, ep: Endpoint) -> ModeDecision:
+        """Chat or completion for this endpoint (a remote server's template is its own business: chat).
+
+        Usually known already (read off the GUI thread when the model was listed); else read now
+        (a GGUF header read, cached per file)."""
+        known = self.modes.get(ep.name)
+        if known is not None:
+            return known
+        spec = self.spec_of(ep)
+        if spec is None:
+            return ModeDecision(Mode.CHAT, "a remote server uses its own template")
+        self._learned(ep.name, spec, _decide(spec))
+        return self.modes[ep.name]
+
+    def _learned(self, name: str, spec: store.ModelSpec, decision: ModeDecision) -> None:
+        self.modes[name] = decision
+        self._mode_files[name] = spec.path
+
+    def _learn_modes(self, endpoints: list[Endpoint]) -> None:
+        """Read the mode of newly listed local models off the GUI thread, then label them."""
+        for ep in endpoints:
+            spec = self.spec_of(ep)
+            if spec is None or ep.name in self.modes or ep.name in self._modes_pending:
+                continue
+            self._modes_pending.add(ep.name)
+
+            def learned(decision: ModeDecision, name: str = ep.name, spec: store.ModelSpec = spec) -> None:
+                self._modes_pending.discard(name)
+                self._learned(name, spec, decision)
+                self.refresh()
+
+            def failed(exc: BaseException, name: str = ep.name) -> None:
+                self._modes_pending.discard(name)
+                log.warning("cannot tell whether %s has a chat template: %s", name, exc)
+
+            run_async(lambda spec=spec: _decide(spec), learned, failed, name=f"mode-{ep.name}", owner=self)
 
     def current_endpoint(self) -> Endpoint | None:
         ep = self.combo.currentData()
@@ -167,8 +217,23 @@ class EngineControl(QObject):
 
     def _engine_ready(self, name: str, run: Running) -> None:
         self.plans[name] = run.plan
+        if self._mode_files.get(name, run.plan.model.path) != run.plan.model.path:
+            self.modes.pop(name, None)  # the name now runs another file: read its mode again
         self.refresh()
         self.model_ready.emit(name)
+
+    def _engine_failed(self, name: str, exc: Exception) -> None:
+        """A model the picker listed as running failed (its engine crashed or was killed)."""
+        listed = [self.combo.itemData(i) for i in range(self.combo.count())]
+        if any(isinstance(ep, Endpoint) and ep.name == name and ep.kind == "local" for ep in listed):
+            log.info("%s stopped unexpectedly: %s", name, exc)
+            self.status.emit(f"{name} stopped unexpectedly. Your next message starts it again.")
+        self.refresh()
+
+    def _engine_stopped(self, name: str, reason: str) -> None:
+        if name == self.current_model_name() and reason != "quit":
+            self.status.emit(f"{name} was stopped.")
+        self.refresh()
 
     # -- starting engines -------------------------------------------------------------
     def launch_model(self, name: str, then: Callable[[], None] | None = None) -> None:
@@ -248,3 +313,11 @@ class EngineControl(QObject):
         self.busy.hide()
         self.changed.emit()
         self.busy_changed.emit(False)
+
+
+def _decide(spec: store.ModelSpec) -> ModeDecision:
+    """The mode from the model's files; an unreadable file is left to the engine to report (chat)."""
+    try:
+        return mode_of(spec)
+    except (GGUFError, OSError) as exc:
+        return ModeDecision(Mode.CHAT, f"its files could not be read ({exc})")

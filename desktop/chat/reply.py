@@ -1,19 +1,27 @@
 """One reply streaming into the transcript, off the GUI thread.
 
-The stream is read on a :class:`StreamThread`; its deltas are batched onto the
-transcript every ``FLUSH_MS`` (only the streaming message is rendered again) and
-saved every ``SAVE_EVERY_S``, so a crash loses at most the last second.
+The stream is read on a :class:`StreamThread`, through a
+:class:`~engines.chat.guard.ReplyWatch`: template tokens never reach the
+transcript (nor the saved conversation), and a reply that loops is stopped there
+and then. Its deltas are batched onto the transcript every ``FLUSH_MS`` (only the
+streaming message is rendered again) and saved every ``SAVE_EVERY_S``, so a crash
+loses at most the last second. A model without a chat template gets the
+conversation as one text to continue (completion mode).
 """
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
 from engines.chat import conversations
 from engines.chat.client import ChatStream, Delta, Finished
+from engines.chat.completion_mode import completion_request
 from engines.chat.endpoint import Endpoint
+from engines.chat.guard import Repetition, ReplyWatch
+from engines.chat.stop_reason import StopReason
 
 from .transcript import ChatMessage, Transcript
 
@@ -23,26 +31,53 @@ FLUSH_MS = 40          # how often streamed text reaches the view
 SAVE_EVERY_S = 1.0     # how often a streaming reply is saved
 
 
+@dataclass(frozen=True)
+class ReplyEnd:
+    """How a reply ended: the stream's own ending, the reason people read, what looped (if it did)."""
+
+    finished: Finished
+    reason: StopReason
+    repetition: Repetition | None = None
+
+    def sentence(self) -> str:
+        return self.reason.sentence(self.finished.max_tokens)
+
+
 class StreamThread(QThread):
-    """Iterates one :class:`ChatStream` off the GUI thread; every event becomes a typed signal."""
+    """Iterates one :class:`ChatStream` off the GUI thread through a :class:`ReplyWatch`.
+
+    Only the text people may see is emitted; when the watch notices a loop the
+    stream is cancelled here, so the loop ends within one chunk.
+    """
 
     delta = Signal(str, bool)      # text, is reasoning
-    ended = Signal(object)         # client.Finished
+    ended = Signal(object)         # ReplyEnd
     failed = Signal(object)        # exception (EngineHTTPError, StreamBroken, ...)
 
     def __init__(self, stream: ChatStream, parent: QObject | None = None):
         super().__init__(parent)
         self.stream = stream
+        self.watch = ReplyWatch()
 
     def run(self) -> None:
         try:
             for item in self.stream:
                 if isinstance(item, Delta):
-                    self.delta.emit(item.text, item.reasoning)
+                    self._show(self.watch.feed(item))
+                    if self.watch.repeating and not self.stream.cancelled:
+                        self.stream.cancel()
                 elif isinstance(item, Finished):
-                    self.ended.emit(item)
+                    for shown in self.watch.flush():
+                        self._show(shown)
+                    self.ended.emit(ReplyEnd(item, self.watch.reason(item), self.watch.repeating))
         except Exception as exc:  # reaches the window, which diagnoses it
+            for shown in self.watch.flush():
+                self._show(shown)
             self.failed.emit(exc)
+
+    def _show(self, shown: Delta | None) -> None:
+        if shown is not None:
+            self.delta.emit(shown.text, shown.reasoning)
 
     def cancel(self) -> None:
         self.stream.cancel()
@@ -55,7 +90,7 @@ class ReplyStream(QObject):
     and on :attr:`ended` or :attr:`failed` calls :meth:`end` before it saves the outcome.
     """
 
-    ended = Signal(object)     # client.Finished
+    ended = Signal(object)     # ReplyEnd
     failed = Signal(object)    # exception
 
     def __init__(self, transcript: Transcript, store: conversations.Store, parent: QObject | None = None):
@@ -63,6 +98,8 @@ class ReplyStream(QObject):
         self.transcript = transcript
         self.store = store
         self.endpoint: Endpoint | None = None   # the last reply's (kept after it ends)
+        self.completion = False                 # whether the last reply continued text (no chat template)
+        self.raw_text = ""                      # the last reply as the engine wrote it (logs, tests)
         self._thread: StreamThread | None = None
         self._pending: list[str] = []
         self._last_save = 0.0
@@ -73,11 +110,16 @@ class ReplyStream(QObject):
     def active(self) -> bool:
         return self._thread is not None
 
-    def start(self, ep: Endpoint, messages: list[dict], max_tokens: int | None) -> None:
-        """Ask ``ep`` to answer ``messages``; the text goes to the transcript's last message."""
-        stream = ChatStream(ep.base_url, messages, ep.api_key, ep.model_id, max_tokens=max_tokens)
+    def start(self, ep: Endpoint, messages: list[dict], max_tokens: int | None, completion: bool = False) -> None:
+        """Ask ``ep`` to answer ``messages``; the text goes to the transcript's last message.
+
+        ``completion``: the model has no chat template; it continues the conversation as one text.
+        """
+        request = completion_request(messages) if completion else None
+        stream = ChatStream(ep.base_url, messages, ep.api_key, ep.model_id, max_tokens=max_tokens,
+                            completion=request)
         self._thread = StreamThread(stream, self)
-        self.endpoint = ep
+        self.endpoint, self.completion = ep, completion
         self._thread.delta.connect(self._on_delta)
         self._thread.ended.connect(self.ended)
         self._thread.failed.connect(self.failed)
@@ -106,6 +148,7 @@ class ReplyStream(QObject):
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.wait(5000)
+            self.raw_text = thread.stream.text
             thread.deleteLater()
         messages = self.transcript.messages
         msg = messages[-1] if messages and messages[-1].role == "assistant" else None

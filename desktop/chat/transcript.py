@@ -86,7 +86,22 @@ class Transcript(QTextBrowser):
         self.document().setUndoRedoEnabled(False)  # edited on every flush: an undo stack would only grow
         self._messages: list[ChatMessage] = []
         self._spans: list[_Span] = []
+        self._follow = True       # keep the view at the end: true until the reader scrolls up
+        self._moving = False      # the view is being moved by us, not by the reader
+        bar = self.verticalScrollBar()
+        bar.valueChanged.connect(self._scrolled)
+        bar.rangeChanged.connect(self._range_changed)
         self.setHtml(PLACEHOLDER)
+
+    @property
+    def following(self) -> bool:
+        """Whether the view stays at the end as text comes (the reader has not scrolled up)."""
+        return self._follow
+
+    def follow(self) -> None:
+        """Go to the end and stay there as text comes (the user sent or resent a message)."""
+        self._follow = True
+        self._to_end()
 
     @property
     def messages(self) -> list[ChatMessage]:
@@ -95,24 +110,25 @@ class Transcript(QTextBrowser):
         return self._messages
 
     def show_messages(self, messages: Sequence[ChatMessage]) -> None:
-        """Show another conversation (or none: a hint to start one)."""
-        with self._following_the_end():
+        """Show another conversation (or none: a hint to start one), at its end."""
+        with self._moving_it():
             self._messages, self._spans = [], []
             if not messages:
                 self.setHtml(PLACEHOLDER)
             for m in messages:
                 self._add(m)
+        self.follow()
 
     def append(self, message: ChatMessage) -> None:
         """Add a message at the end; the messages before it are not touched."""
-        with self._following_the_end():
+        with self._moving_it():
             self._add(message)
 
     def refresh_last(self) -> None:
         """Render the last message again (its text grew, or it stopped streaming)."""
         if not self._messages:
             return
-        with self._following_the_end():
+        with self._moving_it():
             cursor = self._cursor_to_end_from(self._spans[-1].text)
             cursor.removeSelectedText()
             self._render(cursor, self._messages[-1])
@@ -121,7 +137,7 @@ class Transcript(QTextBrowser):
         """Remove the last message (a reply being regenerated, or one that failed before any text)."""
         if not self._messages:
             return None
-        with self._following_the_end():
+        with self._moving_it():
             message, span = self._messages.pop(), self._spans.pop()
             if self._messages:
                 self._cursor_to_end_from(span.start).removeSelectedText()
@@ -159,11 +175,35 @@ class Transcript(QTextBrowser):
         cursor.insertFragment(QTextDocumentFragment(parsed))
         shade_code_blocks(self.document(), code_shade(self.palette()), start, cursor.position())
 
+    # -- following the end ------------------------------------------------------------
+    # The view follows a streaming reply while the reader is at the end. Whether they are
+    # is a state, changed only by the reader's own scrolling: measuring it at each change
+    # failed whenever the range grew without a change of ours (the document's lazy layout
+    # finishing later, a busy row or banner shrinking the view during an engine restart),
+    # and the reply then streamed out of view.
     @contextmanager
-    def _following_the_end(self) -> Iterator[None]:
-        """Stay at the bottom if the view was there; a reader scrolled up stays where they are."""
+    def _moving_it(self) -> Iterator[None]:
+        """Our own edits: the scroll moves they cause are not the reader's."""
+        self._moving = True
+        try:
+            yield
+        finally:
+            self._moving = False
+        if self._follow:
+            self._to_end()
+
+    def _to_end(self) -> None:
         bar = self.verticalScrollBar()
-        at_end = bar.value() >= bar.maximum() - 4
-        yield
-        if at_end:
+        self._moving = True
+        try:
             bar.setValue(bar.maximum())
+        finally:
+            self._moving = False
+
+    def _scrolled(self, value: int) -> None:
+        if not self._moving:
+            self._follow = value >= self.verticalScrollBar().maximum() - 4
+
+    def _range_changed(self, _minimum: int, _maximum: int) -> None:
+        if self._follow:
+            self._to_end()

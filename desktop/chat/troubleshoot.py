@@ -2,7 +2,9 @@
 
 A failed start or reply opens the guided :class:`DiagnosisDialog` (or, when the
 failure is not recognised, a message with the engine's log); a reply that finished
-but was cut short gets a banner above the transcript with a "How to fix…".
+but was cut short gets a banner above the transcript with a "How to fix…". The
+status line says what failed in one sentence (:func:`failure_sentence`, the
+diagnosis title); the engine's raw words are only under Details.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from PySide6.QtWidgets import QMessageBox, QWidget
 
 from engines import paths
 from engines.chat.client import Finished
+from engines.chat.stop_reason import from_error
 from engines.diagnosis import diagnose
 from engines.running.launch import LaunchPlan
 from engines.running.manager import EngineManager
@@ -56,20 +59,26 @@ class Troubleshooter(QObject):
         self.banner = FinishBanner()
         self.banner.action_clicked.connect(self._open_finish_diagnosis)
 
-    def show_failure(self, exc: BaseException, name: str | None = None) -> QWidget:
-        """The guided diagnosis dialog if the failure is recognised, else a message with the log."""
+    def diagnose(self, exc: BaseException, name: str | None = None) -> diagnose.Diagnosis | None:
+        """The diagnosis of a failure of ``name`` (None when it is not recognised); remembers the plan
+        a fix would change."""
         run = self.manager.get(name) if name else None
         plan = run.plan if run else self.plans.get(name) if name else None
-        proc = run.proc if run else None
         self.failed_plan = plan
-        diagnosis = None
         try:
-            diagnosis = diagnose.diagnose_exception(exc, proc=proc, plan=plan)
+            return diagnose.diagnose_exception(exc, proc=run.proc if run else None, plan=plan)
         except Exception:  # a bug in the diagnosis must not hide the failure itself
             log.exception("diagnosis failed for %r", exc)
+            return None
+
+    def show_failure(self, exc: BaseException, name: str | None = None,
+                     diagnosis: diagnose.Diagnosis | None = None) -> QWidget:
+        """The guided diagnosis dialog if the failure is recognised, else a message with the log."""
+        diagnosis = diagnosis or self.diagnose(exc, name)
         if diagnosis is not None:
             return self._open_dialog(diagnosis)
-        return self._message_box(exc, proc)
+        run = self.manager.get(name) if name else None
+        return self._message_box(exc, run.proc if run else None)
 
     def check_finish(self, fin: Finished, plan: LaunchPlan | None) -> None:
         """Show the banner if a finished reply was cut short (or otherwise flagged)."""
@@ -119,3 +128,14 @@ class Troubleshooter(QObject):
     def _open_finish_diagnosis(self) -> None:
         if self._finish_diagnosis is not None:
             self._open_dialog(self._finish_diagnosis)
+
+
+def failure_sentence(exc: BaseException, diagnosis: diagnose.Diagnosis | None, starting: str | None = None) -> str:
+    """The status line for a failure: the diagnosis title, never the engine's raw text.
+
+    ``starting``: the model whose start failed (a reply failure otherwise)."""
+    if diagnosis is not None and diagnosis.title:
+        return diagnosis.title.rstrip(".")
+    if starting:
+        return f"{starting} could not be started"
+    return from_error(exc).sentence()
