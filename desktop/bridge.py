@@ -9,12 +9,13 @@ its result back on the GUI thread, so the GUI thread never waits on the core.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
 from typing import Callable
 
-from PySide6.QtCore import QObject, Qt, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
 
 from engines.models.downloads import DownloadManager, Job
 from engines.running.launch import LaunchPlan
@@ -202,3 +203,39 @@ def wait_for_calls(timeout: float) -> bool:
         if time.monotonic() >= deadline:
             with Call._workers_lock:
                 return not Call._workers
+
+
+class GuiThreadCollector(QObject):
+    """Python's cycle collector, run on the GUI thread only.
+
+    Left to itself, the collector runs in whichever thread happens to allocate (a worker
+    reading a model header, say) and may destroy Qt objects caught in a reference cycle
+    there, off the thread that owns them: a crash (seen in the desktop suite as a
+    segfault inside a run_async worker). Automatic collection is turned off and this
+    timer collects on the GUI thread, by the same generation thresholds Python uses.
+    """
+
+    def __init__(self, parent: QObject | None = None, interval_ms: int = 500):
+        super().__init__(parent)
+        self._timer = QTimer(self, interval=interval_ms)
+        self._timer.timeout.connect(self.collect)
+
+    def start(self) -> "GuiThreadCollector":
+        gc.disable()
+        self._timer.start()
+        return self
+
+    def stop(self) -> None:
+        self._timer.stop()
+        gc.enable()
+
+    @Slot()
+    def collect(self) -> None:
+        """Collect the generations whose allocation count passed Python's threshold."""
+        counts, thresholds = gc.get_count(), gc.get_threshold()
+        generation = -1
+        for gen in range(3):
+            if counts[gen] > thresholds[gen]:
+                generation = gen
+        if generation >= 0:
+            gc.collect(generation)

@@ -2,6 +2,7 @@
 and where the suite writes its screenshots (EMBER_SCREENSHOTS, default screenshots/)."""
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,16 @@ def store(tmp_path):
     s = Store(tmp_path / "chats.sqlite3")
     yield s
     s.close()
+
+
+@pytest.fixture(autouse=True)
+def _collect_on_gui_thread(qapp):
+    """As in the app: reference cycles holding Qt objects are collected on the GUI thread only."""
+    from desktop.bridge import GuiThreadCollector
+    collector = GuiThreadCollector().start()
+    yield
+    collector.stop()
+    gc.collect()  # here, on the GUI thread, not later in some worker
 
 
 @pytest.fixture(autouse=True)
