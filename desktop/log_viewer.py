@@ -41,6 +41,15 @@ class LogViewer(QDialog):
         self.timer.start()
         self.poll()
 
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        """Opened at the end of the log: the newest lines are what the user came for."""
+        super().showEvent(event)
+        QTimer.singleShot(0, self.scroll_to_end)
+
+    def scroll_to_end(self) -> None:
+        bar = self.text.verticalScrollBar()
+        bar.setValue(bar.maximum())
+
     def poll(self) -> None:
         """Append what was written since the last poll (a log that shrank is re-read)."""
         try:
