@@ -286,16 +286,20 @@ class EmberApp(QObject):
         Safe to call again (a second Quit or SIGTERM while engines stop): it only leaves the loop."""
         if not self._quitting:
             self._quitting = True
+            began = time.monotonic()
             log.info("quit: stopping %d engine(s)", len(self.manager.running()))
             self.quitting.emit()
             if self.tray is not None:
                 self.tray.hide()
             for window in self.qapp.topLevelWidgets():
                 window.hide()
+            self.manager.stop_all()  # first: a reply streaming from a stopped engine ends at once
+            stopped = time.monotonic()
             if self.chat is not None:
                 self.chat.keep_in_tray = False
                 self.chat.shutdown()
-            self.manager.stop_all()
+            log.info("quit: engines stopped in %.2f s, then the reply thread in %.2f s", stopped - began,
+                     time.monotonic() - stopped)
         if QThread.currentThread().loopLevel() > 0:  # before exec() there is no loop to leave
             self.qapp.exit(0)
 

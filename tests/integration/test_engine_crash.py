@@ -96,3 +96,35 @@ def test_stop_all_stops_engines_together_and_reports_no_crash(manager):
     assert sorted(e.name for e in events if isinstance(e, EngineStopped)) == ["starter", "starter-two"]
     assert [type(e) for e in events].count(EngineReady) == 2
     print(f"\nstop_all of 2 engines: {took:.2f} s")
+
+
+def test_stopping_an_engine_in_the_middle_of_a_reply_is_prompt(manager):
+    """Quit while the starter answers: the engine ends on SIGTERM at once, not after the grace period
+    and a SIGKILL (llama.cpp's server object waited for a generation that the client had given up)."""
+    from engines.chat import client
+    run = manager.launch(launch.plan("starter", overrides={"n_ctx": 2048}))
+    stream = client.ChatStream(run.proc.base_url, [{"role": "user", "content": "Count from one to a thousand."}],
+                               run.proc.api_key, max_tokens=1000)
+    first = threading.Event()
+    ended: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            for _ in stream:
+                first.set()
+        except Exception as exc:
+            ended.append(exc)
+        else:
+            ended.append(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert first.wait(60), "no reply started"
+    started = time.monotonic()
+    result = manager.stop("starter")
+    took = time.monotonic() - started
+    reader.join(10)
+    assert result == supervisor.Stop.OK, f"{result.value} after {took:.1f} s"
+    assert took < 2.0
+    assert ended and ended[0] is not None  # the reply was cut, as the user asked by quitting
+    print(f"\nstop during a reply: {took:.2f} s")
