@@ -2,7 +2,11 @@
 
 Start-up stays light so the tray icon shows fast: no hardware detection, no
 model reads and no heavy imports before the icon is up; the chat window is
-built when first needed. Quit stops every engine this app started.
+built when first needed. Quit (tray menu, Ctrl+Q, SIGTERM, SIGINT) stops every
+engine this app started and ends the process whatever windows are open: it
+leaves the event loop with ``exit(0)``, not ``quit()``, because Qt's quit asks
+every window to close and gives up when one refuses (the chat window hides to
+the tray instead of closing), which left a ghost process with a window up.
 """
 from __future__ import annotations
 
@@ -13,8 +17,7 @@ import signal
 import sys
 import time
 
-from PySide6.QtCore import QObject, QTimer, QUrl, Signal
-from PySide6.QtGui import QDesktopServices
+from PySide6.QtCore import QObject, QThread, QTimer, Signal
 from PySide6.QtNetwork import QLocalServer, QLocalSocket
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
 
@@ -22,10 +25,12 @@ from engines import autostart
 from engines import paths
 from engines import settings
 from engines.running.manager import EngineManager
+from engines.running.supervisor import EngineExited
 from engines.version import version
 
 from . import icons
 from .bridge import ManagerBridge, run_async
+from .folder import FolderDialog, open_folder
 from .tray import Tray
 
 log = logging.getLogger(__name__)
@@ -79,6 +84,13 @@ class SingleInstance(QObject):
             ipc_log.warning("cannot listen on %s: %s", self.name, self.server.errorString())
         return ok
 
+    def close(self) -> None:
+        """Stop answering (quitting): a start from now on is a fresh app, never a hand-over to us."""
+        if self.server.isListening():
+            self.server.close()
+            QLocalServer.removeServer(self.name)
+            ipc_log.info("no longer answering later starts")
+
     def _connection(self) -> None:
         while self.server.hasPendingConnections():
             sock = self.server.nextPendingConnection()
@@ -97,6 +109,8 @@ class SingleInstance(QObject):
 class EmberApp(QObject):
     """Wires the tray, the chat window and the engine manager together."""
 
+    quitting = Signal()  # Quit began: windows are gone, engines are being stopped
+
     def __init__(self, qapp: QApplication, use_tray: bool | None = None, started_at: float | None = None):
         super().__init__()
         self.qapp = qapp
@@ -106,6 +120,7 @@ class EmberApp(QObject):
         self.bridge = ManagerBridge(self.manager, self)
         self.chat = None
         self.models_window = None
+        self._folder_dialog: FolderDialog | None = None
         self._quitting = False
         if use_tray is None:
             use_tray = os.environ.get("EMBER_NO_TRAY") != "1" and QSystemTrayIcon.isSystemTrayAvailable()
@@ -136,6 +151,7 @@ class EmberApp(QObject):
         t.about_requested.connect(self.show_about)
         t.quit_requested.connect(self.quit)
         t.stop_requested.connect(self.stop_model)
+        t.restart_requested.connect(self.restart_model)
         t.autostart_toggled.connect(self.set_autostart)
         self.bridge.changed.connect(t.refresh)
         self.bridge.ready.connect(lambda *_: t.set_error(None))
@@ -166,9 +182,25 @@ class EmberApp(QObject):
             from .models_window import ModelsWindow
             self.models_window = ModelsWindow(self.manager, bridge=self.bridge)
             self.models_window.launch_requested.connect(self.launch_plan)
+            self.connect_models_window(self.models_window)
         self.models_window.show()
         self.models_window.raise_()
         self.models_window.activateWindow()
+
+    #: the models window's signal a download's progress comes through: (name, fraction 0..1, -1.0 = ended)
+    DOWNLOAD_PROGRESS = "download_progress(QString,double)"
+
+    def connect_models_window(self, window: QObject) -> bool:
+        """Show the models window's downloads on the tray icon; False when ``window`` has no such signal
+        (the models window gains it with its download panel), so opening it never fails for that."""
+        if self.tray is None:
+            return False
+        if window.metaObject().indexOfSignal(self.DOWNLOAD_PROGRESS) < 0:
+            log.info("%s has no %s signal: downloads not shown on the tray", type(window).__name__,
+                     self.DOWNLOAD_PROGRESS)
+            return False
+        window.download_progress.connect(self.tray.show_download)
+        return True
 
     def launch_plan(self, plan) -> None:
         """A launch asked for by the models window: start it off the GUI thread, then open the chat."""
@@ -197,13 +229,17 @@ class EmberApp(QObject):
         if self.tray is not None:
             self.tray.set_autostart(on)
 
-    def show_logs(self) -> None:
-        QDesktopServices.openUrl(QUrl.fromLocalFile(str(paths.log_dir())))
+    def show_logs(self) -> FolderDialog | None:
+        """The log folder in the file manager; without one, its path with a Copy button."""
+        self._folder_dialog = open_folder(paths.log_dir(), "Log folder")
+        return self._folder_dialog
 
     def show_model_log(self, name: str) -> None:
         run = self.manager.get(name)
-        if run is not None:
-            self.chat_window().show_log(run.proc.log_path)
+        crash = self.manager.crashed().get(name)
+        path = run.proc.log_path if run is not None else crash.log_path if crash is not None else None
+        if path:
+            self.chat_window().show_log(path)
 
     def show_about(self) -> None:
         box = QMessageBox(QMessageBox.Icon.NoIcon, "About Ember",
@@ -217,11 +253,19 @@ class EmberApp(QObject):
     def stop_model(self, name: str) -> None:
         run_async(lambda: self.manager.stop(name), name=f"stop-{name}")
 
+    def restart_model(self, name: str) -> None:
+        """Start a crashed engine again with the plan it had."""
+        crash = self.manager.crashed().get(name)
+        if crash is not None:
+            self.launch_plan(crash.plan)
+
     def check_idle(self) -> None:
         if self.manager.idle_timeout is not None and self.manager.running():
             run_async(self.manager.unload_idle, name="idle-unload")
 
     def _engine_failed(self, name: str, exc: Exception) -> None:
+        if isinstance(exc, EngineExited):
+            return  # a crash: the tray reads it from manager.crashed(), until relaunched or dismissed
         if self.tray is not None:
             message = getattr(exc, "message", None) or str(exc)
             self.tray.set_error(f"{name} failed: {message.splitlines()[0] if message else ''}")
@@ -234,16 +278,27 @@ class EmberApp(QObject):
 
     # -- quit -------------------------------------------------------------------------
     def quit(self) -> None:
-        if self._quitting:
-            return
-        self._quitting = True
-        log.info("quit: stopping %d engine(s)", len(self.manager.running()))
-        if self.chat is not None:
-            self.chat.shutdown()
-        self.manager.stop_all()
-        if self.tray is not None:
-            self.tray.hide()
-        self.qapp.quit()
+        """Hide every window, stop every engine, leave the event loop with status 0.
+
+        Safe to call again (a second Quit or SIGTERM while engines stop): it only leaves the loop."""
+        if not self._quitting:
+            self._quitting = True
+            began = time.monotonic()
+            log.info("quit: stopping %d engine(s)", len(self.manager.running()))
+            self.quitting.emit()
+            if self.tray is not None:
+                self.tray.hide()
+            for window in self.qapp.topLevelWidgets():
+                window.hide()
+            self.manager.stop_all()  # first: a reply streaming from a stopped engine ends at once
+            stopped = time.monotonic()
+            if self.chat is not None:
+                self.chat.keep_in_tray = False
+                self.chat.shutdown()
+            log.info("quit: engines stopped in %.2f s, then the reply thread in %.2f s", stopped - began,
+                     time.monotonic() - stopped)
+        if QThread.currentThread().loopLevel() > 0:  # before exec() there is no loop to leave
+            self.qapp.exit(0)
 
     def _about_to_quit(self) -> None:
         if self.chat is not None:
@@ -285,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     instance.listen()
     app = EmberApp(qapp, started_at=started)
     instance.show_requested.connect(app.show_chat)
+    app.quitting.connect(instance.close)
     # Ctrl-C / SIGTERM quit cleanly (engines stopped); a timer lets Python see the signal.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: QTimer.singleShot(0, app.quit))

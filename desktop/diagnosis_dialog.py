@@ -7,22 +7,30 @@ whole :class:`Fix` and, when the fix relaunches (parameter changes or the
 "relaunch" action), :attr:`fix_chosen` with its changes; then the dialog accepts.
 Other actions (new_conversation, choose_model, redownload, install,
 edit_endpoint, retry...) are for the caller to handle from ``fix_action``.
+
+The dialog is modal to its window, so "Show log" opens the log viewer itself, as
+the dialog's own child window: a viewer owned by the blocked window could not be
+scrolled or closed. A viewer still open when the dialog closes stays open.
+"Details" shows the last log lines and grows the dialog to fit them.
 """
 from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import QMetaMethod, Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QFont
-from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
-                               QSizePolicy, QVBoxLayout, QWidget)
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFont
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFrame, QHBoxLayout, QLabel, QPlainTextEdit,
+                               QPushButton, QSizePolicy, QVBoxLayout, QWidget)
 
 from engines import units
 from engines.diagnosis.types import Diagnosis, Fix
 
+from .log_viewer import LogViewer
 from .widgets import ACCENT, ACCENT_TEXT
 
 log = logging.getLogger(__name__)
+
+DETAIL_LINES = 12  # log lines under "Details"
 
 PRIMARY_STYLE = (f"QPushButton {{ background: {ACCENT}; color: {ACCENT_TEXT}; border: 1px solid {ACCENT}; "
                  "border-radius: 4px; padding: 5px 14px; font-weight: 600; }"
@@ -52,7 +60,7 @@ class DiagnosisDialog(QDialog):
 
     fix_chosen = Signal(dict)
     fix_action = Signal(Fix)             # the Fix itself (for actions without changes)
-    show_log_requested = Signal(str)     # the engine log's path
+    log_shown = Signal(LogViewer)        # "Show log" opened this viewer (the dialog's child while it is open)
 
     def __init__(self, diagnosis: Diagnosis, parent: QWidget | None = None):
         super().__init__(parent)
@@ -63,6 +71,7 @@ class DiagnosisDialog(QDialog):
         self.setMinimumWidth(580)
         layout = QVBoxLayout(self)
         layout.setSpacing(10)
+        self.viewers: list[LogViewer] = []
 
         self.title_label = QLabel(diagnosis.title)
         font = QFont(self.title_label.font())
@@ -101,25 +110,15 @@ class DiagnosisDialog(QDialog):
         for i, fix in enumerate(diagnosis.fixes):
             layout.addWidget(self._fix_row(fix, primary=(i == 0)))
 
-        self.log_view: QPlainTextEdit | None = None
-        if diagnosis.log_tail:
-            self.log_view = QPlainTextEdit("\n".join(diagnosis.log_tail[-12:]))
-            self.log_view.setReadOnly(True)
-            self.log_view.setLineWrapMode(QPlainTextEdit.NoWrap)
-            mono = QFont("monospace")
-            mono.setStyleHint(QFont.Monospace)
-            mono.setPointSizeF(max(7.0, self.font().pointSizeF() * 0.85))
-            self.log_view.setFont(mono)
-            self.log_view.setMaximumHeight(120)
-            self.log_view.setVisible(False)
-            self.log_view.setAccessibleName("Last lines of the engine log")
+        self.log_view: QPlainTextEdit | None = self._details_pane(diagnosis.log_tail) if diagnosis.log_tail else None
+        if self.log_view is not None:
             layout.addWidget(self.log_view)
 
         buttons = QDialogButtonBox()
         self.details_button = buttons.addButton("Details", QDialogButtonBox.ActionRole)
         self.details_button.setCheckable(True)
         self.details_button.setVisible(self.log_view is not None)
-        self.details_button.toggled.connect(lambda on: self.log_view and self.log_view.setVisible(on))
+        self.details_button.toggled.connect(self.show_details)
         self.log_button = buttons.addButton("Show log", QDialogButtonBox.ActionRole)
         self.log_button.setEnabled(bool(diagnosis.log_path))
         self.log_button.clicked.connect(self._show_log)
@@ -129,6 +128,52 @@ class DiagnosisDialog(QDialog):
         if self.fix_buttons:
             self.fix_buttons[0].setDefault(True)
             self.fix_buttons[0].setFocus()
+
+    def _details_pane(self, tail: list[str]) -> QPlainTextEdit:
+        """The last log lines, all of them visible without scrolling up (hidden until "Details")."""
+        lines = tail[-DETAIL_LINES:]
+        view = QPlainTextEdit("\n".join(lines))
+        view.setReadOnly(True)
+        view.setLineWrapMode(QPlainTextEdit.NoWrap)
+        mono = QFont("monospace")
+        mono.setStyleHint(QFont.Monospace)
+        mono.setPointSizeF(max(7.0, self.font().pointSizeF() * 0.85))
+        view.setFont(mono)
+        rows = max(len(lines), 4)
+        margins = 2 * (view.frameWidth() + int(view.document().documentMargin())) + 4
+        scrollbar = view.horizontalScrollBar().sizeHint().height()
+        view.setMinimumHeight(rows * view.fontMetrics().lineSpacing() + margins + scrollbar)
+        view.setVisible(False)
+        view.setAccessibleName("Last lines of the engine log")
+        return view
+
+    def show_details(self, on: bool) -> None:
+        """Show or hide the log lines; the dialog grows to fit them and shrinks back after."""
+        if self.log_view is None:
+            return
+        self.log_view.setVisible(on)
+        self.fit_height(shrink=not on)
+
+    def fit_height(self, shrink: bool = False) -> None:
+        """At least as tall as the wrapped text needs at the current width (Qt does not do this for a
+        window's word-wrapped labels by itself: they were clipped); ``shrink`` to exactly that."""
+        layout = self.layout()
+        layout.activate()
+        need = layout.totalMinimumSize().height()
+        if layout.hasHeightForWidth():
+            need = max(need, layout.totalHeightForWidth(self.width()))
+        self.setMinimumHeight(need)
+        if shrink or self.height() < need:
+            self.resize(self.width(), need)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        self.fit_height()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        if event.size().width() != event.oldSize().width():
+            self.fit_height()  # narrower: the notes wrap onto more lines
 
     def _fix_row(self, fix: Fix, primary: bool) -> QWidget:
         row = QWidget()
@@ -150,7 +195,9 @@ class DiagnosisDialog(QDialog):
         h.addWidget(button, 0, Qt.AlignTop)
         note = QLabel(details)
         note.setWordWrap(True)
-        note.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        policy = QSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        policy.setHeightForWidth(True)  # without it the row never grows for a note that wraps: it was clipped
+        note.setSizePolicy(policy)
         h.addWidget(note, 1)
         self.fix_buttons.append(button)
         return row
@@ -170,11 +217,28 @@ class DiagnosisDialog(QDialog):
             self.fix_chosen.emit(dict(fix.changes))
         self.accept()
 
-    def _show_log(self) -> None:
+    def _show_log(self) -> LogViewer | None:
+        """Open the engine log in a viewer owned by this dialog (so the dialog's modality never blocks it)."""
         path = self.diagnosis.log_path
         if not path:
-            return
-        if self.isSignalConnected(QMetaMethod.fromSignal(self.show_log_requested)):
-            self.show_log_requested.emit(path)
-        else:
-            QDesktopServices.openUrl(QUrl.fromLocalFile(path))
+            return None
+        viewer = LogViewer(path, self)
+        viewer.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        viewer.destroyed.connect(lambda _=None, v=viewer: self.viewers.remove(v) if v in self.viewers else None)
+        self.viewers.append(viewer)
+        viewer.show()
+        viewer.raise_()
+        viewer.activateWindow()
+        self.log_shown.emit(viewer)
+        return viewer
+
+    def done(self, result: int) -> None:  # noqa: N802 - Qt API
+        """Close; a log viewer still open moves to the dialog's own parent window and stays open."""
+        for viewer in list(self.viewers):
+            if viewer.isVisible():
+                geometry = viewer.geometry()
+                viewer.setParent(self.parentWidget(), viewer.windowFlags())
+                viewer.setGeometry(geometry)
+                viewer.show()
+        self.viewers.clear()
+        super().done(result)

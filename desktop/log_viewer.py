@@ -4,9 +4,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QTimer, QUrl
-from PySide6.QtGui import QDesktopServices, QFontDatabase, QTextCursor
+from PySide6.QtCore import QTimer
+from PySide6.QtGui import QFontDatabase, QTextCursor
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
+
+from .folder import FolderDialog, open_folder
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +33,28 @@ class LogViewer(QDialog):
         self.text.setAccessibleName("Engine log")
         layout.addWidget(self.text)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
-        open_folder = QPushButton("Open folder")
-        open_folder.clicked.connect(lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.path.parent))))
-        buttons.addButton(open_folder, QDialogButtonBox.ButtonRole.ActionRole)
+        self.folder_button = QPushButton("Open folder")
+        self.folder_button.clicked.connect(self.open_folder)
+        buttons.addButton(self.folder_button, QDialogButtonBox.ButtonRole.ActionRole)
         buttons.rejected.connect(self.close)
         layout.addWidget(buttons)
         self.timer = QTimer(self, interval=poll_ms)
         self.timer.timeout.connect(self.poll)
         self.timer.start()
         self.poll()
+
+    def open_folder(self) -> FolderDialog | None:
+        """The log's folder in the file manager, or its path to copy where there is none."""
+        return open_folder(self.path.parent, "Log folder", self)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        """Opened at the end of the log: the newest lines are what the user came for."""
+        super().showEvent(event)
+        QTimer.singleShot(0, self.scroll_to_end)
+
+    def scroll_to_end(self) -> None:
+        bar = self.text.verticalScrollBar()
+        bar.setValue(bar.maximum())
 
     def poll(self) -> None:
         """Append what was written since the last poll (a log that shrank is re-read)."""

@@ -4,7 +4,10 @@ Qt-free and thread-safe: the desktop calls :meth:`EngineManager.launch` from a
 worker thread and learns about changes through the listener callbacks (the
 desktop's bridge turns them into Qt signals). Idle unload lives here too: a
 model unused for ``idle_timeout`` seconds is stopped and remembered, and
-:meth:`ensure_running` relaunches it with the same plan when needed.
+:meth:`ensure_running` relaunches it with the same plan when needed. An engine
+that dies by itself (crash, out-of-memory killer, ``kill -9``) is noticed at
+once by its watcher thread: it leaves :meth:`running`, is kept in
+:meth:`crashed` with its plan, and listeners get :class:`EngineCrashed`.
 """
 from __future__ import annotations
 
@@ -56,6 +59,15 @@ class EngineFailed(EngineEvent):
 
 
 @dataclass(frozen=True)
+class EngineCrashed(EngineFailed):
+    """A ready engine's process ended by itself; ``error`` is a :class:`supervisor.EngineExited`
+    (its ``reason`` is "was killed by SIGKILL", "exited with status 1"...)."""
+
+    plan: launch.LaunchPlan  # kept: ensure_running relaunches with it
+    log_path: str = ""
+
+
+@dataclass(frozen=True)
 class EngineStopped(EngineEvent):
     reason: str  # "stopped", "quit"
 
@@ -74,6 +86,7 @@ class EngineManager:
         self._running: dict[str, Running] = {}
         self._unloaded: dict[str, launch.LaunchPlan] = {}
         self._loading: dict[str, threading.Event] = {}
+        self._crashed: dict[str, EngineCrashed] = {}
         self._lock = threading.RLock()
         self._listeners: list[Listener] = []
 
@@ -110,6 +123,11 @@ class EngineManager:
         with self._lock:
             return dict(self._unloaded)
 
+    def crashed(self) -> dict[str, EngineCrashed]:
+        """Models whose engine died by itself since their last launch or stop, with why."""
+        with self._lock:
+            return dict(self._crashed)
+
     def loading(self) -> list[str]:
         """Names of the models being started right now."""
         with self._lock:
@@ -134,6 +152,7 @@ class EngineManager:
         with self._lock:
             old = self._running.pop(name, None)
             self._unloaded.pop(name, None)
+            self._crashed.pop(name, None)
             self._loading[name] = cancel
         if old:
             old.proc.stop()
@@ -150,7 +169,20 @@ class EngineManager:
             self._loading.pop(name, None)
             self._running[name] = run
         self._emit(EngineReady(name, run))
+        proc.watch(lambda exited: self._exited(run, exited))
         return run
+
+    def _exited(self, run: Running, exited: supervisor.EngineExited) -> None:
+        """The watcher thread: ``run``'s engine ended by itself. Forget it, remember why, tell listeners."""
+        name = run.plan.model.name
+        event = EngineCrashed(name, exited, run.plan, str(run.proc.log_path))
+        with self._lock:
+            if self._running.get(name) is not run:
+                return  # already stopped, unloaded or replaced
+            self._running.pop(name)
+            self._crashed[name] = event
+        run.proc.stop()  # nothing to stop any more: closes our end of its log
+        self._emit(event)
 
     def cancel_loading(self, name: str) -> None:
         with self._lock:
@@ -162,17 +194,28 @@ class EngineManager:
         with self._lock:
             run = self._running.pop(name, None)
             self._unloaded.pop(name, None)
+            crash = self._crashed.pop(name, None)
         if run is None:
+            if crash is not None:  # the user dismissed a crashed engine: windows forget it too
+                self._emit(EngineStopped(name, reason))
             return supervisor.Stop.NOT_RUNNING
         result = run.proc.stop()
         self._emit(EngineStopped(name, reason))
         return result
 
     def stop_all(self) -> None:
-        for name in [r.plan.model.name for r in self.running()]:
-            self.stop(name, "quit")
+        """Stop every engine at once (app quit): each gets its SIGTERM now, not after the previous
+        one's grace period, and loading ones are cancelled."""
         for name in self.loading():
             self.cancel_loading(name)
+        names = [r.plan.model.name for r in self.running()]
+        threads = [threading.Thread(target=self.stop, args=(n, "quit"), name=f"stop-{n}") for n in names[1:]]
+        for t in threads:
+            t.start()
+        if names:
+            self.stop(names[0], "quit")
+        for t in threads:
+            t.join()  # each stop is bounded: SIGTERM, a grace period, SIGKILL
 
     def touch(self, name: str) -> None:
         with self._lock:
@@ -185,6 +228,9 @@ class EngineManager:
         with self._lock:
             run = self._running.get(name)
             plan = self._unloaded.get(name)
+            crash = self._crashed.get(name)
+        if plan is None and crash is not None:
+            plan = crash.plan
         if run is not None and run.proc.running:
             self.touch(name)
             return run

@@ -4,7 +4,9 @@ Start spawns the child on 127.0.0.1 and a free port with a fresh API key,
 waits for ``/health`` while watching for an early exit, and keeps every
 line the child prints in a per-launch log file. Stop is SIGTERM, a grace
 period, then SIGKILL, and only for the process we started. The child dies
-with us even after ``kill -9`` (see ``engines.running.worker``).
+with us even after ``kill -9`` (see ``engines.running.worker``). Once it is
+ready, :meth:`EngineProcess.watch` reports an exit nobody asked for (a crash,
+the out-of-memory killer, ``kill -9``) the moment it happens.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
@@ -88,6 +91,23 @@ class EngineStartError(RuntimeError):
         return f"{self.reason}\n  last lines of the engine log ({self.log_path}):\n{tail}"
 
 
+class EngineExited(RuntimeError):
+    """A ready engine's process ended by itself (crash, out-of-memory killer, ``kill -9``)."""
+
+    def __init__(self, model: str, engine: str, status: ExitStatus, log_tail: list[str], log_path: Path):
+        self.model, self.engine, self.status, self.log_tail, self.log_path = model, engine, status, log_tail, log_path
+        super().__init__(self.message)
+
+    @property
+    def reason(self) -> str:
+        """The short form, for a menu or a tooltip: "was killed by SIGKILL"."""
+        return self.status.sentence
+
+    @property
+    def message(self) -> str:
+        return f"The {self.engine} engine of {self.model} {self.status.sentence}."
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -126,6 +146,7 @@ class EngineProcess:
         self.ready_at = 0.0
         self._log_file = None
         self._lock = threading.Lock()
+        self._stopping = False  # set by stop/kill: an exit we asked for is not reported by watch
 
     @property
     def base_url(self) -> str:
@@ -220,9 +241,34 @@ class EngineProcess:
     def log_tail(self, n: int = TAIL_LINES) -> list[str]:
         return self.log_lines()[-n:]
 
+    def watch(self, on_exit: Callable[[EngineExited], None]) -> threading.Thread | None:
+        """Call ``on_exit(EngineExited)`` from a watcher thread as soon as the child ends by itself.
+
+        A stop or kill through this object is not reported. The thread blocks in ``wait()``, so the
+        report comes within milliseconds of the exit, not at the next poll."""
+        proc = self.proc
+        if proc is None:
+            return None
+
+        def wait() -> None:
+            rc = proc.wait()
+            if self._stopping:
+                return
+            status = ExitStatus.from_returncode(rc)
+            log.warning("%s for %s %s", self.engine, self.model, status.sentence)
+            try:
+                on_exit(EngineExited(self.model, self.engine, status, self.log_tail(), self.log_path))
+            except Exception:
+                log.exception("exit listener failed for %s", self.model)
+
+        thread = threading.Thread(target=wait, name=f"watch-{self.model}", daemon=True)
+        thread.start()
+        return thread
+
     # -- stop -------------------------------------------------------------------------
 
     def stop(self, grace: float = 5.0) -> Stop:
+        self._stopping = True
         with self._lock:
             proc = self.proc
             if proc is None or proc.poll() is not None:
@@ -252,6 +298,7 @@ class EngineProcess:
 
     def kill(self) -> None:
         """Kill at once (tests and 'force quit')."""
+        self._stopping = True
         if self.proc and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)

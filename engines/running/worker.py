@@ -105,7 +105,11 @@ def run_llamacpp(config: dict, stop: threading.Event) -> int:
         return 2
     print(f"ember-worker: ready at {server.listening_address}", file=sys.stderr, flush=True)
     stop.wait()
-    return 0
+    # Leave with the server still referenced: its destructor waits for llama.cpp's main loop, which
+    # does not end while a reply is being generated (SIGTERM mid-reply then took the whole grace
+    # period and a SIGKILL).
+    print("ember-worker: stopping", file=sys.stderr, flush=True)
+    os._exit(0)
 
 
 def run_exec(argv: list[str], stop: threading.Event) -> int:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import QApplication
 
 from desktop.app import EmberApp
@@ -190,7 +191,7 @@ def test_models_window_launch_idle_unload_and_quit(qtbot, ember_app, fresh_home)
     with qtbot.waitSignal(app.bridge.ready, timeout=120_000):
         app.launch_plan(launch.plan("starter", overrides={"n_ctx": 512}))
     run = app.manager.get("starter")
-    app.quit()
+    assert run_loop_until_quit(QApplication.instance(), app.quit) == 0
     assert not run.proc.running and app.manager.running() == []
 
 
@@ -206,3 +207,144 @@ def test_log_viewer_follows_a_growing_log(qtbot, tmp_path, screenshot):
         f.write("llama_model_load: error loading model\n")
     qtbot.waitUntil(lambda: "error loading model" in viewer.text.toPlainText(), timeout=5_000)
     screenshot(viewer, "log-viewer")
+
+
+# -- quit, whatever is open ------------------------------------------------------------------------
+
+def run_loop_until_quit(qapp, start, limit_ms: int = 10_000) -> int:
+    """Run the app's real event loop (``exec``) with ``start`` queued; the loop's exit code, or 99 when
+    it is still running after ``limit_ms`` (the ghost: Quit did not end it)."""
+    QTimer.singleShot(0, start)
+    guard = QTimer(singleShot=True, interval=limit_ms)
+    guard.timeout.connect(lambda: qapp.exit(99))
+    guard.start()
+    try:
+        return qapp.exec()
+    finally:
+        guard.stop()  # or it ends a later test's wait
+
+
+@offscreen_tray
+def test_quit_ends_the_app_with_the_models_and_chat_windows_open(qtbot, ember_app):
+    """The ghost: Models, then Chat, then tray Quit left the process running with the models window up
+    (Qt's quit asked each window to close; the chat window, hiding to the tray, refused, so Qt gave
+    up) and every later Quit, Ctrl+Q or SIGTERM was ignored."""
+    qapp = QApplication.instance()
+    app = ember_app(use_tray=True)
+    app.show_models()
+    qtbot.addWidget(app.models_window)
+    app.show_chat()
+    qtbot.addWidget(app.chat)
+    app.show_settings()  # a dialog open too
+    assert app.models_window.isVisible() and app.chat.isVisible()
+    quitting = []
+    app.quitting.connect(lambda: quitting.append(True))
+    quit_action = next(a for a in app.tray.menu.actions() if a.text() == "Quit")
+    assert run_loop_until_quit(qapp, quit_action.trigger) == 0
+    assert quitting == [True]
+    assert not [w for w in qapp.topLevelWidgets() if w.isVisible()]
+    assert not app.tray.icon.isVisible()
+    # a later Quit (Ctrl+Q in the chat window, or SIGTERM: both call quit) still ends the loop
+    assert run_loop_until_quit(qapp, app.chat.quit_requested.emit) == 0
+    assert quitting == [True]  # engines are stopped once
+
+
+def test_show_logs_without_a_file_manager_shows_the_folder_with_copy(qtbot, ember_app, screenshot):
+    """This machine has no file manager (no xdg-open): Show logs must still lead somewhere."""
+    from desktop.folder import FolderDialog
+    from engines import paths
+    app = ember_app(use_tray=False)
+    dialog = app.show_logs()
+    assert isinstance(dialog, FolderDialog) and dialog.isVisible()
+    assert dialog.path_field.text() == str(paths.log_dir()) and dialog.path_field.isReadOnly()
+    qtbot.mouseClick(dialog.copy_button, Qt.LeftButton)
+    assert QApplication.clipboard().text() == str(paths.log_dir()) and dialog.copy_button.text() == "Copied"
+    screenshot(dialog, "log-folder-without-file-manager")
+    dialog.close()
+
+
+def test_log_viewer_open_folder_without_a_file_manager(qtbot, tmp_path):
+    from desktop.folder import FolderDialog
+    from desktop.log_viewer import LogViewer
+    path = tmp_path / "engines" / "engine.log"
+    path.parent.mkdir()
+    path.write_text("a line\n")
+    viewer = LogViewer(path)
+    qtbot.addWidget(viewer)
+    viewer.show()
+    qtbot.mouseClick(viewer.folder_button, Qt.LeftButton)
+    dialogs = [d for d in viewer.findChildren(FolderDialog) if d.isVisible()]
+    assert len(dialogs) == 1 and dialogs[0].path_field.text() == str(path.parent)
+
+
+# -- the tray: downloads and crashes -----------------------------------------------------------------
+
+class StandInModelsWindow(QObject):
+    """Only what the app uses of the models window for downloads: its progress signal."""
+
+    download_progress = Signal(str, float)
+
+
+@offscreen_tray
+def test_a_download_shows_on_the_tray_icon_tooltip_and_menu(qtbot, ember_app):
+    app = ember_app(use_tray=True)
+    window = StandInModelsWindow()
+    assert app.connect_models_window(window)
+    idle_icon = app.tray.icon.icon().pixmap(64, 64).toImage()
+    window.download_progress.emit("qwen2.5-0.5b-instruct", 0.0)
+    window.download_progress.emit("qwen2.5-0.5b-instruct", 0.42)
+    assert "Downloading qwen2.5-0.5b-instruct… 42 %" in app.tray.icon.toolTip()
+    assert app.tray.icon.toolTip().startswith("Ember: no model running")
+    texts = [a.text() for a in app.tray.menu.actions()]
+    assert "Downloading qwen2.5-0.5b-instruct… 42 %" in texts
+    assert app.tray.icon.icon().pixmap(64, 64).toImage() != idle_icon  # the bar on the icon
+    window.download_progress.emit("qwen2.5-0.5b-instruct", 0.9)
+    assert "Downloading qwen2.5-0.5b-instruct… 90 %" in [a.text() for a in app.tray.menu.actions()]
+    window.download_progress.emit("qwen2.5-0.5b-instruct", -1.0)
+    assert app.tray.icon.toolTip() == "Ember: no model running"
+    assert not [a for a in app.tray.menu.actions() if a.text().startswith("Downloading")]
+    assert app.tray.icon.icon().pixmap(64, 64).toImage() == idle_icon
+
+
+@offscreen_tray
+@pytest.mark.slow
+def test_an_engine_killed_by_sigkill_shows_everywhere_within_two_seconds(qtbot, ember_app, fresh_home):
+    """kill -9 of a ready engine (what the out-of-memory killer does): tray icon, tooltip, tray menu,
+    chat model picker and models window all stop saying "ready" within 2 s."""
+    from engines.running import launch
+    app = ember_app(use_tray=True)
+    app.show_models()
+    qtbot.addWidget(app.models_window)
+    with qtbot.waitSignal(app.bridge.ready, timeout=120_000):
+        app.launch_plan(launch.plan("starter", overrides={"n_ctx": 512}))
+    qtbot.addWidget(app.chat)
+    qtbot.waitUntil(lambda: app.chat.current_model_name() == "starter", timeout=10_000)
+    row = app.models_window.row_widgets.get("starter")
+    qtbot.waitUntil(lambda: row is None or row.state == "running", timeout=10_000)
+    assert "starter (ready)" in [a.text() for a in app.tray.menu.actions()]
+    pid = app.manager.get("starter").proc.pid
+
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+
+    def everywhere() -> bool:
+        texts = [a.text() for a in app.tray.menu.actions()]
+        return (app.tray.state.state == "error"
+                and "starter (stopped: engine was killed by SIGKILL)" in texts and "starter (ready)" not in texts
+                and app.chat.select_model("starter") is False
+                and (row is None or row.state != "running"))
+
+    qtbot.waitUntil(everywhere, timeout=2_000)
+    took = time.monotonic() - killed
+    assert app.tray.icon.toolTip() == "Ember: starter stopped: engine was killed by SIGKILL"
+    assert app.chat.offer.isVisibleTo(app.chat)  # the chat offers to start a model again
+    print(f"\ncrash shown everywhere {took * 1000:.0f} ms after kill -9")
+
+    # the tray's "Start again" brings it back with the same settings
+    again = next(a for a in app.tray.menu.actions() if a.text().startswith("starter (stopped"))
+    start_again = next(a for a in again.menu().actions() if a.text() == "Start again")
+    with qtbot.waitSignal(app.bridge.ready, timeout=120_000):
+        start_again.trigger()
+    assert app.manager.get("starter").plan.params["n_ctx"] == 512
+    qtbot.waitUntil(lambda: app.tray.state.state == "ready", timeout=5_000)
+    app.manager.stop_all()

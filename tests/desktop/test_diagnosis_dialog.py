@@ -4,9 +4,12 @@ that relaunches the engine (``ChatWindow.apply_fix``: the manager, off the GUI
 thread) and completes the same chat."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QDialog
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QWidget
 
 from engines.running import launch
 from engines.running.manager import EngineManager
@@ -63,10 +66,9 @@ def test_context_error_dialog_fix_relaunches_and_completes(qtbot, window, small_
     assert dlg.log_button.isEnabled() and d.log_path == str(run.proc.log_path)
     screenshot(dlg, "diagnosis_context")
 
-    logs: list[str] = []
-    dlg.show_log_requested.connect(logs.append)
-    qtbot.mouseClick(dlg.log_button, Qt.LeftButton)
-    assert logs == [str(run.proc.log_path)]
+    with qtbot.waitSignal(dlg.log_shown, timeout=5_000) as shown_log:
+        qtbot.mouseClick(dlg.log_button, Qt.LeftButton)
+    assert shown_log.args[0].path == run.proc.log_path
 
     # the click: the window relaunches with n_ctx 2048 and resends the same message
     with qtbot.waitSignal(window.reply_finished, timeout=180_000) as finished:
@@ -149,3 +151,101 @@ def test_out_of_memory_dialog_lists_the_fixes_in_order(qtbot, starter_path, scre
     with qtbot.waitSignal(dlg.fix_chosen) as chosen:
         qtbot.mouseClick(dlg.fix_buttons[2], Qt.LeftButton)
     assert chosen.args == [{"cache_type_k": "q8_0", "cache_type_v": "q8_0"}]
+
+
+# -- the dialog as a window among windows ------------------------------------------------------------
+# Clicks and keys go through the window system (QTest on the QWindow), where Qt drops input to a window
+# that a modal dialog blocks; QTest on a widget would hand the event straight to it and never notice.
+
+def click_in_window(widget: QWidget) -> None:
+    window = widget.window()
+    QTest.mouseClick(window.windowHandle(), Qt.LeftButton, Qt.NoModifier,
+                     widget.mapTo(window, widget.rect().center()))
+
+
+def crash_diagnosis(log: Path | None, tail_lines: int = 12):
+    from engines.diagnosis.types import Diagnosis, Fix, Kind
+    tail = [f"llama_model_load: line {i} of what the engine printed before it stopped" for i in range(tail_lines)]
+    fixes = [Fix("Restart the engine", {}, "Relaunch with the same settings and send the message again.",
+                 action="relaunch"),
+             Fix("Lower the context to 4,096 tokens", {"n_ctx": 4096},
+                 "The KV cache needs less memory with a shorter context; long conversations are cut sooner. "
+                 "This note is long enough to wrap over several lines in a dialog of the usual width.")]
+    return Diagnosis(Kind.ENGINE_CRASHED, "The engine crashed",
+                     "The engine was killed by SIGKILL while answering.\nIf you did not stop it yourself, the "
+                     "system may have run out of memory (the kernel's out-of-memory killer sends SIGKILL).",
+                     {"signal": 9, "signal_name": "SIGKILL"}, fixes, str(log) if log else None, tail)
+
+
+def test_the_log_viewer_from_an_error_dialog_scrolls_and_closes_while_the_dialog_is_up(qtbot, tmp_path, store):
+    """The chat window's own failure path: its dialog is modal to the chat window; "Show log" must not
+    open a viewer that this modality blocks (it could neither scroll nor close)."""
+    from desktop.chat_window import ChatWindow
+    from desktop.log_viewer import LogViewer
+    from engines.running.supervisor import EngineStartError
+    log = tmp_path / "engine.log"
+    log.write_text("".join(f"llama_model_load: line {i}\n" for i in range(400))
+                   + "gguf_init_from_reader: invalid magic characters: '_I??', expected 'GGUF'\n")
+    chat = ChatWindow(EngineManager(idle_timeout=None), store=store)
+    qtbot.addWidget(chat)
+    chat.show()
+    qtbot.waitExposed(chat)
+    exc = EngineStartError("The llamacpp engine exited with status 1 while starting.", None,
+                           log.read_text().splitlines()[-5:], log)
+    with qtbot.waitSignal(chat.failure_shown, timeout=10_000) as shown:
+        chat.handle_failure(exc, "broken")
+    dlg = shown.args[0]
+    qtbot.waitExposed(dlg)
+    assert dlg.isModal() or dlg.windowModality() != Qt.WindowModality.NonModal  # it still holds the chat window
+
+    click_in_window(dlg.log_button)
+    def open_viewers() -> list[LogViewer]:
+        return [w for w in chat.findChildren(LogViewer) if w.isVisible()]
+
+    qtbot.waitUntil(lambda: len(open_viewers()) == 1, timeout=5_000)
+    viewer = open_viewers()[0]
+    qtbot.waitExposed(viewer)
+    bar = viewer.text.verticalScrollBar()
+    assert bar.maximum() > 0
+    qtbot.waitUntil(lambda: bar.value() == bar.maximum(), timeout=2_000)  # opened at the end of a long log
+    QTest.keyClick(viewer.windowHandle(), Qt.Key_PageUp)
+    qtbot.waitUntil(lambda: bar.value() < bar.maximum(), timeout=2_000)  # it scrolls
+    assert dlg.isVisible()
+    close = viewer.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Close)
+    click_in_window(close)
+    qtbot.waitUntil(lambda: open_viewers() == [], timeout=2_000)  # it closes, the dialog still up
+    assert dlg.isVisible()
+
+    # a viewer still open when the dialog goes stays open (now the chat window's)
+    click_in_window(dlg.log_button)
+    qtbot.waitUntil(lambda: len(open_viewers()) == 1, timeout=5_000)
+    dlg.reject()
+    assert not dlg.isVisible()
+    assert len(open_viewers()) == 1 and open_viewers()[0].parentWidget() is chat
+    open_viewers()[0].close()
+
+
+def test_details_grow_the_dialog_and_nothing_is_clipped(qtbot, tmp_path, screenshot):
+    from desktop.diagnosis_dialog import DETAIL_LINES, DiagnosisDialog
+    dlg = DiagnosisDialog(crash_diagnosis(tmp_path / "engine.log"))
+    qtbot.addWidget(dlg)
+    dlg.show()
+    qtbot.waitExposed(dlg)
+
+    def clipped_labels() -> list[str]:
+        return [label.text()[:40] for label in dlg.findChildren(QLabel) if label.isVisible() and label.wordWrap()
+                and label.height() < label.heightForWidth(label.width())]
+
+    assert clipped_labels() == []
+    before = dlg.height()
+    qtbot.mouseClick(dlg.details_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: dlg.log_view.isVisible() and dlg.height() > before, timeout=2_000)
+    pane = dlg.log_view
+    line = pane.fontMetrics().lineSpacing()
+    assert pane.viewport().height() >= DETAIL_LINES * line  # every detail line shows, no 2-line slit
+    assert dlg.height() >= before + DETAIL_LINES * line
+    assert clipped_labels() == []  # the fixes' notes keep their full height
+    screenshot(dlg, "diagnosis-details")
+    qtbot.mouseClick(dlg.details_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: dlg.height() < before + line, timeout=2_000)  # and shrinks back
+    assert clipped_labels() == []
