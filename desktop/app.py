@@ -29,7 +29,7 @@ from engines.running.supervisor import EngineExited
 from engines.version import version
 
 from . import icons
-from .bridge import ManagerBridge, run_async
+from .bridge import GuiThreadCollector, ManagerBridge, run_async
 from .folder import FolderDialog, open_folder
 from .tray import Tray
 
@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     instance = SingleInstance()
     instance.listen()
     app = EmberApp(qapp, started_at=started)
+    collector = GuiThreadCollector(qapp).start()  # Qt objects in cycles die on the GUI thread
     instance.show_requested.connect(app.show_chat)
     app.quitting.connect(instance.close)
     # Ctrl-C / SIGTERM quit cleanly (engines stopped); a timer lets Python see the signal.
