@@ -235,11 +235,9 @@ class EmberApp(QObject):
         return self._folder_dialog
 
     def show_model_log(self, name: str) -> None:
-        run = self.manager.get(name)
-        crash = self.manager.crashed().get(name)
-        path = run.proc.log_path if run is not None else crash.log_path if crash is not None else None
-        if path:
-            self.chat_window().show_log(path)
+        run = self.manager.get(name)  # a crashed one too: its log says why
+        if run is not None:
+            self.chat_window().show_log(run.proc.log_path)
 
     def show_about(self) -> None:
         box = QMessageBox(QMessageBox.Icon.NoIcon, "About Ember",

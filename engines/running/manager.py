@@ -7,7 +7,8 @@ model unused for ``idle_timeout`` seconds is stopped and remembered, and
 :meth:`ensure_running` relaunches it with the same plan when needed. An engine
 that dies by itself (crash, out-of-memory killer, ``kill -9``) is noticed at
 once by its watcher thread: it leaves :meth:`running`, is kept in
-:meth:`crashed` with its plan, and listeners get :class:`EngineCrashed`.
+:meth:`crashed` with its plan (and :meth:`get` still returns it, dead, for
+the diagnosis of the reply it broke), and listeners get :class:`EngineCrashed`.
 """
 from __future__ import annotations
 
@@ -63,8 +64,15 @@ class EngineCrashed(EngineFailed):
     """A ready engine's process ended by itself; ``error`` is a :class:`supervisor.EngineExited`
     (its ``reason`` is "was killed by SIGKILL", "exited with status 1"...)."""
 
-    plan: launch.LaunchPlan  # kept: ensure_running relaunches with it
-    log_path: str = ""
+    running: Running  # the engine as it was: its plan (ensure_running relaunches with it), its log
+
+    @property
+    def plan(self) -> launch.LaunchPlan:
+        return self.running.plan
+
+    @property
+    def log_path(self) -> str:
+        return str(self.running.proc.log_path)
 
 
 @dataclass(frozen=True)
@@ -116,8 +124,12 @@ class EngineManager:
             return list(self._running.values())
 
     def get(self, name: str) -> Running | None:
+        """The running engine for ``name``; else the one that crashed (``proc.running`` is False: what
+        diagnoses the failure its reply met), until it is relaunched or dismissed with :meth:`stop`."""
         with self._lock:
-            return self._running.get(name)
+            run = self._running.get(name)
+            crash = self._crashed.get(name)
+        return run if run is not None else crash.running if crash is not None else None
 
     def unloaded(self) -> dict[str, launch.LaunchPlan]:
         with self._lock:
@@ -175,7 +187,7 @@ class EngineManager:
     def _exited(self, run: Running, exited: supervisor.EngineExited) -> None:
         """The watcher thread: ``run``'s engine ended by itself. Forget it, remember why, tell listeners."""
         name = run.plan.model.name
-        event = EngineCrashed(name, exited, run.plan, str(run.proc.log_path))
+        event = EngineCrashed(name, exited, run)
         with self._lock:
             if self._running.get(name) is not run:
                 return  # already stopped, unloaded or replaced
@@ -224,7 +236,7 @@ class EngineManager:
                 run.last_used = time.monotonic()
 
     def ensure_running(self, name: str, timeout: float = 300.0) -> Running:
-        """The running engine for ``name``, relaunching it if it was unloaded for idleness."""
+        """The running engine for ``name``, relaunching it if it was unloaded for idleness or crashed."""
         with self._lock:
             run = self._running.get(name)
             plan = self._unloaded.get(name)

@@ -318,14 +318,26 @@ def test_an_engine_killed_by_sigkill_shows_everywhere_within_two_seconds(qtbot, 
     with qtbot.waitSignal(app.bridge.ready, timeout=120_000):
         app.launch_plan(launch.plan("starter", overrides={"n_ctx": 512}))
     qtbot.addWidget(app.chat)
-    qtbot.waitUntil(lambda: app.chat.current_model_name() == "starter", timeout=10_000)
+    qtbot.waitUntil(lambda: app.chat.current_model_name() == "starter" and not app.chat.loading, timeout=10_000)
     row = app.models_window.row_widgets.get("starter")
     qtbot.waitUntil(lambda: row is None or row.state == "running", timeout=10_000)
     assert "starter (ready)" in [a.text() for a in app.tray.menu.actions()]
     pid = app.manager.get("starter").proc.pid
+    for _ in range(5):  # a sampled reply may also end at once: ask again until one is streaming
+        app.chat.send("Count from one to a thousand.")
+        qtbot.waitUntil(lambda: not app.chat.streaming or len(app.chat.history[-1].content) > 5, timeout=60_000)
+        if app.chat.streaming:
+            break
+    assert app.chat.streaming, [(m.role, m.content[:80]) for m in app.chat.history] + [app.chat.status.text()]
 
-    killed = time.monotonic()
-    os.kill(pid, signal.SIGKILL)
+    with qtbot.waitSignal(app.chat.failure_shown, timeout=10_000) as shown:
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+    dialog = shown.args[0]  # the reply it broke is diagnosed as the crash it was, not a broken connection
+    assert dialog.diagnosis.title == "The engine crashed", dialog.diagnosis.title
+    assert "was killed by SIGKILL" in dialog.diagnosis.explanation
+    assert dialog.fix_buttons[0].text() == "Restart the engine"
+    dialog.close()
 
     def everywhere() -> bool:
         texts = [a.text() for a in app.tray.menu.actions()]

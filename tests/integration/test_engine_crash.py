@@ -44,11 +44,13 @@ def test_kill_9_of_a_ready_engine_is_an_event_within_two_seconds(manager):
     at, event = events[-1]
     assert at - killed_at < 2.0
     assert isinstance(event, EngineCrashed) and event.name == "starter" and event.plan is plan
+    assert event.running is run
     assert isinstance(event.error, supervisor.EngineExited)
     assert event.error.status.signal == signal.SIGKILL and event.error.reason == "was killed by SIGKILL"
     assert str(event.error) == "The llamacpp engine of starter was killed by SIGKILL."
     assert event.log_path == str(run.proc.log_path) and event.error.log_tail  # what it printed, for Details
-    assert manager.running() == [] and manager.get("starter") is None
+    assert manager.running() == []
+    assert manager.get("starter") is run and not run.proc.running  # still there to diagnose, dead
     assert manager.crashed() == {"starter": event}
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
@@ -75,7 +77,7 @@ def test_dismissing_a_crashed_engine_tells_the_windows(manager):
         time.sleep(0.01)
     assert "starter" in manager.crashed()
     assert manager.stop("starter") == supervisor.Stop.NOT_RUNNING
-    assert manager.crashed() == {} and isinstance(events[-1], EngineStopped)
+    assert manager.crashed() == {} and manager.get("starter") is None and isinstance(events[-1], EngineStopped)
 
 
 def test_stop_all_stops_engines_together_and_reports_no_crash(manager):
