@@ -120,7 +120,6 @@ class Troubleshooter(QObject):
         dialog = DiagnosisDialog(diagnosis, self.window)
         dialog.fix_chosen.connect(self.fix_chosen)
         dialog.fix_action.connect(self.fix_action)
-        dialog.show_log_requested.connect(self.show_log)
         dialog.open()
         self.shown.emit(dialog)
         return dialog
