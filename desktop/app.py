@@ -187,17 +187,9 @@ class EmberApp(QObject):
         self.models_window.raise_()
         self.models_window.activateWindow()
 
-    #: the models window's signal a download's progress comes through: (name, fraction 0..1, -1.0 = ended)
-    DOWNLOAD_PROGRESS = "download_progress(QString,double)"
-
     def connect_models_window(self, window: QObject) -> bool:
-        """Show the models window's downloads on the tray icon; False when ``window`` has no such signal
-        (the models window gains it with its download panel), so opening it never fails for that."""
+        """Show the models window's downloads (``download_progress(name, fraction)``) on the tray icon."""
         if self.tray is None:
-            return False
-        if window.metaObject().indexOfSignal(self.DOWNLOAD_PROGRESS) < 0:
-            log.info("%s has no %s signal: downloads not shown on the tray", type(window).__name__,
-                     self.DOWNLOAD_PROGRESS)
             return False
         window.download_progress.connect(self.tray.show_download)
         return True
