@@ -349,7 +349,7 @@ def test_an_engine_killed_by_sigkill_shows_everywhere_within_two_seconds(qtbot, 
     qtbot.waitUntil(everywhere, timeout=2_000)
     took = time.monotonic() - killed
     assert app.tray.icon.toolTip() == "Ember: starter stopped: engine was killed by SIGKILL"
-    assert app.chat.offer.isVisibleTo(app.chat)  # the chat offers to start a model again
+    assert app.chat.engine.offer.isVisibleTo(app.chat)  # the chat offers to start a model again
     print(f"\ncrash shown everywhere {took * 1000:.0f} ms after kill -9")
 
     # the tray's "Start again" brings it back with the same settings
