@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import httpx
 
 from engines.chat.completion_mode import has_chat_model
 from engines.models import catalog, hub, store
@@ -43,16 +42,8 @@ def downloaded_models() -> list[store.ModelSpec]:
 
 def hub_unreachable(timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """Why the Hub cannot be reached (offline by setting, or no answer), or None when it answers."""
-    if hub.offline():
-        return "Ember is set to work offline (HF_HUB_OFFLINE), so models cannot be downloaded now."
-    url = hub.endpoint()
-    try:
-        httpx.head(url, timeout=timeout, follow_redirects=False)
-    except httpx.HTTPError as exc:
-        log.info("the Hub at %s does not answer: %s", url, exc)
-        host = httpx.URL(url).host or url
-        return f"This computer cannot reach the model hub ({host}), so models cannot be downloaded now."
-    return None
+    reach = hub.reachable(timeout)
+    return None if reach.online else reach.reason
 
 
 def check(probe_hub: bool = True) -> FirstRun:

@@ -34,4 +34,4 @@ def test_the_hub_answers_or_is_named_unreachable(monkeypatch):
     finally:
         hub.stop()
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
-    assert "cannot reach the model hub (127.0.0.1)" in first_run.hub_unreachable(timeout=2)
+    assert "Ember cannot reach 127.0.0.1:9" in first_run.hub_unreachable(timeout=2)
