@@ -22,7 +22,7 @@ from engines.chat.conversations import Store
 from engines.chat.stop_reason import SENTENCES, StopReason
 from engines.models import store as model_store
 from engines.running import launch
-from engines.running.manager import EngineFailed, EngineManager
+from engines.running.manager import EngineManager
 from tests.fakehub.server import FakeHub
 
 #: What a chat template or special token looks like in text (ChatML, Gemma, Llama 3, ...).
