@@ -23,6 +23,7 @@ from engines.models import lookup, store
 from engines.running import launch
 from engines.chat.endpoint import Endpoint
 from engines.running.manager import EngineManager, Running
+from engines.running.supervisor import EngineExited
 
 from ..bridge import ManagerBridge, run_async
 from .rows import COMPLETION_MARK, BusyRow, CompletionNote, OfferRow
@@ -225,7 +226,9 @@ class EngineControl(QObject):
     def _engine_failed(self, name: str, exc: Exception) -> None:
         """A model the picker listed as running failed (its engine crashed or was killed)."""
         listed = [self.combo.itemData(i) for i in range(self.combo.count())]
-        if any(isinstance(ep, Endpoint) and ep.name == name and ep.kind == "local" for ep in listed):
+        # a crash is said even when a refresh already took the model off the list (a race under load)
+        if isinstance(exc, EngineExited) or any(
+                isinstance(ep, Endpoint) and ep.name == name and ep.kind == "local" for ep in listed):
             log.info("%s stopped unexpectedly: %s", name, exc)
             self.status.emit(f"{name} stopped unexpectedly. Your next message starts it again.")
         self.refresh()

@@ -14,6 +14,7 @@ from desktop.chat.transcript import ChatMessage, Transcript, code_shade, message
 
 from desktop.chat_window import ChatWindow
 from engines.chat.conversations import Store
+from engines.chat.stop_reason import StopReason
 from engines.units import DEFAULT_N_CTX
 from engines.running.manager import EngineManager
 from engines.running.supervisor import EngineStartError
@@ -353,10 +354,12 @@ def test_a_remote_endpoint_is_listed_and_chats(qtbot, manager, tmp_path, monkeyp
     ep = w.current_endpoint()
     assert ep.kind == "remote" and ep.name.startswith("lab/") and w.engine.combo.currentText().endswith("(remote)")
     assert not w.engine.offer.isVisible()
-    w.max_tokens = 8
-    with qtbot.waitSignal(w.reply_finished, timeout=120_000) as finished:
+    w.max_tokens = 64  # template tokens are not shown: a few more than that, so some text is
+    with qtbot.waitSignal(w.reply_ended, timeout=120_000) as ended:
         w.send("Hello over the network.")
-    assert not finished.args[0].cancelled and w.history[-1].content
+    # the starter through a chat endpoint echoes and loops: the guard may stop it, the user did not
+    assert ended.args[0].reason in (StopReason.FINISHED, StopReason.REPLY_LIMIT, StopReason.REPEATING)
+    assert w.history[-1].content
     assert w.history[-1].model == ep.name
 
 
