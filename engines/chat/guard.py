@@ -286,6 +286,7 @@ class ReplyWatch:
         self._guards = {False: RepetitionGuard(config), True: RepetitionGuard(config)}
         self._runs = {False: DeltaRun(config), True: DeltaRun(config)}
         self.text = ""  # the answer as shown (without reasoning): what a conversation keeps
+        self.reasoning_text = ""
 
     @property
     def repeating(self) -> Repetition | None:
@@ -302,12 +303,15 @@ class ReplyWatch:
         return [d for d in out if d is not None]
 
     def reason(self, finished: Finished) -> StopReason:
-        return from_finished(finished, repeating=self.repeating is not None)
+        return from_finished(finished, repeating=self.repeating is not None,
+                             blank=not self.text.strip() and not self.reasoning_text.strip())
 
     def _show(self, text: str, reasoning: bool) -> Delta | None:
         if not text:
             return None
         self._guards[reasoning].feed(text)
-        if not reasoning:
+        if reasoning:
+            self.reasoning_text += text
+        else:
             self.text += text
         return Delta(text, reasoning)

@@ -33,6 +33,7 @@ class StopReason(str, enum.Enum):
     STOPPED_BY_YOU = "stopped_by_you"
     CONTEXT_FULL = "context_full"
     ENGINE_FAILED = "engine_failed"
+    EMPTY = "empty"
 
     def sentence(self, max_tokens: int | None = None) -> str:
         """The status line text, e.g. "Stopped: the model was repeating itself"."""
@@ -49,19 +50,24 @@ SENTENCES: dict[StopReason, str] = {
     StopReason.STOPPED_BY_YOU: "Stopped by you",
     StopReason.CONTEXT_FULL: "Stopped: the conversation filled the model's context",
     StopReason.ENGINE_FAILED: "Failed: the engine stopped answering",
+    StopReason.EMPTY: "Ended: the model wrote nothing but blank space; ask again or reword your message",
 }
 
 
-def from_finished(finished: Finished, repeating: bool = False) -> StopReason:
+def from_finished(finished: Finished, repeating: bool = False, blank: bool = False) -> StopReason:
     """The reason for a stream that ended with ``finished``.
 
     ``repeating``: the caller cancelled the stream because the repetition guard
-    tripped (the stream itself only knows it was cancelled).
+    tripped (the stream itself only knows it was cancelled). ``blank``: the reply
+    showed nothing but whitespace (a small sampled model does this now and then;
+    an empty bubble with "Finished" would look like a broken app).
     """
     if repeating:
         return StopReason.REPEATING
     if finished.cancelled or finished.finish_reason == "cancelled":
         return StopReason.STOPPED_BY_YOU
+    if blank:
+        return StopReason.EMPTY
     if finished.finish_reason != "length":
         return StopReason.FINISHED
     out, limit = finished.usage.completion_tokens, finished.max_tokens

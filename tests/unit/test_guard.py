@@ -211,3 +211,17 @@ def test_the_raw_rules_are_configurable():
     watch.feed(Delta("<eos>"))
     assert watch.repeating.rule == "delta" and watch.repeating.copies == 5
     assert 'the same text 5 times in a row: "<eos>"' == watch.repeating.describe()
+
+
+@pytest.mark.parametrize("pieces,reasoning,reason", [
+    (["\n", "\n"], False, StopReason.EMPTY),                       # CI saw the starter answer "Say hello." so
+    (["<start_of_image>", "\n", "<end_of_image>"], False, StopReason.EMPTY),  # markers removed: nothing left
+    (["Hello", "!"], False, StopReason.FINISHED),
+    (["The user greets me."], True, StopReason.FINISHED),           # only reasoning came: not blank
+])
+def test_a_reply_that_shows_nothing_is_named_not_called_finished(pieces, reasoning, reason):
+    watch = ReplyWatch()
+    for piece in pieces:
+        watch.feed(Delta(piece, reasoning))
+    watch.flush()
+    assert watch.reason(Finished("stop", Usage(5, len(pieces)), max_tokens=8)) is reason

@@ -22,6 +22,16 @@ def test_reason_of_a_finished_stream(finished, repeating, reason):
     assert from_finished(finished, repeating=repeating) is reason
 
 
+@pytest.mark.parametrize("finished,reason", [
+    (Finished("stop", Usage(12, 2), max_tokens=512), StopReason.EMPTY),
+    (Finished("length", Usage(12, 8), max_tokens=8), StopReason.EMPTY),  # CI: the starter wrote "\n\n" and hit 8
+    (Finished("cancelled", Usage(), max_tokens=512, cancelled=True), StopReason.STOPPED_BY_YOU),
+])
+def test_a_blank_reply_says_so_unless_you_stopped_it(finished, reason):
+    assert from_finished(finished, blank=True) is reason
+    assert "blank" in StopReason.EMPTY.sentence() and "ask again" in StopReason.EMPTY.sentence()
+
+
 @pytest.mark.parametrize("exc,reason", [
     (EngineHTTPError(400, {"error": {"type": "exceed_context_size_error", "n_prompt_tokens": 3024, "n_ctx": 2048,
                                      "message": "request (3024 tokens) exceeds the available context size "
@@ -51,4 +61,4 @@ def test_the_reply_limit_names_its_number():
 
 def test_the_value_is_stable_for_json():
     assert [r.value for r in StopReason] == ["finished", "reply_limit", "repeating", "stopped_by_you",
-                                             "context_full", "engine_failed"]
+                                             "context_full", "engine_failed", "empty"]
