@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,12 +19,16 @@ from engines.chat import completion_mode, remotes, stop_reason
 from engines.chat.client import ChatStream
 from engines.chat.terminal import TerminalReply
 from engines.diagnosis import diagnose
+from engines.gateway import keys as gateway_keys
+from engines.gateway.config import GatewayConfig
+from engines.gateway.server import Gateway, PortInUse
 from engines.machine import gguf_info, hardware
 from engines.models import catalog, downloads, recommend, records, store
 from engines.running import engine_env, launch, supervisor, worker
 from engines.running import params as P
-from engines.running import backends, selection
+from engines.running import backends
 from engines.running.backends import ENGINES, LABELS, availability
+from engines.running.manager import EngineCrashed, EngineManager
 from engines.units import MIB, gib
 from engines.version import version
 
@@ -241,29 +246,59 @@ def _start(args):
 
 
 def cmd_serve(args) -> int:
-    proc, plan, code = _start(args)
-    if proc is None:
-        return code
+    """``ember serve``: the local API (every model, started on demand, on the fixed port);
+    ``ember serve MODEL``: that model only, started now, on a free port unless ``--port``."""
+    values = settings.load()
+    port = args.port if args.port is not None else (0 if args.model else int(values["gateway_port"]))
+    plan = None
+    if args.model:
+        plan, code = _plan(args)
+        if plan is None:
+            return code
+    config = GatewayConfig.from_settings(values, port=port, pinned=plan.model.name if plan else None)
+    manager = EngineManager(idle_timeout=None if plan else config.idle_timeout, max_loaded=config.max_loaded)
+    gw = Gateway(manager, config)
+    try:
+        gw.bind()
+    except PortInUse as exc:
+        return _fail(str(exc))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    loaded = proc.meta.get("loaded")
-    if loaded is not None and loaded.summary() and not args.quiet:
-        print(f"ember: loaded: {loaded.summary()}", file=sys.stderr)
-    # "model": the id /v1/models lists and every answer carries; "mode": "completion" for a model
-    # without a chat template (send text to /v1/completions)
-    print(json.dumps({"base_url": proc.base_url, "api_key": proc.api_key, "model": plan.model.name,
-                      "mode": _mode(plan.model).mode.value, "engine": plan.engine, "pid": proc.pid}), flush=True)
+    manager.subscribe(lambda event: _say_crash(event, args))
     try:
-        while not stop.wait(0.5):
-            status = proc.exit_status()
-            if status is not None:
-                return _explain(supervisor.EngineStartError(
-                    f"The {plan.engine} engine {status.sentence}.", status, proc.log_tail(), proc.log_path),
-                    args, proc, plan)
+        info = {"base_url": gw.base_url, "api_key": gateway_keys.get(), "pid": os.getpid()}
+        if plan is not None:
+            try:
+                run = manager.launch(plan)
+            except supervisor.EngineStartError as exc:
+                return _explain(exc, args, plan=plan)
+            loaded = run.proc.meta.get("loaded")
+            if loaded is not None and loaded.summary() and not args.quiet:
+                print(f"ember: loaded: {loaded.summary()}", file=sys.stderr)
+            # "model": the id /v1/models lists and every answer carries; "mode": "completion" for a model
+            # without a chat template (send text to /v1/completions); "pid": the engine's process
+            info.update(model=plan.model.name, mode=_mode(plan.model).mode.value, engine=plan.engine,
+                        pid=run.proc.pid)
+        else:
+            info["models"] = gw.router.local_names()
+        gw.start()
+        print(json.dumps(info), flush=True)
+        if not args.quiet and plan is None:
+            print(f"ember: the local API is at {gw.base_url}; models start when a request names them. "
+                  f"Ctrl-C stops it.", file=sys.stderr)
+        stop.wait()
     finally:
-        proc.stop()
+        gw.stop()
+        manager.stop_all()
     return 0
+
+
+def _say_crash(event, args) -> None:
+    """An engine behind ``ember serve`` died: say why on stderr (the next request starts it again)."""
+    if isinstance(event, EngineCrashed):
+        _explain(event.error, args, proc=event.running.proc, plan=event.plan)
+        print(f"ember: {event.name} stopped; the next request starts it again.", file=sys.stderr)
 
 
 def _reply_limit(args) -> int:
@@ -474,8 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     hw_opt(m)
     m.set_defaults(func=cmd_models)
 
-    def launch_opts(sp):
-        sp.add_argument("model", help="a name from `ember models`, or a path to a model file or folder")
+    def launch_opts(sp, optional_model: bool = False):
+        sp.add_argument("model", nargs="?" if optional_model else None,
+                        help="a name from `ember models`, or a path to a model file or folder")
         sp.add_argument("--engine", choices=ENGINES, help="override the engine the rules would choose")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="engine parameter, nested keys in dot notation (sampling.top_k=40); repeatable")
@@ -484,8 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-q", "--quiet", action="store_true")
         hw_opt(sp)
 
-    s = sub.add_parser("serve", help="run a model as an OpenAI-compatible server until Ctrl-C")
-    launch_opts(s)
+    s = sub.add_parser("serve", help="the local OpenAI-compatible API (every model, on demand) until Ctrl-C; "
+                                     "with MODEL, that model only")
+    launch_opts(s, optional_model=True)
+    s.add_argument("--port", type=int, default=None,
+                   help="the port (default: the gateway_port setting, 5731; with MODEL, any free port; 0: any)")
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("chat", help="chat with a model in the terminal")

@@ -25,6 +25,11 @@ DEFAULTS: dict[str, object] = {
     "models_only_runnable": False,   # the models window's filters, as the user left them
     "models_sort": "fit",            # "fit" (fastest here first), "name" or "size"
     "models_search": "",
+    "gateway_enabled": True,         # the desktop app serves the local API while it is open
+    "gateway_port": 5731,            # the local API's fixed port (tools are configured with it once)
+    "gateway_origins": [],           # web pages (origins) allowed to call the local API; none by default
+    "gateway_lan": False,            # listen on the local network too (off: this computer only)
+    "max_loaded_models": None,       # models the local API keeps loaded at once; None: as memory allows
 }
 ENGINE_PYTHON = "engine_python."   # engine_python.<engine>: the interpreter that runs that engine
 

@@ -16,10 +16,10 @@ from typing import Callable
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QComboBox
 
-from engines import settings, units
+from engines import settings
 from engines.chat.completion_mode import Mode, ModeDecision, mode_of
 from engines.machine.gguf_info import GGUFError
-from engines.models import lookup, store
+from engines.models import store
 from engines.running import launch
 from engines.chat.endpoint import Endpoint
 from engines.running.manager import EngineManager, Running
@@ -240,14 +240,12 @@ class EngineControl(QObject):
 
     # -- starting engines -------------------------------------------------------------
     def launch_model(self, name: str, then: Callable[[], None] | None = None) -> None:
-        """Start a model by name with Ember's default context; ``then()`` once ready."""
-        n_ctx = int(settings.get("default_n_ctx") or units.DEFAULT_N_CTX)
+        """Start a model by name as the gateway would (saved preferences, else Ember's default
+        context); ``then()`` once ready."""
 
         def work():
-            spec = lookup.resolve(name)
-            ctx = min(n_ctx, spec.context_length) if spec.context_length else n_ctx
-            plan = launch.plan(spec, context=ctx)  # the chosen engine's own context key
-            self.plans[spec.name] = plan
+            plan = launch.default_plan(name)
+            self.plans[plan.model.name] = plan
             return self.manager.launch(plan)
 
         self.run_busy(f"Starting {name}…", name, work, then)

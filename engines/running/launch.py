@@ -10,6 +10,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+from engines import model_prefs, settings, units
 from engines.machine import hardware
 from engines.machine.fit import FitEstimate
 from engines.machine.hardware import HardwareProfile
@@ -81,6 +82,19 @@ def plan(model: ModelSpec | str, hw: HardwareProfile | None = None, engine: str 
     if sel.warning:
         warnings.insert(0, sel.warning)
     return LaunchPlan(spec, sel.engine, values, user, hw, sel, estimate, warnings)
+
+
+def default_plan(name: str, hw: HardwareProfile | None = None) -> LaunchPlan:
+    """The plan for "start this model" with no dialog in between (the chat window's one click, the
+    gateway's on-demand load): the model's saved preferences (engine, parameters) if any, else
+    Ember's default context (``default_n_ctx``), never past what the model was trained for."""
+    spec = lookup.resolve(name)
+    prefs = model_prefs.load(spec.name)
+    n_ctx = int(settings.get("default_n_ctx") or units.DEFAULT_N_CTX)
+    ctx = min(n_ctx, spec.context_length) if spec.context_length else n_ctx
+    if prefs is None:
+        return plan(spec, hw, context=ctx)
+    return plan(spec, hw, prefs.engine, dict(prefs.params), context=ctx)
 
 
 def start(p: LaunchPlan, timeout: float = 300.0, cancel: threading.Event | None = None,

@@ -12,14 +12,18 @@ the diagnosis of the reply it broke), and listeners get :class:`EngineCrashed`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
+
+import psutil
 
 from engines.chat import remotes
 from engines.chat.endpoint import Endpoint
+from engines import units
 from engines.running import launch
 from engines.running import supervisor
 
@@ -30,6 +34,7 @@ class Running:
     plan: launch.LaunchPlan
     proc: supervisor.EngineProcess
     last_used: float = field(default_factory=time.monotonic)
+    in_use: int = 0  # requests streaming through it now: never unloaded under them
 
     @property
     def endpoint(self) -> Endpoint:
@@ -88,9 +93,33 @@ class EngineUnloaded(EngineEvent):
 Listener = Callable[[EngineEvent], None]
 
 
+@dataclass
+class DoesNotFit(RuntimeError):
+    """A model that needs more memory than this computer has free even with every other model
+    unloaded (the gateway's "model too large"); the numbers are what the fit estimate said."""
+
+    name: str
+    needed_bytes: int
+    free_bytes: int
+
+    def __str__(self) -> str:
+        return (f"{self.name} needs about {units.size(self.needed_bytes)} of memory; "
+                f"{units.size(self.free_bytes)} is free with no other model loaded")
+
+
+def memory_needed(plan: launch.LaunchPlan) -> int | None:
+    """The RAM the plan's engine would take beside what goes to the GPU; None when unknown."""
+    fit = plan.fit
+    if fit is None or not fit.total_bytes:
+        return None
+    return max(0, fit.total_bytes - fit.vram_bytes)
+
+
 class EngineManager:
-    def __init__(self, idle_timeout: float | None = 30 * 60):
+    def __init__(self, idle_timeout: float | None = 30 * 60, max_loaded: int | None = None):
         self.idle_timeout = idle_timeout  # seconds; None = never unload
+        self.max_loaded = max_loaded      # models loaded at once by :meth:`serve`; None = as memory allows
+        self._gates: dict[str, threading.Lock] = {}
         self._running: dict[str, Running] = {}
         self._unloaded: dict[str, launch.LaunchPlan] = {}
         self._loading: dict[str, threading.Event] = {}
@@ -254,20 +283,86 @@ class EngineManager:
             raise KeyError(name)
         return self.launch(plan, timeout)
 
+    # -- on demand (the gateway) --------------------------------------------------
+    def serve(self, name: str, make_plan: Callable[[], launch.LaunchPlan], timeout: float = 300.0) -> Running:
+        """The running engine for ``name``, started on demand: one start however many callers ask at
+        once (a start already under way, the desktop's included, is waited for), after making room
+        (:meth:`make_room`). Raises what :meth:`launch` raises, or :class:`DoesNotFit`."""
+        with self._lock:
+            gate = self._gates.setdefault(name, threading.Lock())
+        with gate:
+            deadline = time.monotonic() + timeout
+            while self.is_loading(name) and time.monotonic() < deadline:
+                time.sleep(0.05)  # someone else (the chat window) is starting it: take theirs
+            with self._lock:
+                run = self._running.get(name)
+                plan = self._unloaded.get(name) or (self._crashed[name].plan if name in self._crashed else None)
+            if run is not None and run.proc.running:
+                self.touch(name)
+                return run
+            plan = self.make_room(name, lambda: plan or make_plan())
+            return self.launch(plan, timeout)
+
+    def make_room(self, name: str, make_plan: Callable[[], launch.LaunchPlan]) -> launch.LaunchPlan:
+        """Unload the least recently used models until ``name`` fits beside the rest (memory free
+        now, and :attr:`max_loaded`); the plan is made again after each unload, since auto-NGL
+        sees the memory that came free. Raises :class:`DoesNotFit` when nothing is left to unload."""
+        while True:
+            plan = make_plan()
+            others = sorted((r for r in self.running() if r.plan.model.name != name and not r.in_use),
+                            key=lambda r: r.last_used)
+            needed = memory_needed(plan)
+            free = psutil.virtual_memory().available
+            too_many = self.max_loaded is not None and len(self.running()) >= self.max_loaded
+            short = needed is not None and needed > free
+            if not (too_many or short):
+                return plan
+            if not others:
+                if short:
+                    raise DoesNotFit(name, needed, free)
+                return plan  # over max_loaded only with models in use: they finish first
+            victim = others[0]
+            log.info("unloading %s (least recently used) to make room for %s", victim.plan.model.name, name)
+            self.unload(victim.plan.model.name)
+
+    def unload(self, name: str) -> bool:
+        """Stop ``name`` but remember its plan (as idle unload does): it starts again when asked for."""
+        with self._lock:
+            run = self._running.get(name)
+            if run is None:
+                return False
+            self._running.pop(name)
+            self._unloaded[name] = run.plan
+        run.proc.stop()
+        self._emit(EngineUnloaded(name, run.plan))
+        return True
+
+    @contextlib.contextmanager
+    def using(self, name: str) -> Iterator[None]:
+        """Mark ``name`` busy while a request streams through it: idle unload and eviction skip it."""
+        with self._lock:
+            run = self._running.get(name)
+            if run is not None:
+                run.in_use += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                if run is not None:
+                    run.in_use -= 1
+            self.touch(name)
+
     def unload_idle(self, now: float | None = None) -> list[str]:
         """Stop models unused for longer than ``idle_timeout``; returns their names."""
         if self.idle_timeout is None:
             return []
         now = time.monotonic() if now is None else now
-        victims = [r for r in self.running() if now - r.last_used >= self.idle_timeout]
+        victims = [r for r in self.running() if now - r.last_used >= self.idle_timeout and not r.in_use]
         for r in victims:
             name = r.plan.model.name
             with self._lock:
                 if self._running.get(name) is not r:
                     continue
-                self._running.pop(name)
-                self._unloaded[name] = r.plan
-            r.proc.stop()
-            log.info("unloaded %s after %.0f s idle", name, now - r.last_used)
-            self._emit(EngineUnloaded(name, r.plan))
+            log.info("unloading %s after %.0f s idle", name, now - r.last_used)
+            self.unload(name)
         return [r.plan.model.name for r in victims]
