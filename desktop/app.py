@@ -24,6 +24,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
 from engines import autostart
 from engines import paths
 from engines import settings
+from engines.gateway.config import GatewayConfig
 from engines.running.manager import EngineManager
 from engines.running.supervisor import EngineExited
 from engines.version import version
@@ -31,6 +32,7 @@ from engines.version import version
 from . import icons
 from .bridge import GuiThreadCollector, ManagerBridge, run_async
 from .folder import FolderDialog, open_folder
+from .local_api import LocalApi
 from .tray import Tray
 
 log = logging.getLogger(__name__)
@@ -116,8 +118,10 @@ class EmberApp(QObject):
         self.qapp = qapp
         self.started_at = started_at or time.monotonic()
         self.values = settings.load()
-        self.manager = EngineManager(idle_timeout=settings.idle_timeout_seconds(self.values))
+        self.manager = EngineManager(idle_timeout=settings.idle_timeout_seconds(self.values),
+                                     max_loaded=GatewayConfig.from_settings(self.values).max_loaded)
         self.bridge = ManagerBridge(self.manager, self)
+        self.local_api = LocalApi(self.manager, self)
         self.chat = None
         self.models_window = None
         self._folder_dialog: FolderDialog | None = None
@@ -135,6 +139,9 @@ class EmberApp(QObject):
             qapp.setQuitOnLastWindowClosed(True)
             self.show_chat()
             log.info("no system tray: main window shown %.3f s after start", time.monotonic() - self.started_at)
+        if self.tray is not None:
+            self.local_api.changed.connect(lambda: self.tray.set_api(self.local_api.url, self.local_api.error))
+        QTimer.singleShot(0, lambda: self.local_api.apply(self.values))  # after the tray shows
         qapp.aboutToQuit.connect(self._about_to_quit)
         interval = int(os.environ.get("EMBER_IDLE_CHECK_MS", "30000"))
         self.idle_timer = QTimer(self, interval=interval)
@@ -210,7 +217,9 @@ class EmberApp(QObject):
     def apply_settings(self) -> None:
         self.values = settings.load()
         self.manager.idle_timeout = settings.idle_timeout_seconds(self.values)
+        self.manager.max_loaded = GatewayConfig.from_settings(self.values).max_loaded
         self.set_autostart(bool(self.values.get("start_at_login")))
+        self.local_api.apply(self.values)
 
     def set_autostart(self, on: bool) -> None:
         try:
@@ -280,7 +289,10 @@ class EmberApp(QObject):
                 self.tray.hide()
             for window in self.qapp.topLevelWidgets():
                 window.hide()
-            self.manager.stop_all()  # first: a reply streaming from a stopped engine ends at once
+            if self.local_api.gateway is not None:
+                self.local_api.gateway.begin_stop()  # no new request starts an engine
+            self.manager.shutdown()  # first: a reply streaming from a stopped engine ends at once
+            self.local_api.stop()
             stopped = time.monotonic()
             if self.chat is not None:
                 self.chat.keep_in_tray = False

@@ -1,4 +1,5 @@
-"""Preferences: idle unload, start at login, default context size, reply limit, engine interpreters.
+"""Preferences: idle unload, start at login, default context size, reply limit, the local API, engine
+interpreters.
 
 Reads and writes :mod:`engines.settings`; the app applies the result (manager
 idle timeout, autostart entry) when the dialog is accepted.
@@ -7,11 +8,13 @@ from __future__ import annotations
 
 import logging
 
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QGroupBox, QHBoxLayout,
-                               QLabel, QLineEdit, QSpinBox, QVBoxLayout, QWidget)
+                               QLabel, QLineEdit, QMessageBox, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from engines import settings
 from engines import units
+from engines.gateway import keys as gateway_keys
 from engines.running.backends import ENGINES, LABELS
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,8 @@ class SettingsDialog(QDialog):
                                "repeats itself stops sooner."))
         layout.addWidget(general)
 
+        layout.addWidget(self._local_api_box(values))
+
         engines_box = QGroupBox("Engine interpreters")
         eform = QFormLayout(engines_box)
         eform.addRow(QLabel("The Python that runs each engine; empty means Ember's own."))
@@ -76,6 +81,56 @@ class SettingsDialog(QDialog):
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
 
+    def _local_api_box(self, values: dict) -> QGroupBox:
+        """The one address outside tools use: on/off, port, key, browsers, the local network."""
+        box = QGroupBox("Local API (for editors, agents and scripts)")
+        form = QFormLayout(box)
+        self.api_enabled = QCheckBox("Serve the OpenAI-compatible API while Ember is open")
+        self.api_enabled.setChecked(bool(values.get("gateway_enabled", True)))
+        form.addRow("", self.api_enabled)
+        self.api_port = QSpinBox(minimum=1024, maximum=65535)
+        self.api_port.setValue(int(values.get("gateway_port") or settings.DEFAULTS["gateway_port"]))
+        self.api_port.setAccessibleName("Local API port")
+        form.addRow("Port", self.api_port)
+        key_row = QHBoxLayout()
+        self.api_key = QLineEdit(gateway_keys.get(), readOnly=True, echoMode=QLineEdit.EchoMode.Password)
+        self.api_key.setAccessibleName("Local API key")
+        copy = QPushButton("Copy")
+        copy.clicked.connect(lambda: QGuiApplication.clipboard().setText(gateway_keys.get()))
+        self.regenerate_button = QPushButton("Regenerate…")
+        self.regenerate_button.clicked.connect(self.regenerate_key)
+        for w in (self.api_key, copy, self.regenerate_button):
+            key_row.addWidget(w)
+        form.addRow("API key", key_row)
+        self.max_loaded = QSpinBox(minimum=0, maximum=64, specialValueText="as memory allows")
+        self.max_loaded.setValue(int(values.get("max_loaded_models") or 0))
+        self.max_loaded.setAccessibleName("Models kept loaded at once")
+        form.addRow("Models loaded at once", self.max_loaded)
+        self.api_origins = QLineEdit(", ".join(values.get("gateway_origins") or []))
+        self.api_origins.setPlaceholderText("none: web pages cannot call the API")
+        self.api_origins.setAccessibleName("Web pages allowed to call the local API")
+        form.addRow("Allowed web pages", self.api_origins)
+        form.addRow("", QLabel("Origins such as http://localhost:3000, comma-separated. Other pages are refused."))
+        self.api_lan = QCheckBox("Also accept connections from the local network")
+        self.api_lan.setChecked(bool(values.get("gateway_lan")))
+        form.addRow("", self.api_lan)
+        self.lan_warning = QLabel("Anyone on your network who has the key can use your models and your "
+                                  "computer's memory. Keep this off on public Wi-Fi.")
+        self.lan_warning.setWordWrap(True)
+        self.lan_warning.setStyleSheet("color: #b3261e;")
+        self.lan_warning.setVisible(self.api_lan.isChecked())
+        self.api_lan.toggled.connect(self.lan_warning.setVisible)
+        form.addRow("", self.lan_warning)
+        return box
+
+    def regenerate_key(self) -> None:
+        """A new key at once (after a confirmation): tools with the old key get 401 from now on."""
+        answer = QMessageBox.question(self, "Regenerate the API key?",
+                                      "Tools configured with the current key will be refused until you give "
+                                      "them the new one.")
+        if answer == QMessageBox.StandardButton.Yes:
+            self.api_key.setText(gateway_keys.regenerate())
+
     def values(self) -> dict[str, object]:
         """What the dialog would save."""
         out: dict[str, object] = {
@@ -83,6 +138,11 @@ class SettingsDialog(QDialog):
             "start_at_login": self.start_at_login.isChecked(),
             "default_n_ctx": self.n_ctx.value(),
             "reply_limit": self.reply_limit.value(),
+            "gateway_enabled": self.api_enabled.isChecked(),
+            "gateway_port": self.api_port.value(),
+            "gateway_origins": [o.strip().rstrip("/") for o in self.api_origins.text().split(",") if o.strip()],
+            "gateway_lan": self.api_lan.isChecked(),
+            "max_loaded_models": self.max_loaded.value() or None,
         }
         for engine, edit in self.engine_python.items():
             out[settings.ENGINE_PYTHON + engine] = edit.text().strip() or None

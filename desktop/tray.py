@@ -14,6 +14,7 @@ from PySide6.QtCore import QObject, QRect, Qt, Signal
 from PySide6.QtGui import QAction, QColor, QGuiApplication, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
+from engines.gateway import keys as gateway_keys
 from engines.running.manager import EngineManager
 
 from . import icons
@@ -97,6 +98,8 @@ class Tray(QObject):
         self.menu.setObjectName("ember-tray-menu")
         self.menu.aboutToShow.connect(self.rebuild_menu)
         self._autostart_on = autostart_on
+        self.api_url: str | None = None     # the local API's base URL while it listens
+        self.api_error: str | None = None   # why it does not (port taken...)
         self.rebuild_menu()
         self.icon.setContextMenu(self.menu)
         self.icon.activated.connect(self._activated)
@@ -115,6 +118,20 @@ class Tray(QObject):
     def notify(self, title: str, message: str, msecs: int = 6000) -> None:
         """A balloon message from the tray icon (where the platform shows them)."""
         self.icon.showMessage(title, message, icons.app_icon(), msecs)
+
+    def set_api(self, url: str | None, error: str | None = None) -> None:
+        """The local API's address (None: off), and why it is off when it failed to start."""
+        self.api_url, self.api_error = url, error
+        if error:
+            self.notify("Ember's local API is off", error, 10000)
+        self.rebuild_menu()
+
+    def copy_api_url(self) -> None:
+        if self.api_url:
+            QGuiApplication.clipboard().setText(self.api_url)
+
+    def copy_api_key(self) -> None:
+        QGuiApplication.clipboard().setText(gateway_keys.get())
 
     def set_error(self, message: str | None) -> None:
         self.last_error = message
@@ -182,6 +199,8 @@ class Tray(QObject):
             act.setEnabled(False)
             self._download_actions[name] = act
         m.addSeparator()
+        self._api_items()
+        m.addSeparator()
         autostart = QAction("Start at login", m, checkable=True)
         autostart.setChecked(self._autostart_on)
         autostart.toggled.connect(self._toggle_autostart)
@@ -192,14 +211,26 @@ class Tray(QObject):
         m.addSeparator()
         m.addAction("Quit", self.quit_requested.emit)
 
+    def _api_items(self) -> None:
+        """The one address outside tools use: its URL and key to copy (or why it is off)."""
+        m = self.menu
+        if self.api_url:
+            head = m.addAction(f"Local API: {self.api_url}")
+        else:
+            head = m.addAction("Local API: off" + (" (port in use: see Settings)" if self.api_error else ""))
+            head.setToolTip(self.api_error or "Turned off in Settings")
+        head.setEnabled(False)
+        url = m.addAction("Copy API URL", self.copy_api_url)
+        url.setEnabled(bool(self.api_url))
+        key = m.addAction("Copy API key", self.copy_api_key)
+        key.setEnabled(bool(self.api_url))
+
     def _engine_items(self, running, loading, unloaded, crashed) -> None:
         m = self.menu
         for run in running:
             name = run.plan.model.name
             sub = m.addMenu(f"{name} (ready)")
             sub.addAction("Stop", lambda n=name: self.stop_requested.emit(n))
-            url = run.proc.base_url
-            sub.addAction(f"Copy API URL ({url})", lambda u=url: QGuiApplication.clipboard().setText(u))
             sub.addAction("View log", lambda n=name: self.log_requested.emit(n))
         for name in loading:
             act = m.addAction(f"{name} (loading…)")

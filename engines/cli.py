@@ -249,7 +249,7 @@ def cmd_serve(args) -> int:
     """``ember serve``: the local API (every model, started on demand, on the fixed port);
     ``ember serve MODEL``: that model only, started now, on a free port unless ``--port``."""
     values = settings.load()
-    port = args.port if args.port is not None else (0 if args.model else int(values["gateway_port"]))
+    port = args.port if args.port is not None else (0 if args.model else GatewayConfig.from_settings(values).port)
     plan = None
     if args.model:
         plan, code = _plan(args)
@@ -289,8 +289,9 @@ def cmd_serve(args) -> int:
                   f"Ctrl-C stops it.", file=sys.stderr)
         stop.wait()
     finally:
+        gw.begin_stop()
+        manager.shutdown()
         gw.stop()
-        manager.stop_all()
     return 0
 
 

@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="ember-test-home-"))
 os.environ["EMBER_HOME"] = str(_SESSION_HOME)
+os.environ["EMBER_GATEWAY_PORT"] = "0"  # each app the suite starts serves its local API on a free port
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.pop("HF_TOKEN", None)
 

@@ -102,9 +102,13 @@ class Gateway:
             raise RuntimeError("the local API did not start (see the log)")
         log.info("local API listening on %s", self.base_url)
 
-    def stop(self) -> None:
+    def begin_stop(self) -> None:
+        """Stop taking connections now (the caller then stops the engines, which ends open streams)."""
         if self._server is not None:
             self._server.should_exit = True
+
+    def stop(self) -> None:
+        self.begin_stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None

@@ -120,6 +120,7 @@ class EngineManager:
         self.idle_timeout = idle_timeout  # seconds; None = never unload
         self.max_loaded = max_loaded      # models loaded at once by :meth:`serve`; None = as memory allows
         self._gates: dict[str, threading.Lock] = {}
+        self._closed = False  # quitting: nothing starts any more (a request arriving late, say)
         self._running: dict[str, Running] = {}
         self._unloaded: dict[str, launch.LaunchPlan] = {}
         self._loading: dict[str, threading.Event] = {}
@@ -191,6 +192,9 @@ class EngineManager:
         name = plan.model.name
         cancel = threading.Event()
         with self._lock:
+            if self._closed:
+                raise supervisor.EngineStartError("Ember is quitting; the engine was not started.", None, [],
+                                                  supervisor.launch_log_path(name, plan.engine))
             old = self._running.pop(name, None)
             self._unloaded.pop(name, None)
             self._crashed.pop(name, None)
@@ -257,6 +261,12 @@ class EngineManager:
             self.stop(names[0], "quit")
         for t in threads:
             t.join()  # each stop is bounded: SIGTERM, a grace period, SIGKILL
+
+    def shutdown(self) -> None:
+        """Quit: stop every engine, and start none from now on."""
+        with self._lock:
+            self._closed = True
+        self.stop_all()
 
     def touch(self, name: str) -> None:
         with self._lock:
