@@ -100,6 +100,7 @@ class Tray(QObject):
         self._autostart_on = autostart_on
         self.api_url: str | None = None     # the local API's base URL while it listens
         self.api_error: str | None = None   # why it does not (port taken...)
+        self.api_starting = True            # until the app says how starting it went
         self.rebuild_menu()
         self.icon.setContextMenu(self.menu)
         self.icon.activated.connect(self._activated)
@@ -121,7 +122,7 @@ class Tray(QObject):
 
     def set_api(self, url: str | None, error: str | None = None) -> None:
         """The local API's address (None: off), and why it is off when it failed to start."""
-        self.api_url, self.api_error = url, error
+        self.api_url, self.api_error, self.api_starting = url, error, False
         if error:
             self.notify("Ember's local API is off", error, 10000)
         self.rebuild_menu()
@@ -216,6 +217,8 @@ class Tray(QObject):
         m = self.menu
         if self.api_url:
             head = m.addAction(f"Local API: {self.api_url}")
+        elif self.api_starting:
+            head = m.addAction("Local API: starting…")
         else:
             head = m.addAction("Local API: off" + (" (port in use: see Settings)" if self.api_error else ""))
             head.setToolTip(self.api_error or "Turned off in Settings")

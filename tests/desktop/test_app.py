@@ -91,7 +91,8 @@ def test_with_a_tray_closing_the_chat_keeps_the_app_and_says_so_once(qtbot, embe
     app = ember_app(use_tray=True)
     assert not QApplication.instance().quitOnLastWindowClosed()
     texts = [a.text() for a in app.tray.menu.actions() if not a.isSeparator()]
-    assert texts == ["Chat", "Models…", "Start at login", "Settings…", "Show logs", "About Ember", "Quit"]
+    assert texts == ["Chat", "Models…", "Local API: starting…", "Copy API URL", "Copy API key", "Start at login",
+                     "Settings…", "Show logs", "About Ember", "Quit"]
     start_at_login = app.tray.menu.actions()[texts.index("Start at login") + 1]
     assert app.tray.state.state == "idle" and app.tray.state.tooltip == "Ember: no model running"
     app.show_chat()
