@@ -7,6 +7,7 @@ idle timeout, autostart entry) when the dialog is accepted.
 from __future__ import annotations
 
 import logging
+import re
 
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QGroupBox, QHBoxLayout,
@@ -18,6 +19,9 @@ from engines.gateway import keys as gateway_keys
 from engines.running.backends import ENGINES, LABELS
 
 log = logging.getLogger(__name__)
+
+#: What a browser sends as Origin: scheme, host, optional port; nothing after.
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
 
 
 class SettingsDialog(QDialog):
@@ -148,6 +152,17 @@ class SettingsDialog(QDialog):
             out[settings.ENGINE_PYTHON + engine] = edit.text().strip() or None
         return out
 
+    def bad_origins(self) -> list[str]:
+        """Entries of "Allowed web pages" that are not an origin (scheme://host[:port], no path)."""
+        return [o for o in self.values()["gateway_origins"] if not ORIGIN.fullmatch(o)]
+
     def accept(self) -> None:
+        bad = self.bad_origins()
+        if bad:
+            QMessageBox.warning(self, "Allowed web pages",
+                                f"{', '.join(bad)} is not a web page's origin. Write it as the browser's address "
+                                "bar shows the site, without a path: http://localhost:3000 or https://chat.example.")
+            self.api_origins.setFocus()
+            return
         settings.update(self.values())
         super().accept()

@@ -69,6 +69,8 @@ class Router:
         if self.pinned:
             return [self.pinned]
         names = [s.name for s in store.local_models(assemble_starter=False)]
+        if store.STARTER not in names and store.starter_available():
+            names.insert(0, store.STARTER)  # assembled from its package when first asked for
         names += [n for n in records.ready_map() if n not in names]
         names += [r.plan.model.name for r in self.manager.running() if r.plan.model.name not in names]
         return names

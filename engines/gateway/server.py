@@ -70,6 +70,7 @@ class Gateway:
                 raise PortInUse(self.config.port, self.config.host) from None
             raise
         sock.listen(128)
+        keys.get()  # made now, not at the first request: Settings and the tray show it from the start
         sock.set_inheritable(False)  # engines started later must not hold the gateway's port
         self._socket = sock
 

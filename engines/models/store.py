@@ -269,6 +269,11 @@ def remove_local(name: str) -> bool:
     return True
 
 
+def starter_available() -> bool:
+    """The starter is here or can be assembled (its package is installed) without reading 253 MB now."""
+    return starter_path().exists() or _starter_package() is not None
+
+
 def starter_spec(assemble: bool = True) -> ModelSpec | None:
     try:
         path = ensure_starter() if assemble else starter_path()

@@ -122,3 +122,17 @@ def test_a_taken_port_is_said_in_the_tray_and_the_app_runs_on(qtbot, fresh_home,
         finally:
             a.quit()
             a.tray.hide()
+
+
+def test_a_web_page_address_with_a_path_is_refused_with_the_right_form(qtbot, fresh_home, monkeypatch):
+    warned = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text: warned.append(text))
+    dialog = SettingsDialog()
+    qtbot.addWidget(dialog)
+    dialog.api_origins.setText("http://localhost:3000, localhost:8080/chat")
+    dialog.accept()
+    assert warned and "localhost:8080/chat" in warned[0] and "http://localhost:3000" in warned[0]
+    assert dialog.result() != dialog.DialogCode.Accepted and settings.get("gateway_origins") == []
+    dialog.api_origins.setText("http://localhost:3000, https://chat.example")
+    dialog.accept()
+    assert settings.get("gateway_origins") == ["http://localhost:3000", "https://chat.example"]

@@ -113,3 +113,33 @@ def test_models_then_chat_then_sigterm_exits_and_leaves_no_engine(display, traye
     finally:
         out = stop_app(app)
     assert app.returncode == 0, out
+
+
+def test_an_outside_tool_uses_the_local_api_of_the_running_app(display, trayer, fresh_home):
+    """Issue 13: the real app serves the local API; the openai SDK starts the starter through it (the
+    engine is the app's child, so the tray lists it), and the tray's Quit closes the port with the rest."""
+    import openai
+    from tests.integration.test_gateway import free_port
+    port = free_port()
+    env = dict(display, EMBER_GATEWAY_PORT=str(port))
+    app = start_app(env)
+    try:
+        desk = Desk(env, app)
+        key_file = Path(env["EMBER_HOME"]) / "config" / "api_key"
+        key = wait_for(lambda: key_file.exists() and key_file.read_text().strip(), 30, "the local API's key")
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=240)
+        answer = client.chat.completions.create(model="starter", max_tokens=8,
+                                                messages=[{"role": "user", "content": "Hello"}])
+        assert answer.model == "starter"
+        engines = engine_processes(app.pid)
+        assert len(engines) == 1  # started on demand, by the app
+        desk.open_menu("the menu listing the starter as ready")
+        screenshot(env, "local-api-tray-menu")
+        x(env, "xdotool", "key", "Escape")
+        asked = desk.click_item(-1, "Quit")
+        ended_cleanly(app, engines, asked)
+        with pytest.raises(openai.APIConnectionError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=5).models.list()
+    finally:
+        out = stop_app(app)
+    assert app.returncode == 0, out
