@@ -135,18 +135,19 @@ def test_vllm_warns_about_more_gpus_than_present():
     assert warnings == ["tensor_parallel_size 4 asks for more GPUs than this computer has (1)"]
 
 
-def test_sglang_command_masks_the_key_in_the_log():
+def test_sglang_key_never_reaches_the_command_line():
     spec = pytorch_spec()
     values, _, _ = sglang.prepare(spec, cuda_hw(), sglang.validate(["mem_fraction_static=0.8", "tp_size=1"]))
     cmd = sglang.command(spec, values, "127.0.0.1", 30123, "ember-secret-key")
     program = engine_program(cmd)
-    assert program[1:3] == ["-m", "sglang.launch_server"]
+    assert program[1] == "-c" and "sglang.launch_server" in program[2]
     assert program[program.index("--model-path") + 1] == spec.path
     assert program[program.index("--context-length") + 1] == "4096"
     assert program[program.index("--mem-fraction-static") + 1] == "0.8"
     assert program[program.index("--tp-size") + 1] == "1"
-    assert program[program.index("--api-key") + 1] == "ember-secret-key"  # SGLang reads it nowhere else
-    assert "ember-secret-key" not in cmd.display and "--api-key ***" in cmd.display
+    # SGLang reads it only from --api-key: the launcher adds it inside the process, never on the command line
+    assert "ember-secret-key" not in " ".join(cmd.argv) and "ember-secret-key" not in cmd.display
+    assert cmd.env["EMBER_API_KEY"] == "ember-secret-key" and "--api-key" in program[2]
 
 
 def test_transformers_command_uses_our_server_with_key_in_environment(tmp_path):

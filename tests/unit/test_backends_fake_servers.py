@@ -17,6 +17,7 @@ import stat
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from engines.diagnosis.evidence import first_match
@@ -98,6 +99,8 @@ def test_fake_server_ready_then_chat_with_key(home, engine):
         argv = json.loads(re.search(r"FAKE \w+ argv: (.*)", log_text).group(1))
         assert argv[argv.index("--host") + 1] == "127.0.0.1"
         assert argv[argv.index("--max-model-len" if engine == "vllm" else "--context-length") + 1] == "4096"
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        assert len(tree) >= 2 and not [p.cmdline() for p in tree if proc.api_key in " ".join(p.cmdline())]  # ps
         stream = ChatStream(proc.base_url, [{"role": "user", "content": "hi"}], proc.api_key)
         events = list(stream)
         assert "".join(e.text for e in events if isinstance(e, Delta)) == f"Hello from a fake {engine}"

@@ -24,6 +24,16 @@ from engines.running.supervisor import Command
 
 NAME = "sglang"
 
+#: SGLang takes its key only as ``--api-key``; on a command line any user's ``ps`` shows it. This
+#: launcher takes it from the environment (``EMBER_API_KEY``, removed before SGLang starts its own
+#: processes) and hands it to ``sglang.launch_server`` inside the process, where ``ps`` cannot see it.
+KEY_FROM_ENV = (
+    "import os, runpy, sys\n"
+    "key = os.environ.pop('EMBER_API_KEY', '')\n"
+    "sys.argv = ['sglang.launch_server', *sys.argv[1:], *(['--api-key', key] if key else [])]\n"
+    "runpy.run_module('sglang.launch_server', run_name='__main__', alter_sys=True)\n"
+)
+
 TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
     S.arg("context_length", "int", None, check=S.at_least(16), help="context length in tokens"),
     S.arg("mem_fraction_static", "float", None, check=S.between(0.01, 0.99),
@@ -91,11 +101,11 @@ class SGLang(S.GPUServerEngine):
 
     def command(self, spec: ModelSpec, values: dict[str, object], host: str, port: int, api_key: str) -> Command:
         python = S.interpreter(NAME)
-        program = [python, "-m", "sglang.launch_server", "--model-path", str(spec.path),
-                   "--served-model-name", spec.name, "--host", host, "--port", str(port), "--api-key", api_key,
+        program = [python, "-c", KEY_FROM_ENV, "--model-path", str(spec.path),
+                   "--served-model-name", spec.name, "--host", host, "--port", str(port),
                    *S.flags(values, table())]
-        return S.exec_command(NAME, program, {"SGLANG_DISABLE_USAGE_STATS": "1"}, health_path="/health",
-                              secret=api_key)
+        return S.exec_command(NAME, program, {"SGLANG_DISABLE_USAGE_STATS": "1", "EMBER_API_KEY": api_key},
+                              health_path="/health")
 
     def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
         """Concrete parameter changes for a diagnosis of this engine, best first.
