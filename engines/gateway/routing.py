@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,6 +21,10 @@ from engines.running import launch
 from engines.running.manager import EngineManager, Running
 
 log = logging.getLogger(__name__)
+
+#: Seconds the lists of installed and remote models are reused; a name not in them is looked up
+#: afresh before it is refused, so a model downloaded a moment ago is served at once.
+LIST_TTL = 30.0
 
 
 @dataclass(frozen=True)
@@ -64,22 +69,34 @@ class Router:
                  remote_timeout: float = 3.0):
         self.manager, self.pinned, self.make_plan = manager, pinned, make_plan
         self.remote_timeout = remote_timeout
+        self._cache: dict[str, tuple[float, object]] = {}
 
-    def local_names(self) -> list[str]:
+    def _cached(self, what: str, make: Callable[[], object], fresh: bool = False) -> object:
+        """``make()`` reused for :data:`LIST_TTL` seconds: the model folders, the remotes file and the
+        keyring are not read again for every request (a request's first token waited for them)."""
+        now = time.monotonic()
+        hit = self._cache.get(what)
+        if fresh or hit is None or now - hit[0] > LIST_TTL:
+            hit = self._cache[what] = (now, make())
+        return hit[1]
+
+    def _running_names(self) -> set[str]:
+        names = {r.plan.model.name for r in self.manager.running()}
+        return names & {self.pinned} if self.pinned else names
+
+    def local_names(self, fresh: bool = False) -> list[str]:
         if self.pinned:
             return [self.pinned]
-        names = [s.name for s in store.local_models(assemble_starter=False)]
-        if store.STARTER not in names and store.starter_available():
-            names.insert(0, store.STARTER)  # assembled from its package when first asked for
-        names += [n for n in records.ready_map() if n not in names]
+        names = list(self._cached("local", _installed_names, fresh))
         names += [r.plan.model.name for r in self.manager.running() if r.plan.model.name not in names]
         return names
 
-    def remote_targets(self) -> dict[str, Target]:
+    def remote_targets(self, fresh: bool = False) -> dict[str, Target]:
         if self.pinned:
             return {}
-        return {ep.name: Target(ep.name, ep.base_url, ep.api_key, ep.model_id or ep.name, False)
-                for ep in remotes.endpoints(self.remote_timeout)}
+        return self._cached("remote", fresh=fresh, make=lambda: {
+            ep.name: Target(ep.name, ep.base_url, ep.api_key, ep.model_id or ep.name, False)
+            for ep in remotes.endpoints(self.remote_timeout)})
 
     def names(self) -> list[str]:
         """Every name a request may use, local first (what ``/v1/models`` lists)."""
@@ -90,12 +107,15 @@ class Router:
         Raises :class:`ModelNotServed`."""
         if requested is None and self.pinned:
             return self.pinned
-        local = self.local_names()
-        if requested in local:
-            return requested
-        if requested is not None and not self.pinned:
-            if requested in self.remote_targets():
+        if requested is not None and requested in self._running_names():
+            return requested  # the common case, without reading the model folders on every request
+        for fresh in (False, True):  # from the lists as they were, then as they are now
+            local = self.local_names(fresh)
+            if requested in local:
                 return requested
+            if requested is not None and not self.pinned and requested in self.remote_targets(fresh):
+                return requested
+        if requested is not None and not self.pinned:
             # never a path: a request must not make Ember open a file the user did not add
             raise ModelNotServed(requested, self.names(), not_downloaded=_is_catalog_model(requested))
         raise ModelNotServed(requested, self.names() if not self.pinned else local)
@@ -103,11 +123,19 @@ class Router:
     def target(self, name: str, timeout: float = 300.0) -> Target:
         """The engine for a chosen name, started (after making room) when it is not running.
         Raises what starting raises: PlanError, ParamError, ModelError, EngineStartError, DoesNotFit."""
-        remote = None if name in self.local_names() else self.remote_targets().get(name)
+        local = name in self._running_names() or name in self.local_names()
+        remote = None if local else self.remote_targets().get(name)
         if remote is not None:
             return remote
         run: Running = self.manager.serve(name, lambda: self.make_plan(name), timeout)
         return Target(name, run.proc.base_url, run.proc.api_key, name, True)
+
+
+def _installed_names() -> list[str]:
+    names = [s.name for s in store.local_models(assemble_starter=False)]
+    if store.STARTER not in names and store.starter_available():
+        names.insert(0, store.STARTER)  # assembled from its package when first asked for
+    return names + [n for n in records.ready_map() if n not in names]
 
 
 def _is_catalog_model(name: str) -> bool:
