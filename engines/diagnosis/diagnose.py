@@ -35,7 +35,7 @@ from engines.diagnosis.evidence import (Match, best_match, classify_lines, patte
 from engines.diagnosis.types import Diagnosis, Fix, Kind
 from engines.models import store
 from engines.running import launch, params, supervisor
-from engines.running.backends import ENGINES, LABELS
+from engines.running.backends import ENGINES, LABELS, availability
 
 __all__ = ["Diagnosis", "Fix", "Kind", "Match", "best_match", "classify_lines", "diagnose", "diagnose_exception",
            "diagnose_finish", "diagnose_log", "patterns_for", "preflight"]
@@ -137,6 +137,9 @@ def _from_log(lines: list[str], case: Case, phase: str = "start", status=None, p
         d = failures.refused_parameter(case, facts, best.line)
     elif kind == Kind.AUTH_FAILED:
         d = failures.auth(None)
+    elif kind == Kind.STARTUP_FAILED and facts.get("problem") == "engine_missing" and case.engine is not None:
+        d = failures.module_missing(case.engine.label, facts.get("module"), best.line,
+                                    availability(case.engine.name).install_command)
     elif kind == Kind.STARTUP_FAILED:
         d = failures.startup_failed(status, best.line)
     else:

@@ -88,6 +88,17 @@ def startup_failed(status, line: str | None, timed_out: bool = False, reason: st
     return Diagnosis(Kind.STARTUP_FAILED, "The engine could not start", text, facts, fixes)
 
 
+def module_missing(label: str, module: str | None, line: str, install_command: str) -> Diagnosis:
+    """The engine's Python lacks a module it needs (the engine itself, or what runs it)."""
+    what = f"module '{module}'" if module else "module it needs"
+    return Diagnosis(Kind.ENGINE_MISSING, f"The {label} engine's Python lacks {module or 'a module'}",
+                     f"The engine could not start: its Python has no {what}.\nThe log says: {line}",
+                     {k: v for k, v in {"module": module, "install_command": install_command,
+                                        "log_line": line}.items() if v},
+                     [Fix(f"Install what {label} needs", {}, install_command, action="install"),
+                      Fix("Show the engine log", {}, "The full log usually names the cause.", action="show_log")])
+
+
 def auth(message: str | None, status: int | None = None) -> Diagnosis:
     return Diagnosis(Kind.AUTH_FAILED, "The server refused the API key",
                      "The server answered " + (f"HTTP {status}" if status else "that the key is wrong")

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 #: engine -> (distribution whose version is reported, modules that must import)
 PACKAGES = {
     "llamacpp": ("xllamacpp", ("xllamacpp",)),
-    "transformers": ("transformers", ("transformers", "torch")),
+    "transformers": ("transformers", ("transformers", "torch", "starlette", "uvicorn")),  # Ember's server: hf_server
     "vllm": ("vllm", ("vllm",)),
     "sglang": ("sglang", ("sglang",)),
     "mlx": ("mlx-lm", ("mlx_lm",)),

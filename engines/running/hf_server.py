@@ -1,13 +1,15 @@
 """A thin OpenAI-compatible server for one transformers model (the transformers engine).
 
-Why our own: ``transformers serve`` (5.x) needs FastAPI and Uvicorn
-(``transformers[serving]``), loads models on demand behind a timeout and has no
-API key; Ember needs one model loaded before "ready", a Bearer key and a
-readiness answer. This file depends only on the standard library, torch,
-transformers and :mod:`engines.units` (itself standard library only), so it
-runs under any interpreter the user picked for the transformers engine
+Why our own: ``transformers serve`` (5.x) loads models on demand behind a
+timeout and has no API key; Ember needs one model loaded before "ready", a
+Bearer key and a readiness answer. The HTTP side is Starlette served by
+Uvicorn; the model side is torch and transformers, imported when the model
+loads. Besides those, this file needs only the standard library and
+:mod:`engines.units` (itself standard library only), so it runs under any
+interpreter the user picked for the transformers engine
 (``engine_python.transformers``); the launcher puts Ember's folder on
-``PYTHONPATH``.
+``PYTHONPATH``. An interpreter without Starlette or Uvicorn gets one log line
+that names them and the command that installs them, not a traceback.
 
 Endpoints: ``GET /health`` (200 once the model is loaded; the port is not even
 open before), ``GET /v1/models``, ``POST /v1/chat/completions`` and
@@ -16,23 +18,37 @@ template), each streaming SSE or one JSON answer. The model id is the served
 name (``--served-model-name``, what ``ember serve`` prints), never a path; a
 request naming another model gets 404 listing the served one. The API key
 comes from the environment (``EMBER_API_KEY``), never the command line. One
-generation runs at a time; a client that goes away stops its generation.
+generation runs at a time (on its own thread; its pieces reach the event loop
+through :class:`Pieces`); a client that goes away stops its generation.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import hmac
 import json
 import logging
 import os
-import queue
+import socket
 import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from engines.units import DEFAULT_N_CTX
+
+try:  # the HTTP stack: an engine interpreter without it is told how to install it (see main)
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+except ImportError as exc:
+    MISSING: ImportError | None = exc
+else:
+    MISSING = None
 
 log = logging.getLogger("engines.running.hf_server")
 
@@ -122,8 +138,8 @@ class Engine:
             ids = self.tokenizer(plain_prompt(msgs), return_tensors="pt").input_ids
         return ids
 
-    def generate(self, body: dict, ids, cancel: threading.Event, out: "queue.Queue"):
-        """Run one generation, putting text pieces then ("done", usage, finish) on ``out``."""
+    def generate(self, body: dict, ids, cancel: threading.Event, out: "Pieces"):
+        """Run one generation, putting text pieces then ("done", usage, finish) or ("error", exc) on ``out``."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -191,86 +207,124 @@ class Engine:
                           "total_tokens": n_prompt + n}, finish))
 
 
-class ChatHandler(BaseHTTPRequestHandler):
-    """The HTTP side: routes, the API key, and the answer streamed as SSE or sent whole.
+#: What the server needs besides torch and transformers, as pip takes it (pyproject's ``transformers`` extra).
+STACK = "'starlette>=0.40' 'uvicorn>=0.30'"
 
-    :func:`make_handler` binds it to one engine and key (``http.server`` makes
-    one handler per request from the class, so they are class attributes).
-    """
 
-    protocol_version = "HTTP/1.1"
-    server_version = "ember-hf"
-    engine: Engine
-    api_key: str | None = None
+def missing_stack(exc: ImportError) -> str:
+    """The log line for an interpreter without the HTTP stack (the diagnosis reads "No module named")."""
+    return (f"No module named '{exc.name}': Ember's Transformers server needs starlette and uvicorn in this "
+            f"Python ({sys.executable}); install them with: {sys.executable} -m pip install {STACK}")
 
-    def log_message(self, fmt, *args):  # one short line per request in the engine log
-        say(f"{self.command} {self.path} -> {fmt % args}")
 
-    def _json(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+class Pieces:
+    """``Engine.generate``'s ``out``: what it puts on its thread (text pieces, then ("done", usage,
+    finish) or ("error", exc)) arrives in order on the event loop that made this."""
 
-    def _error(self, status: int, message: str, type_: str, **fields) -> None:
-        self._json(status, {"error": {"message": message, "type": type_, "code": status, **fields}})
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
 
-    def _authorized(self) -> bool:
-        if not self.api_key:
-            return True
-        if self.headers.get("Authorization", "") == f"Bearer {self.api_key}":
-            return True
-        self._error(401, "Invalid API key", "authentication_error")
-        return False
-
-    def do_GET(self):
-        path = self.path.split("?", 1)[0]
-        if path == "/health":
-            self._json(200, {"status": "ok"})
-        elif path in ("/v1/models", "/models"):
-            if self._authorized():
-                self._json(200, {"object": "list", "data": [
-                    {"id": self.engine.model_id, "object": "model", "owned_by": "ember",
-                     "max_model_len": self.engine.max_model_len}]})
-        else:
-            self._error(404, f"no route {path}", "not_found_error")
-
-    def do_POST(self):
-        path = self.path.split("?", 1)[0]
-        kind = ROUTES.get(path)
-        if kind is None:
-            self._error(404, f"no route {path}", "not_found_error")
-            return
-        if not self._authorized():
-            return
+    def put(self, item) -> None:
         try:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: the server is stopping
+            pass
+
+    async def get(self):
+        return await self._queue.get()
+
+
+def _generate(engine: Engine, body: dict, ids, cancel: threading.Event, out: Pieces) -> None:
+    """The generation thread; whatever ``generate`` raises reaches the client as an error, never silence."""
+    try:
+        engine.generate(body, ids, cancel, out)
+    except Exception as exc:
+        log.exception("generation failed")
+        out.put(("error", exc))
+
+
+def _json(status: int, payload: dict) -> Response:
+    return Response(json.dumps(payload), status, media_type="application/json")
+
+
+def _error(status: int, message: str, type_: str, **fields) -> Response:
+    return _json(status, {"error": {"message": message, "type": type_, "code": status, **fields}})
+
+
+def _failed(exc: BaseException) -> dict:
+    return {"error": {"message": f"{type(exc).__name__}: {exc}", "type": "server_error", "code": 500}}
+
+
+class EventStream:
+    """An answer as SSE. However the response ends (done, or the client left: Starlette stops
+    the stream when the connection closes), the generation is told to stop."""
+
+    def __init__(self, events, cancel: threading.Event) -> None:
+        self.response = StreamingResponse(events, media_type="text/event-stream",
+                                          headers={"Cache-Control": "no-cache"})
+        self.cancel = cancel
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await self.response(scope, receive, send)
+        finally:
+            self.cancel.set()
+
+
+class Routes:
+    """The HTTP side: routes, the API key, and the answer streamed as SSE or sent whole."""
+
+    def __init__(self, engine: Engine, api_key: str | None) -> None:
+        self.engine = engine
+        self._expected = f"Bearer {api_key}".encode() if api_key else None
+
+    def authorized(self, request: Request) -> bool:
+        if self._expected is None:
+            return True
+        return hmac.compare_digest(request.headers.get("authorization", "").encode(), self._expected)
+
+    async def health(self, request: Request) -> Response:
+        return _json(200, {"status": "ok"})
+
+    async def models(self, request: Request) -> Response:
+        if not self.authorized(request):
+            return _error(401, "Invalid API key", "authentication_error")
+        return _json(200, {"object": "list", "data": [
+            {"id": self.engine.model_id, "object": "model", "owned_by": "ember",
+             "max_model_len": self.engine.max_model_len}]})
+
+    async def answer(self, request: Request) -> Response | EventStream:
+        kind = ROUTES[request.url.path]
+        if not self.authorized(request):
+            return _error(401, "Invalid API key", "authentication_error")
+        try:
+            body = json.loads(await request.body() or b"{}")
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
-            if not self._served(body):
-                return
-            ids = self._ids(kind, body)
+            asked = body.get("model")
+            if asked not in (None, "", self.engine.model_id):
+                return _error(404, f"The model '{asked}' is not served here; this server serves "
+                              f"'{self.engine.model_id}'", "model_not_found", served_models=[self.engine.model_id])
+            ids = await run_in_threadpool(self.ids, kind, body)  # waits for the tokenizer's lock
         except ValueError as exc:
-            self._error(400, f"bad request: {exc}", "invalid_request_error")
-            return
+            return _error(400, f"bad request: {exc}", "invalid_request_error")
         n_prompt = int(ids.shape[-1])
         if n_prompt >= self.engine.max_model_len:
-            self._error(400, f"request ({n_prompt} tokens) exceeds the available context size "
-                        f"({self.engine.max_model_len} tokens), try increasing it", "exceed_context_size_error",
-                        n_prompt_tokens=n_prompt, n_ctx=self.engine.max_model_len)
-            return
-        cancel, out = threading.Event(), queue.Queue()
-        threading.Thread(target=self.engine.generate, args=(body, ids, cancel, out), daemon=True).start()
+            return _error(400, f"request ({n_prompt} tokens) exceeds the available context size "
+                          f"({self.engine.max_model_len} tokens), try increasing it", "exceed_context_size_error",
+                          n_prompt_tokens=n_prompt, n_ctx=self.engine.max_model_len)
+        cancel, out = threading.Event(), Pieces()
+        threading.Thread(target=_generate, args=(self.engine, body, ids, cancel, out), name="answer",
+                         daemon=True).start()
         answer = Answer(kind, ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24],
                         int(time.time()), self.engine.model_id)
         if body.get("stream"):
-            self._stream(body, answer, cancel, out)
-        else:
-            self._whole(answer, out)
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return EventStream(self.events(answer, out, include_usage), cancel)
+        return await self.whole(request, answer, out, cancel)
 
-    def _ids(self, kind: str, body: dict):
+    def ids(self, kind: str, body: dict):
         """The prompt's token ids; ValueError for a body that is not a request of this kind."""
         if kind == "chat":
             if not isinstance(body.get("messages"), list) or not body["messages"]:
@@ -283,64 +337,47 @@ class ChatHandler(BaseHTTPRequestHandler):
             raise ValueError("'prompt' must be a non-empty string")
         return self.engine.text_ids(prompt)
 
-    def _served(self, body: dict) -> bool:
-        """Whether the request names the served model (or none); else a 404 that lists it."""
-        asked = body.get("model")
-        if asked in (None, "", self.engine.model_id):
-            return True
-        self._error(404, f"The model '{asked}' is not served here; this server serves '{self.engine.model_id}'",
-                    "model_not_found", served_models=[self.engine.model_id])
-        return False
-
-    def _send_chunk(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-    def _stream(self, body, answer: "Answer", cancel, out) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        try:
-            if answer.kind == "chat":
-                self._send_chunk(answer.chunk({"role": "assistant", "content": ""}))
-            while True:
-                item = out.get()
-                if isinstance(item, str):
-                    self._send_chunk(answer.chunk({"content": item}))
-                    continue
-                if item[0] == "error":
-                    err = {"error": {"message": f"{type(item[1]).__name__}: {item[1]}", "type": "server_error",
-                                     "code": 500}}
-                    self._send_chunk(b"data: " + json.dumps(err).encode() + b"\n\n")
-                    break
-                _, usage, finish = item
-                self._send_chunk(answer.chunk({}, finish))
-                if include_usage:
-                    self._send_chunk(answer.chunk(usage=usage))
-                self._send_chunk(b"data: [DONE]\n\n")
-                break
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            cancel.set()  # the client left: stop generating for it
-            self.close_connection = True
-
-    def _whole(self, answer: "Answer", out) -> None:
-        text = ""
+    @staticmethod
+    async def events(answer: "Answer", out: Pieces, include_usage: bool):
+        if answer.kind == "chat":
+            yield answer.chunk({"role": "assistant", "content": ""})
         while True:
-            item = out.get()
+            item = await out.get()
             if isinstance(item, str):
-                text += item
+                yield answer.chunk({"content": item})
                 continue
             if item[0] == "error":
-                self._error(500, f"{type(item[1]).__name__}: {item[1]}", "server_error")
+                yield b"data: " + json.dumps(_failed(item[1])).encode() + b"\n\n"
                 return
             _, usage, finish = item
-            self._json(200, answer.whole(text, finish, usage))
+            yield answer.chunk({}, finish)
+            if include_usage:
+                yield answer.chunk(usage=usage)
+            yield b"data: [DONE]\n\n"
             return
+
+    @staticmethod
+    async def whole(request: Request, answer: "Answer", out: Pieces, cancel: threading.Event) -> Response:
+        """The answer in one JSON; a client that leaves before it is ready stops its generation."""
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            cancel.set()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            text = ""
+            while True:
+                item = await out.get()
+                if isinstance(item, str):
+                    text += item
+                    continue
+                if item[0] == "error":
+                    return _json(500, _failed(item[1]))
+                _, usage, finish = item
+                return _json(200, answer.whole(text, finish, usage))
+        finally:
+            watcher.cancel()
 
 
 #: The POST routes and the kind of request each takes.
@@ -377,9 +414,30 @@ class Answer:
                 "created": self.created, "model": self.model, "choices": [choice], "usage": usage}
 
 
-def make_handler(engine: Engine, api_key: str | None) -> type[ChatHandler]:
-    """The handler class for ``ThreadingHTTPServer``, serving ``engine`` behind ``api_key``."""
-    return type("Handler", (ChatHandler,), {"engine": engine, "api_key": api_key})
+def make_app(engine: Engine, api_key: str | None):
+    """The ASGI app serving ``engine`` behind ``api_key`` (None: no key)."""
+    r = Routes(engine, api_key)
+
+    async def no_route(request: Request, exc: Exception) -> Response:  # 404 and 405 alike, as before
+        return _error(404, f"no route {request.url.path}", "not_found_error")
+
+    async def crashed(request: Request, exc: Exception) -> Response:  # Uvicorn logs the traceback
+        return _json(500, _failed(exc))
+
+    routes = [Route("/health", r.health, methods=["GET"]),
+              *(Route(path, r.models, methods=["GET"]) for path in ("/v1/models", "/models")),
+              *(Route(path, r.answer, methods=["POST"]) for path in ROUTES)]
+    return Starlette(routes=routes, exception_handlers={404: no_route, 405: no_route, Exception: crashed})
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound only once the model is loaded. Its protocol is named: asyncio turns
+    Nagle off only on sockets that say TCP (else every answer waits 40 ms for a delayed ACK)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    if os.name != "nt":  # a restarted engine may reuse its port at once (Windows would share it instead)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -402,14 +460,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"{PREFIX} %(levelname)s %(message)s")
+    if MISSING is not None:
+        say(missing_stack(MISSING))
+        return 1
     api_key = os.environ.pop("EMBER_API_KEY", None) or None
     engine = Engine(args)
-    server = ThreadingHTTPServer((args.host, args.port), make_handler(engine, api_key))
-    server.daemon_threads = True
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as exc:
+        say(f"cannot listen on {args.host}:{args.port}: {exc}")
+        return 1
+    # Uvicorn's loggers go through ours (the prefix): one line per request, its warnings and errors
+    config = uvicorn.Config(make_app(engine, api_key), log_config=None, log_level="info", lifespan="off",
+                            server_header=False, headers=[("server", "ember-hf")],
+                            timeout_graceful_shutdown=1)  # Ctrl-C / SIGTERM: open answers get a second
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # not its start and stop chatter
     say(f"ready on http://{args.host}:{args.port}")
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # Uvicorn stops gracefully, then raises the signal it caught again
         pass
     return 0
 

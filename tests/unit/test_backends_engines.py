@@ -270,6 +270,13 @@ REAL_LINES = [
      "invalid_model", {"problem": "corrupt"}),
     (transformers, "safetensors_rust.SafetensorError: Error while deserializing header: HeaderTooLarge",
      "invalid_model", {"problem": "corrupt"}),
+    (transformers, "ModuleNotFoundError: No module named 'torch'", "startup_failed",
+     {"problem": "engine_missing", "module": "torch"}),
+    # Ember's own server (engines/running/hf_server.py) in an interpreter without its HTTP stack
+    (transformers, "ember-hf: No module named 'uvicorn': Ember's Transformers server needs starlette and uvicorn in "
+                   "this Python (/envs/hf/bin/python); install them with: /envs/hf/bin/python -m pip install "
+                   "'starlette>=0.40' 'uvicorn>=0.30'", "startup_failed",
+     {"problem": "engine_missing", "module": "uvicorn"}),
 ]
 
 

@@ -254,3 +254,38 @@ def test_sglang_server_arguments_are_read_from_the_installed_sglang(home):
     argv = sglang.command(spec, values, "127.0.0.1", 8000, "k").argv
     assert argv[argv.index("--schedule-policy") + 1] == "lpm" and "--enable-torch-compile" in argv
     assert argv[argv.index("--cuda-graph-max-bs") + 1] == "8"
+
+
+def test_transformers_in_an_environment_without_the_http_stack_is_diagnosed(home):
+    """Ember's server for transformers runs on starlette and uvicorn: an environment without them gets a
+    diagnosis naming the module and that environment's install command, not a traceback."""
+    stub = home / "no-starlette" / "starlette"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'starlette'\", name='starlette')\n")
+    python = home / "env-python"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{stub.parent}${{PYTHONPATH:+:$PYTHONPATH}}" '
+                      f'exec "{sys.executable}" "$@"\n')
+    python.chmod(python.stat().st_mode | stat.S_IXUSR)
+    engine_env.set_python("transformers", str(python))
+    plan = launch.plan(str(model_folder(home)), cuda_hw(), "transformers")
+    with pytest.raises(supervisor.EngineStartError) as err:
+        launch.start(plan, timeout=60)
+    from engines.diagnosis import diagnose
+    d = diagnose.diagnose_exception(err.value, plan=plan)
+    assert d.kind == "engine_missing" and d.facts["module"] == "starlette"
+    assert d.title == "The Transformers engine's Python lacks starlette"
+    assert "Traceback" not in "\n".join(d.log_tail)
+    assert d.primary_fix.action == "install" and d.primary_fix.note == (
+        f"{python} -m pip install torch 'transformers>=4.50' safetensors accelerate 'starlette>=0.40' 'uvicorn>=0.30'")
+
+
+def test_a_separate_transformers_environment_is_asked_for_the_whole_extra():
+    """What Ember tells a separate environment to install is pyproject's transformers extra, the server's stack
+    included, and the interpreter probe asks for the same modules."""
+    import tomllib
+    from engines.running.backends import installed
+    extra = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    wanted = extra["project"]["optional-dependencies"]["transformers"]
+    named = [re.split(r"[<>=!; ]", p.strip("'"))[0] for p in installed.SEPARATE_ENVIRONMENT["transformers"].split()]
+    assert named == [re.split(r"[<>=!; ]", p)[0] for p in wanted]
+    assert {"starlette", "uvicorn"} <= set(engine_env.PACKAGES["transformers"][1])

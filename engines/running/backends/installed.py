@@ -26,6 +26,19 @@ _PACKAGES = {
     "mlx": ("mlx_lm", "mlx-lm", "pip install 'ember[mlx]'"),
 }
 
+#: What an engine needs in a Python environment of its own (``engine_python.<engine>``), where
+#: Ember's extras do not apply: pyproject's ``transformers`` extra, Ember's server's stack included.
+SEPARATE_ENVIRONMENT = {
+    "transformers": "torch 'transformers>=4.50' safetensors accelerate 'starlette>=0.40' 'uvicorn>=0.30'",
+}
+
+
+def _install_command(engine: str, interpreter: str | None) -> str:
+    """How to install ``engine``; for an environment of its own, with that environment's pip."""
+    if engine not in SEPARATE_ENVIRONMENT:
+        return _PACKAGES[engine][2]
+    return f"{interpreter + ' -m pip' if interpreter else 'pip'} install {SEPARATE_ENVIRONMENT[engine]}"
+
 
 @dataclass(frozen=True)
 class Availability:
@@ -34,7 +47,7 @@ class Availability:
     version: str | None
     install_command: str
     interpreter: str | None = None   # the Python that runs it (None: frozen build, no Python)
-    problem: str | None = None       # why a configured interpreter cannot run it
+    problem: str | None = None       # why the interpreter that would run it cannot
 
 
 def availability(engine: str) -> Availability:
@@ -47,22 +60,25 @@ def availability(engine: str) -> Availability:
     if engine != "llamacpp":  # llama.cpp runs inside Ember's own worker
         configured = engine_env.check(engine)
         if configured is not None:
-            return Availability(engine, configured.installed, configured.version, cmd,
-                                configured.interpreter, configured.problem)
+            return Availability(engine, configured.installed, configured.version,
+                                _install_command(engine, configured.interpreter), configured.interpreter,
+                                configured.problem)
         if engine_env.own_python() is None:  # a frozen build: its engines need a Python environment
-            return Availability(engine, False, None, cmd, None,
+            return Availability(engine, False, None, _install_command(engine, None), None,
                                 "this packaged Ember has no Python of its own; choose the python of an "
                                 "environment where it is installed (ember engine-python)")
-    installed = importlib.util.find_spec(module) is not None
-    if engine == "transformers":
-        installed = installed and importlib.util.find_spec("torch") is not None
+    missing = [m for m in engine_env.PACKAGES[engine][1] if importlib.util.find_spec(m) is None]
+    installed = not missing
+    problem = None
+    if missing and module not in missing:  # the engine is here, something it needs is not
+        problem = f"{engine_env.own_python()} has no {','.join(missing)}"
     version = None
     if installed:
         try:
             version = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
-    return Availability(engine, installed, version, cmd, engine_env.own_python())
+    return Availability(engine, installed, version, cmd, engine_env.own_python(), problem)
 
 
 def installed_engines() -> dict[str, bool]:

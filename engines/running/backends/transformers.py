@@ -1,10 +1,11 @@
 """transformers: the default engine for PyTorch-format models.
 
-Served by Ember's own thin OpenAI-compatible worker (:mod:`engines.running.hf_server`)
-because ``transformers serve`` needs FastAPI/Uvicorn, loads models on demand and
+Served by Ember's own thin OpenAI-compatible server (:mod:`engines.running.hf_server`,
+Starlette on Uvicorn) because ``transformers serve`` loads models on demand and
 has no API key. The server is started with the engine's interpreter (settings
-``engine_python.transformers``, else Ember's own) and the key in its
-environment, never on the command line.
+``engine_python.transformers``, else Ember's own), which needs torch,
+transformers, starlette and uvicorn, and the key in its environment, never on
+the command line.
 """
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ LOG_PATTERNS = log_table(
      {"problem": "unknown_architecture"}),
     (r"does not appear to have a file named|Error no file named", "invalid_model", {"problem": "missing"}),
     (r"SafetensorError|Error while deserializing header", "invalid_model", {"problem": "corrupt"}),
-    (r"No module named '?(?P<module>torch|transformers)'?", "startup_failed", {"problem": "engine_missing"}),
+    # torch and transformers, or the HTTP stack Ember's server runs on (its own line names the install command)
+    (r"No module named '?(?P<module>torch|transformers|starlette|uvicorn)'?", "startup_failed",
+     {"problem": "engine_missing"}),
 )
 
 #: which parameters fix each memory (keys the engine's validate accepts); the values come from its fixes_for.
