@@ -10,6 +10,8 @@ that comes first wins (specific before generic).
 """
 from __future__ import annotations
 
+import re
+
 from engines.diagnosis.types import log_table
 
 #: Any engine's log: a taken port, memory that ran out, a crash.
@@ -28,3 +30,8 @@ HTTP = log_table(
      "context_exceeded"),
     (r"maximum context length", "context_exceeded"),
 )
+
+#: Lines any engine's log may show once it answers requests (access logs, Ember's worker), and while it loads.
+#: With each engine's own (``Engine.serving_lines``, ``loading_lines``) they tell when a failure happened.
+SERVING = re.compile(r'"(?:POST|GET) /(?:v1/)?\S+ HTTP/1\.[01]" 200|ember-worker: ready|ember-mlx: model loaded')
+LOADING = re.compile(r"Loading checkpoint shards|Loading model|load_model|ember-worker: starting")
