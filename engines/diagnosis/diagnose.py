@@ -159,6 +159,8 @@ def _phase_kind(best: Match, matches: list[Match], phase: str) -> tuple[Kind, di
     if phase == "run" and kind == Kind.OOM_LOAD:
         kind = Kind.KV_CACHE_FULL
         facts["cause"] = "memory"
+    if phase == "run" and kind == Kind.STARTUP_FAILED:
+        kind = Kind.ENGINE_CRASHED  # it had started: a failure while answering is a crash
     if kind == Kind.KV_CACHE_FULL and memory_lines:
         facts["cause"] = "memory"
     if kind == Kind.OOM_LOAD:

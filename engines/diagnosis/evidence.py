@@ -126,18 +126,21 @@ def phase_of(lines: list[str], best: Match, engine: str | None = None) -> str | 
     """When the failure ``best`` names happened: "run" (answering), "start" (loading), None (the log cannot tell).
 
     A request-level failure (a prompt too long, an image) is "run" whatever else the log shows. Otherwise a
-    line the engine writes only once it serves, before the failure, means "run"; a loading line anywhere, "start".
+    line the engine writes only once it serves, before the failure, means "run"; a loading line anywhere,
+    "start"; a serving line only after it (the frames of a traceback from the serving loop), "run".
     """
     if best.kind in REQUEST_KINDS:
         return "run"
     engines = _engines(engine)
     serving = [patterns.SERVING] + [e.serving_lines for e in engines if e.serving_lines is not None]
     loading = [patterns.LOADING] + [e.loading_lines for e in engines if e.loading_lines is not None]
-    before = lines[:best.index] if best.index >= 0 else lines
-    if any(rx.search(line) for line in before for rx in serving):
+    cut = best.index if best.index >= 0 else len(lines)
+    if any(rx.search(line) for line in lines[:cut] for rx in serving):
         return "run"
     if any(rx.search(line) for line in lines for rx in loading):
         return "start"
+    if any(rx.search(line) for line in lines[cut:] for rx in serving):
+        return "run"
     return None
 
 

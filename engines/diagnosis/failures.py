@@ -140,6 +140,7 @@ _GPU_WORDS = {
     "no_driver": "{engine} found no NVIDIA driver: there is no NVIDIA GPU here, or its driver is not installed.",
     "cpu_build": "This build of {engine} has no GPU support (a CPU-only build), so it cannot put any work on the GPU.",
     "init_failed": "{engine} could not start CUDA on this computer's GPU{detail}.",
+    "gpu_too_old": "This GPU is older than {engine} supports (compute capability below {min_capability}).",
 }
 
 
@@ -149,7 +150,8 @@ def gpu_unusable(case: Case, facts_in: dict, line: str) -> Diagnosis:
     facts = dict(facts_in, problem=problem)
     detail = facts_in.get("detail") or (f" (CUDA error {facts_in['cuda_error']})" if facts_in.get("cuda_error") else "")
     text = _GPU_WORDS.get(problem, _GPU_WORDS["init_failed"]).format(
-        engine=case.label, detail=f": {detail}" if detail and not str(detail).startswith(" (") else detail)
+        engine=case.label, detail=f": {detail}" if detail and not str(detail).startswith(" (") else detail,
+        min_capability=facts_in.get("min_capability", "its minimum"))
     if facts_in.get("driver_cuda"):  # torch's "found version 11040": the newest CUDA the driver runs
         v = int(facts_in["driver_cuda"])
         facts["driver_cuda"] = f"{v // 1000}.{v % 1000 // 10}"
@@ -164,6 +166,9 @@ def gpu_unusable(case: Case, facts_in: dict, line: str) -> Diagnosis:
             fixes.append(Fix(f"Install a {case.label} build for your driver's CUDA", {}, install, action="install"))
     elif problem == "cpu_build" and install:
         fixes.insert(0, Fix(f"Install {case.label}'s GPU build", {}, install, action="install"))
+    elif problem == "gpu_too_old":
+        fixes.append(Fix("Use the llama.cpp engine", {}, "It runs on older GPUs, and on the CPU (a GGUF file of the "
+                         "model is needed).", action="use_engine:llamacpp"))
     elif problem in ("no_device", "no_driver", "init_failed"):
         fixes.insert(0, Fix("Check that the GPU is visible", {},
                             "`nvidia-smi` should list it; CUDA_VISIBLE_DEVICES must not hide it; in a container, "

@@ -46,6 +46,9 @@ TORCH_PATTERNS = log_table(
     (r"CUDA out of memory\. Tried to allocate (?P<alloc_mib>[\d.]+) MiB", "oom_load", {"memory": "gpu"}),
     (r"CUDA out of memory\. Tried to allocate (?P<alloc_gib>[\d.]+) GiB", "oom_load", {"memory": "gpu"}),
     (r"torch\.(?:cuda\.)?OutOfMemoryError|CUDA error: out of memory|CUDA out of memory", "oom_load", {"memory": "gpu"}),
+    # a GPU kernel's fault: the process (or its CUDA context) is lost
+    (r"CUDA error: (?P<cuda_fault>an illegal memory access was encountered|device-side assert triggered|"
+     r"unspecified launch failure)", "engine_crashed"),
 )
 
 #: How to install torch's CUDA build in an engine's environment (the driver decides which CUDA it can run).

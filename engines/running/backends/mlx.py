@@ -137,9 +137,11 @@ LOG_PATTERNS = log_table(
     (r"\[(?:malloc_or_wait|metal::malloc)\] Unable to allocate|std::bad_alloc", "oom_load", {"memory": "ram"}),
     (r"Model type (?P<architecture>\S+) not supported", "invalid_model", {"problem": "unknown_architecture"}),
     # weights that do not fit the model class: a conversion for another mlx-lm, or another model's files
-    (r"Received (?P<extra>\d+) parameters not in model|Missing (?P<missing>\d+) parameters", "invalid_model",
+    (r"Received (?P<extra>\d+) parameters not in model|Missing (?P<missing>\d+) parameters|"
+     r"Expected shape \([\d, ]*\) but received shape \([\d, ]*\) for parameter", "invalid_model",
      {"problem": "wrong_weights"}),
-    (r"\[load_safetensors\]|\[json\.exception\.parse_error", "invalid_model", {"problem": "corrupt"}),
+    (r"\[load(?:_safetensors)?\] (?:Invalid header|Failed to open)|\[load_safetensors\]|\[json\.exception\.parse_error",
+     "invalid_model", {"problem": "corrupt"}),
     (r"No safetensors found in|config\.json.*(?:not found|No such file)", "invalid_model", {"problem": "missing"}),
     (r"No module named '(?P<module>mlx_lm|mlx)'", "startup_failed", {"problem": "engine_missing"}),
     (r"ember-mlx: the model failed to load", "startup_failed"),

@@ -74,7 +74,8 @@ SIGNATURE = re.compile(r"sglang|sgl_kernel|sgl_jax|\bTP\d+\]|Prefill batch|Decod
                        r"allow-auto-truncate|token_to_kv_pool|req_to_token_pool|launch_server")
 LOADING = re.compile(r"Load weight|Memory pool end|Capture cuda graph|init_cuda_graphs|CudaGraphRunner|"
                      r"ModelRunner\(|load_model|Init torch distributed")
-SERVING = re.compile(r"fired up and ready to roll|Prefill batch|Decode batch|" + S.HTTP_SERVING)
+SERVING = re.compile(r"fired up and ready to roll|Prefill batch|Decode batch|event_loop_(?:normal|overlap)|"
+                     r"\brun_batch\b|process_batch_result|" + S.HTTP_SERVING)
 
 FIXES = {
     "kv_cache": ["mem_fraction_static", "context_length", "tp_size"],

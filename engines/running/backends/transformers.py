@@ -49,8 +49,11 @@ LOG_PATTERNS = log_table(
 ) + S.TORCH_PATTERNS + log_table(
     (r"DefaultCPUAllocator: can't allocate memory|not enough memory: you tried to allocate", "oom_load",
      {"memory": "ram"}),
-    (r"Unrecognized configuration class|does not recognize this architecture", "invalid_model",
-     {"problem": "unknown_architecture"}),
+    (r"Unrecognized configuration class|does not recognize this architecture|"
+     r"CONFIG_MAPPING\[config_dict\[.model_type.\]\]", "invalid_model", {"problem": "unknown_architecture"}),
+    # weights of another shape than the model class builds: another model's, or another version's conversion
+    (r"size mismatch for [\w.]+: copying a param with shape|Trying to set a tensor of shape .* this looks incorrect",
+     "invalid_model", {"problem": "wrong_weights"}),
     (r"does not appear to have a file named|Error no file named", "invalid_model", {"problem": "missing"}),
     (r"SafetensorError|Error while deserializing header", "invalid_model", {"problem": "corrupt"}),
     (r"No module named '(?P<module>torch|transformers)'", "startup_failed", {"problem": "engine_missing"}),

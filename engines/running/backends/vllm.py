@@ -73,6 +73,8 @@ LOG_PATTERNS = log_table(
     (r"Failed to infer device type", "gpu_unusable", {"problem": "no_device"}),
     (r"Total number of attention heads \((?P<heads>\d+)\) must be divisible by tensor parallel size "
      r"\((?P<tensor_parallel_size>\d+)\)", "bad_parameter", {"parameter": "tensor_parallel_size"}),
+    (r"GPUs with compute capability below (?P<min_capability>[\d.]+) are not supported", "gpu_unusable",
+     {"problem": "gpu_too_old"}),
     (r"Bfloat16 is only supported on GPUs with compute capability of at least 8\.0", "bad_parameter",
      {"parameter": "dtype"}),
     (r"Model architectures \[(?P<architecture>[^\]]*)\] are not supported", "invalid_model",
