@@ -73,13 +73,13 @@ def crashed(case: Case, status, lines: list[str], during: str) -> Diagnosis:
                 facts["signal_name"] = signal.Signals(status.signal).name
             except ValueError:
                 pass
+    m = best_match(lines, getattr(case.plan, "engine", None) or (case.engine.name if case.engine else None),
+                   {"engine_crashed", "oom_load"})
     text += "."
-    killed = status is not None and status.signal == 9
+    killed = (status is not None and status.signal == 9) or (m is not None and str(m.facts.get("signal")) == "9")
     if killed:
         text += ("\nIf you did not stop it yourself, the system may have run out of memory "
                  "(the kernel's out-of-memory killer sends SIGKILL).")
-    m = best_match(lines, getattr(case.plan, "engine", None) or (case.engine.name if case.engine else None),
-                   {"engine_crashed", "oom_load"})
     if m:
         text += f"\nLast error in the log: {m.line}"
         facts.update(m.facts)

@@ -123,6 +123,7 @@ LOG_PATTERNS = log_table(
     (r"n_seq_max must be <= (?P<max_parallel>\d+)", "bad_parameter", {"parameter": "n_parallel"}),
     (r"llama_model_load: error loading model: (?P<detail>.*)", "invalid_model", {"problem": "load_error"}),
     (r"failed to load model", "startup_failed"),
+    (r"failed to (?:create|initialize the) context|Failed to create llama_context", "startup_failed"),
     (r"Failed to init server", "startup_failed"),
     (r"llama\.cpp failed to start", "startup_failed"),
 )

@@ -64,6 +64,7 @@ LOG_PATTERNS = log_table(
     (r"context_length \((?P<context_length>\d+)\) is (?:greater|larger) than the derived context_length",
      "bad_parameter", {"parameter": "context_length"}),
     (r"No module named '?sglang'?", "startup_failed", {"problem": "engine_missing"}),
+    (r"memory leak detected", "engine_crashed"),  # the scheduler's own check failed: it stops
 ) + S.TORCH_PATTERNS + log_table(
     (r"Scheduler hit an exception|Initialization failed\. .*", "startup_failed"),
 )

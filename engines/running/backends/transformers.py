@@ -45,6 +45,9 @@ LOG_PATTERNS = log_table(
      "context_exceeded"),
     (r"indexSelect\w*: .*Assertion `srcIndex < srcSelectDimSize` failed|IndexError: index out of range in self",
      "context_exceeded"),
+    # a sequence longer than the position table: the embeddings' sizes disagree
+    (r"The size of tensor a \((?P<n_prompt_tokens>\d+)\) must match the size of tensor b \((?P<n_ctx_slot>\d+)\)",
+     "context_exceeded"),
     (r"MPS backend out of memory", "oom_load", {"memory": "gpu"}),
 ) + S.TORCH_PATTERNS + log_table(
     (r"DefaultCPUAllocator: can't allocate memory|not enough memory: you tried to allocate", "oom_load",

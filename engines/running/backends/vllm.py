@@ -70,6 +70,12 @@ LOG_PATTERNS = log_table(
      "context_exceeded"),
     (r"Input prompt \((?P<n_prompt_tokens>\d+) tokens\) is too long and exceeds limit of (?P<n_ctx_slot>\d+)",
      "context_exceeded"),
+    (r"The decoder prompt \(length (?P<n_prompt_tokens>\d+)\) is longer than the maximum model length of "
+     r"(?P<n_ctx_slot>\d+)", "context_exceeded"),
+    (r"The prompt \(total length (?P<n_prompt_tokens>\d+)\) is too long to fit into the model \(context length "
+     r"(?P<n_ctx_slot>\d+)\)", "context_exceeded"),
+    (r"Prompt length of (?P<n_prompt_tokens>\d+) is longer than the maximum model length of (?P<n_ctx_slot>\d+)",
+     "context_exceeded"),
     (r"Failed to infer device type", "gpu_unusable", {"problem": "no_device"}),
     (r"Total number of attention heads \((?P<heads>\d+)\) must be divisible by tensor parallel size "
      r"\((?P<tensor_parallel_size>\d+)\)", "bad_parameter", {"parameter": "tensor_parallel_size"}),
