@@ -11,6 +11,7 @@ while answering.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Iterable
@@ -52,10 +53,17 @@ def patterns_for(engine: str | None) -> list[LogPattern]:
     return own + list(patterns.GENERIC) + list(patterns.HTTP)
 
 
+#: A line logged at INFO or DEBUG level reports, it never is the failure ("If you are running out of memory,
+#: consider..."): vLLM's "INFO 08-19 ...", uvicorn's "INFO:", Python logging's " - INFO - ", a worker's prefix first.
+QUIET = re.compile(r"^\s*(?:\(\w+ pid=\d+\)\s*)?(?:\[[^\]]*\]\s*)?(?:INFO|DEBUG)\b|\s-\s(?:INFO|DEBUG)\s-\s")
+
+
 def _classify(lines: Iterable[str], table: list[LogPattern], supporting: bool = False) -> list[Match]:
     """The lines a table names (``supporting``: the lines that only lend numbers to a failure named elsewhere)."""
     found = []
     for index, line in enumerate(lines):
+        if not supporting and QUIET.search(line):
+            continue
         for rank, pattern in enumerate(table):
             if bool(pattern.facts.get("supporting")) != supporting:
                 continue

@@ -19,7 +19,7 @@ GENERIC = log_table(
     (r"address already in use", "port_in_use"),
     (r"CUDA error: out of memory", "oom_load", {"memory": "gpu"}),
     (r"std::bad_alloc", "oom_load", {"memory": "ram"}),
-    (r"\bout of memory\b", "oom_load"),
+    (r"(?<!running )(?<!run )\bout of memory\b", "oom_load"),
     (r"Segmentation fault|segfault", "engine_crashed"),
     # the shell's word for a process the kernel killed (SIGKILL: often the out-of-memory killer)
     (r"zsh: killed\b|Killed: 9\b|line \d+: +\d+ Killed\b|^Killed$", "engine_crashed", {"signal": 9}),

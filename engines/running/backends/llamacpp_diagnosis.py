@@ -113,7 +113,7 @@ LOG_PATTERNS = log_table(
     (r"unable to allocate .*backend buffer", "oom_load"),
     (r"failed to allocate compute (?:pp )?buffers?", "oom_load"),
     (r"std::bad_alloc", "oom_load", {"memory": "ram"}),
-    (r"\bout of memory\b", "oom_load"),
+    (r"(?<!running )(?<!run )\bout of memory\b", "oom_load"),
     # -- crashes ---------------------------------------------------------------------------
     (r"GGML_ASSERT\((?P<assertion>.*)\) failed", "engine_crashed"),
     (r"GGML_ASSERT: (?P<where>\S+): (?P<assertion>.*)", "engine_crashed"),
