@@ -133,9 +133,10 @@ def _engines(engine: str | None) -> list:
 def phase_of(lines: list[str], best: Match, engine: str | None = None) -> str | None:
     """When the failure ``best`` names happened: "run" (answering), "start" (loading), None (the log cannot tell).
 
-    A request-level failure (a prompt too long, an image) is "run" whatever else the log shows. Otherwise a
-    line the engine writes only once it serves, before the failure, means "run"; a loading line anywhere,
-    "start"; a serving line only after it (the frames of a traceback from the serving loop), "run".
+    A request-level failure (a prompt too long, an image) is "run" whatever else the log shows. Otherwise the
+    last loading or serving line before the failure says which (an older llama-server listens before it loads);
+    with neither before it, a loading line anywhere means "start", a serving line after it (the frames of a
+    traceback from the serving loop) "run".
     """
     if best.kind in REQUEST_KINDS:
         return "run"
@@ -143,8 +144,11 @@ def phase_of(lines: list[str], best: Match, engine: str | None = None) -> str | 
     serving = [patterns.SERVING] + [e.serving_lines for e in engines if e.serving_lines is not None]
     loading = [patterns.LOADING] + [e.loading_lines for e in engines if e.loading_lines is not None]
     cut = best.index if best.index >= 0 else len(lines)
-    if any(rx.search(line) for line in lines[:cut] for rx in serving):
-        return "run"
+    for line in reversed(lines[:cut]):
+        if any(rx.search(line) for rx in loading):
+            return "start"
+        if any(rx.search(line) for rx in serving):
+            return "run"
     if any(rx.search(line) for line in lines for rx in loading):
         return "start"
     if any(rx.search(line) for line in lines[cut:] for rx in serving):

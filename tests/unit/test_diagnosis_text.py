@@ -172,7 +172,7 @@ def test_try_increasing_it_becomes_the_setting_that_holds_the_request(engine, ke
     said = backends.get(engine).in_ember_terms(
         "request (3024 tokens) exceeds the available context size (2048 tokens), try increasing it")
     assert "try increasing it" not in said
-    assert f"--set {key}=4096" in said and "Context field of the launch dialog" in said
+    assert f"--set {key}=4096" in said and "the launch dialog's Context size field" in said
 
 
 def test_metrics_and_context_shift_in_ember_s_terms():
@@ -182,6 +182,8 @@ def test_metrics_and_context_shift_in_ember_s_terms():
     said = e.in_ember_terms("the request exceeds the available context size. try increasing the context size or "
                             "enable context shift")
     assert "--set ctx_shift=true" in said and "--set n_ctx=" in said
+    said = e.in_ember_terms("failed to load model 'm.gguf', try reducing --n-gpu-layers if you're running out of VRAM")
+    assert "--n-gpu-layers" not in said and "--set n_gpu_layers=" in said
 
 
 def test_a_pasted_context_error_names_the_size_the_fix_sets():

@@ -56,7 +56,7 @@ LOG_PATTERNS = log_table(
     (r"does not support slots", "not_supported", {"feature": "slots"}),
     (r"does not support changing global properties", "not_supported", {"feature": "props"}),
     # -- not a valid model file -----------------------------------------------------------
-    (r"failed to open GGUF file '(?P<file>[^']*)' \((?P<os_error>[^)]*)\)", "invalid_model", {"problem": "missing"}),
+    (r"failed to open GGUF file '(?P<file>[^']*)'(?: \((?P<os_error>[^)]*)\))?", "invalid_model", {"problem": "missing"}),
     (r"gguf_init_from_reader: failed to read magic", "invalid_model", {"problem": "empty"}),
     (r"invalid magic characters:? '(?P<magic>[^']*)'", "invalid_model", {"problem": "not_gguf"}),
     (r"invalid magic number (?P<magic>\w+)", "invalid_model", {"problem": "not_gguf"}),

@@ -61,12 +61,14 @@ TERMS: tuple[Term, ...] = tuple(
     _term(r"Please use a different pooling type",
           f"Use `{set_flags({'pooling_type': FEATURES['embeddings']['pooling_type']})}`", "llamacpp"),
     _term(r"try increasing the context size or enable context shift",
-          "raise the context (`--set {context}={tokens}` or the Context field of the launch dialog) or turn on "
+          "raise the context (`--set {context}={tokens}` or the launch dialog's Context size field) or turn on "
           "context shift (`--set ctx_shift=true`)", "llamacpp"),
     _term(r"try increasing it via (?:the|total) context size(?: or enabling defragmentation)?",
-          "raise the context (`--set {context}={tokens}` or the Context field of the launch dialog)"),
+          "raise the context (`--set {context}={tokens}` or the launch dialog's Context size field)"),
     _term(r"try increasing (?:it|the context size)",
-          "raise the context (`--set {context}={tokens}` or the Context field of the launch dialog)"),
+          "raise the context (`--set {context}={tokens}` or the launch dialog's Context size field)"),
+    _term(r"try reducing --n-gpu-layers", "try fewer GPU layers (`--set n_gpu_layers=N` or the launch dialog's GPU "
+          "layers field)", "llamacpp"),
 )
 
 _REQUEST = re.compile(r"request \((\d+) tokens\)|n_prompt_tokens\W+(\d+)", re.IGNORECASE)
