@@ -387,6 +387,24 @@ def cmd_chat(args) -> int:
         proc.stop()
 
 
+def cmd_diagnose(args) -> int:
+    """The diagnosis of an engine log (Ember's own, or one pasted from elsewhere; ``-`` reads stdin)."""
+    source = "standard input" if args.logfile == "-" else args.logfile
+    try:
+        text = sys.stdin.read() if args.logfile == "-" else Path(args.logfile).read_text(encoding="utf-8",
+                                                                                          errors="replace")
+    except OSError as exc:
+        return _fail(f"cannot read {source}: {exc.strerror or exc}")
+    d = diagnose.diagnose_text(text, args.engine, None if args.logfile == "-" else args.logfile)
+    if d is None:
+        return _fail(f"nothing recognised in {source}: no failure Ember knows in these lines")
+    if args.json:
+        print(json.dumps(d.to_dict(), indent=2))
+    else:
+        print(d.render_text(tail=0))  # the lines are the user's own file
+    return 0
+
+
 def cmd_params(args) -> int:
     schema = backends.get(args.engine).schema()
     rows = [{"key": s.key, "type": s.type, "default": s.default, "expects": s.expects} for s in schema.values()]
@@ -536,6 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reply limit in tokens (default: the reply_limit setting, 1,024)")
     c.add_argument("--temperature", type=float, default=None)
     c.set_defaults(func=cmd_chat)
+
+    dg = sub.add_parser("diagnose", help="explain an engine log's failure, with fixes (Ember's or any other)")
+    dg.add_argument("logfile", help="the log file (an Ember engine log, or one saved from elsewhere); - for stdin")
+    dg.add_argument("--engine", choices=ENGINES, help="the engine that wrote it (default: read from the log)")
+    dg.add_argument("--json", action="store_true", help="print kind, title, explanation, facts and fixes as JSON")
+    dg.set_defaults(func=cmd_diagnose)
 
     pa = sub.add_parser("params", help="list an engine's parameters")
     pa.add_argument("--engine", choices=ENGINES, default="llamacpp")

@@ -38,6 +38,21 @@ class Case:
         shape = engine.context(plan) if engine is not None else ContextShape(None)
         return cls(plan, engine, shape)
 
+    @classmethod
+    def for_engine(cls, name: str | None) -> "Case":
+        """A log read without a launch (``ember diagnose``): the engine's words and fixes, the log's numbers."""
+        try:
+            engine = backends.get(name) if name else None
+        except backends.UnknownEngine as exc:
+            log.info("diagnosing without the engine: %s", exc)
+            engine = None
+        return cls(None, engine, engine.context(None) if engine is not None else ContextShape(None))
+
+    @property
+    def label(self) -> str:
+        """The engine's name for people ("llama.cpp"), or "the engine"."""
+        return self.engine.label if self.engine is not None else "the engine"
+
     @property
     def trained(self) -> int | None:
         """The context the model was trained on."""
@@ -73,8 +88,8 @@ class Case:
         return f"({ctx} {count(s.total)} / {par} {s.slots})"
 
     def fixes(self, kind: Kind, facts: Mapping[str, object]) -> list[Fix]:
-        """The engine's parameter fixes for this kind ([] without a plan or engine)."""
-        if self.engine is None or self.plan is None:
+        """The engine's parameter fixes for this kind ([] without an engine; from the facts alone without a plan)."""
+        if self.engine is None:
             return []
         try:
             return list(self.engine.fixes_for(kind, dict(facts), self.plan))

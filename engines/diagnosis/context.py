@@ -7,21 +7,32 @@ from engines.diagnosis.types import Diagnosis, Fix, Kind, count
 
 
 def context_exceeded(case: Case, n_prompt: int | None, slot_ctx: int | None, message: str | None = None,
-                     multimodal: bool = False) -> Diagnosis:
+                     multimodal: bool = False, reply_tokens: int | None = None, limit: str | None = None) -> Diagnosis:
+    """``reply_tokens``: the answer's share of the request, when the engine counts it (vLLM);
+    ``limit`` "pool": the limit is the KV cache's size, not the context (SGLang)."""
     s = case.shape
     if slot_ctx is None and s.total:
         slot_ctx = s.per_slot
     facts: dict[str, object] = {"n_prompt_tokens": n_prompt, "n_ctx_slot": slot_ctx, "n_ctx": s.total,
-                                "n_parallel": s.slots, "n_ctx_train": case.trained}
+                                "n_parallel": s.slots, "n_ctx_train": case.trained, "max_tokens": reply_tokens,
+                                "limit": limit}
     facts = {k: v for k, v in facts.items() if v is not None}
-    if n_prompt and slot_ctx:
-        first = f"Your message needs {count(n_prompt)} tokens; each slot holds {count(slot_ctx)}"
+    holds = "each slot holds" if s.split else "the context holds"
+    if n_prompt and slot_ctx and reply_tokens and n_prompt < slot_ctx:
+        first = (f"Your message needs {count(n_prompt)} tokens and asks for up to {count(reply_tokens)} more for "
+                 f"the answer; {holds} {count(slot_ctx)}")
+    elif n_prompt and slot_ctx:
+        first = f"Your message needs {count(n_prompt)} tokens; {holds} {count(slot_ctx)}"
     elif slot_ctx:
-        first = f"The conversation no longer fits in the context; each slot holds {count(slot_ctx)} tokens"
+        first = f"The conversation no longer fits in the context; {holds} {count(slot_ctx)} tokens"
     else:
         first = "The conversation no longer fits in the engine's context"
     first += f" {case.words(slot_ctx)}." if s.total and case.plan is not None else "."
-    lines = [first, "The engine refuses a request longer than one slot's context; it does not drop old turns by itself."]
+    refuses = ("The engine refuses a request longer than one slot's context" if s.split
+               else "The engine refuses a request longer than its context")
+    lines = [first, refuses + "; it does not drop old turns by itself."]
+    if limit == "pool":
+        lines.append("Here the limit is the size of the engine's KV cache, smaller than the context it was set to.")
     if multimodal or getattr(getattr(case.plan, "model", None), "has_vision", False):
         lines.append("With images in the conversation (multimodal), context shift is off, so the context must hold "
                      "the whole conversation.")

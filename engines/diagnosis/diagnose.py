@@ -22,23 +22,33 @@ This module is the dispatch: which evidence means which kind. The words of
 each kind are in :mod:`.context`, :mod:`.memory` and :mod:`.failures`.
 Dependencies go one way: the diagnosis imports the engines
 (:mod:`engines.running`); the engines import only :mod:`engines.diagnosis.types`.
+
+:func:`diagnose_text` reads a whole log with no launch behind it (``ember
+diagnose``): Ember's own engine log or one pasted from elsewhere. The engine is
+the log's header's, else the one whose lines it holds; whether the failure came
+while loading or while answering is read from the log itself.
+
+Wherever a diagnosis shows an engine's words, the flags they name are said in
+Ember's terms (``Engine.in_ember_terms``: "start it with `--embeddings`" becomes
+``--set embedding=true --set pooling_type=mean``).
 """
 from __future__ import annotations
 
+import json
 import logging
 
 from engines.chat import client
 from engines.diagnosis import context, failures, memory
 from engines.diagnosis.case import Case
-from engines.diagnosis.evidence import (Match, best_match, classify_lines, patterns_for, proc_lines, read_log,
-                                        tail, wait_exit)
+from engines.diagnosis.evidence import (Match, best_match, classify_lines, guess_engine, owner, patterns_for,
+                                        phase_of, proc_lines, read_log, supporting_facts, tail, wait_exit)
 from engines.diagnosis.types import Diagnosis, Fix, Kind
 from engines.models import store
 from engines.running import launch, params, supervisor
 from engines.running.backends import ENGINES, LABELS, availability
 
 __all__ = ["Diagnosis", "Fix", "Kind", "Match", "best_match", "classify_lines", "diagnose", "diagnose_exception",
-           "diagnose_finish", "diagnose_log", "patterns_for", "preflight"]
+           "diagnose_finish", "diagnose_log", "diagnose_text", "guess_engine", "patterns_for", "preflight"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +58,57 @@ preflight = memory.preflight
 def diagnose_log(lines: list[str], plan=None, phase: str = "start", status=None, path: str | None = None,
                  model_path: str | None = None) -> Diagnosis | None:
     """Diagnose from log lines alone (``phase`` "start" or "run"); None if nothing is recognised."""
-    return _from_log(lines, Case.of(plan), phase, status, path, model_path)
+    case = Case.of(plan)
+    return _in_ember_terms(_from_log(lines, case, phase, status, path, model_path), case)
+
+
+def diagnose_text(text: str, engine: str | None = None, path: str | None = None) -> Diagnosis | None:
+    """The diagnosis of a whole engine log with no launch behind it; None when it shows no known failure.
+
+    Ember's own log is read from its last ``# ember launch`` header on, whose engine it takes; a log from
+    elsewhere is read with ``engine``'s dialect, else that of the engine whose lines it holds, else with
+    every engine's. Whether it failed while loading or while answering comes from the log (``facts["phase"]``:
+    "start", "run" or "unknown"); the fixes come from the log's own numbers."""
+    lines = text.splitlines()
+    header = None
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("# ember launch"):
+            header, lines = _header_engine(lines[i]), lines[i + 1:]
+            break
+    name = engine or header or guess_engine(lines)
+    matches = classify_lines(lines, name)
+    if not matches:
+        return None
+    best = min(matches, key=lambda m: m.rank)
+    name = name or owner(best)  # a line only one engine writes names its engine
+    phase = phase_of(lines, best, name)
+    case = Case.for_engine(name)
+    d = _from_log(lines, case, phase, None, path, None)
+    if d is None:
+        return None
+    d.facts.setdefault("engine", name or "unknown")
+    d.facts.setdefault("phase", phase or "unknown")
+    return _in_ember_terms(d, case)
+
+
+def _header_engine(line: str) -> str | None:
+    """The engine an ``# ember launch <time> {json}`` header names."""
+    try:
+        return json.loads(line.split(" ", 4)[4]).get("engine")
+    except (IndexError, ValueError, AttributeError):
+        return None
+
+
+def _in_ember_terms(d: Diagnosis | None, case: Case) -> Diagnosis | None:
+    """The engine's words in ``d`` with the flags they name said Ember's way (a remote server's stay its own)."""
+    if d is None or case.engine is None:
+        return d
+    tokens = _int(d.facts.get("suggested_n_ctx"))
+    d.explanation = case.engine.in_ember_terms(d.explanation, tokens)
+    for key in ("message", "log_line"):
+        if isinstance(d.facts.get(key), str):
+            d.facts[key] = case.engine.in_ember_terms(d.facts[key], tokens)
+    return d
 
 
 def diagnose_exception(exc: BaseException, proc=None, plan=None, log_offset: int = 0) -> Diagnosis | None:
@@ -59,11 +119,11 @@ def diagnose_exception(exc: BaseException, proc=None, plan=None, log_offset: int
     case = Case.of(plan)
     try:
         if isinstance(exc, supervisor.EngineStartError):
-            return _from_start_error(exc, case)
+            return _in_ember_terms(_from_start_error(exc, case), case)
         if isinstance(exc, client.EngineHTTPError):
-            return _from_http(exc, proc, case, log_offset)
+            return _in_ember_terms(_from_http(exc, proc, case, log_offset), case)
         if isinstance(exc, client.StreamBroken):
-            return _from_broken(exc, proc, case, log_offset)
+            return _in_ember_terms(_from_broken(exc, proc, case, log_offset), case)
         if isinstance(exc, launch.PlanError):
             return _from_plan_error(exc)
         if isinstance(exc, params.ParamError):
@@ -99,6 +159,8 @@ def _phase_kind(best: Match, matches: list[Match], phase: str) -> tuple[Kind, di
     if phase == "run" and kind == Kind.OOM_LOAD:
         kind = Kind.KV_CACHE_FULL
         facts["cause"] = "memory"
+    if phase == "run" and kind == Kind.STARTUP_FAILED:
+        kind = Kind.ENGINE_CRASHED  # it had started: a failure while answering is a crash
     if kind == Kind.KV_CACHE_FULL and memory_lines:
         facts["cause"] = "memory"
     if kind == Kind.OOM_LOAD:
@@ -110,29 +172,45 @@ def _phase_kind(best: Match, matches: list[Match], phase: str) -> tuple[Kind, di
     return Kind(kind), facts
 
 
-def _from_log(lines: list[str], case: Case, phase: str = "start", status=None, path: str | None = None,
+_DURING = {"start": "while starting", "run": "while answering"}
+
+
+def _from_log(lines: list[str], case: Case, phase: str | None = "start", status=None, path: str | None = None,
               model_path: str | None = None) -> Diagnosis | None:
-    matches = classify_lines(lines, getattr(case.plan, "engine", None))
+    """``phase``: "start", "run", or None when the log cannot tell (then the kind is as the line names it)."""
+    engine = getattr(case.plan, "engine", None) or (case.engine.name if case.engine is not None else None)
+    matches = classify_lines(lines, engine)
     if not matches:
         return None
     best = min(matches, key=lambda m: m.rank)
     kind, facts = _phase_kind(best, matches, phase)
+    for k, v in supporting_facts(lines, best, engine).items():
+        facts.setdefault(k, v)
     if kind == Kind.OOM_LOAD:
         d = memory.oom_load(case, facts)
     elif kind == Kind.INVALID_MODEL:
         d = failures.invalid_model(str(facts.get("problem", "corrupt")),
                                    {k: v for k, v in facts.items() if k != "problem"},
-                                   model_path or getattr(getattr(case.plan, "model", None), "path", None))
+                                   model_path or getattr(getattr(case.plan, "model", None), "path", None),
+                                   case=case)
     elif kind == Kind.PORT_IN_USE:
         d = failures.port_in_use(facts)
     elif kind in (Kind.KV_CACHE_FULL, Kind.IMAGE_FAILED):
         d = (context.kv_cache_full(case, facts.get("cause"), None) if kind == Kind.KV_CACHE_FULL
-             else memory.image_failed(case, None))
+             else memory.image_failed(case, None, facts.get("cause")))
         d.facts["log_line"] = best.line
+        if facts.get("pool"):
+            d.facts["pool"] = facts["pool"]
     elif kind == Kind.CONTEXT_EXCEEDED:
-        d = context.context_exceeded(case, _int(facts.get("n_prompt_tokens")), _int(facts.get("n_ctx_slot")))
+        d = context.context_exceeded(case, _int(facts.get("n_prompt_tokens")), _int(facts.get("n_ctx_slot")),
+                                     reply_tokens=_int(facts.get("max_tokens")), limit=facts.get("limit"))
+        d.facts["log_line"] = best.line
+    elif kind == Kind.GPU_UNUSABLE:
+        d = failures.gpu_unusable(case, facts, best.line)
+    elif kind == Kind.NOT_SUPPORTED:
+        d = failures.feature_off(case, {k: v for k, v in facts.items() if k != "log_line"}, best.line)
     elif kind == Kind.ENGINE_CRASHED:
-        d = failures.crashed(case, status, lines, "while starting" if phase == "start" else "while answering")
+        d = failures.crashed(case, status, lines, _DURING.get(phase or "", ""))
     elif kind == Kind.BAD_PARAMETER:
         d = failures.refused_parameter(case, facts, best.line)
     elif kind == Kind.AUTH_FAILED:
@@ -191,9 +269,11 @@ def _from_message(exc: client.EngineHTTPError, m: Match | None, proc, case: Case
             cause = "memory"
         return context.kv_cache_full(case, cause, message)
     if m is not None and m.kind == Kind.IMAGE_FAILED:
-        return memory.image_failed(case, message)
+        return memory.image_failed(case, message, m.facts.get("cause"))
     if m is not None and m.kind == Kind.AUTH_FAILED:
         return failures.auth(message, exc.status)
+    if m is not None and m.kind == Kind.NOT_SUPPORTED:
+        return failures.feature_off(case, m.facts, message)
     d = _from_log(lines, case, "run") if lines else None
     return d or Diagnosis(Kind.SERVER_ERROR, f"The engine answered with an error (HTTP {exc.status})",
                           f"The engine said: {message}", {"status": exc.status, "type": exc.type,

@@ -1,5 +1,5 @@
 """Diagnoses of an engine that cannot run at all: a broken model file, a crash, a failed start,
-a taken port, a refused parameter or API key."""
+a taken port, a refused parameter or API key, a GPU the engine cannot use, a feature switched off."""
 from __future__ import annotations
 
 import signal
@@ -7,6 +7,7 @@ import signal
 from engines.diagnosis.case import Case
 from engines.diagnosis.evidence import best_match
 from engines.diagnosis.types import Diagnosis, Fix, Kind
+from engines.running.backends.installed import install_command
 
 _INVALID_WORDS = {
     "missing": "The model file does not exist.",
@@ -14,23 +15,40 @@ _INVALID_WORDS = {
     "not_gguf": "This file is not a GGUF model file (it does not start with 'GGUF').",
     "truncated": "The model file is incomplete: it ends before all its data (an interrupted download?).",
     "corrupt": "The model file is corrupted.",
-    "unknown_architecture": "This version of llama.cpp does not know the model's architecture{arch}.",
-    "unsupported": "This GGUF version is not supported by the installed llama.cpp.",
-    "load_error": "llama.cpp could not load the model: {detail}",
+    "unknown_architecture": "This version of {engine} does not know the model's architecture{arch}.",
+    "unsupported": "This model file's format is newer than the installed {engine} can read.",
+    "wrong_tensors": "The model file does not hold the tensors {engine} expects for its architecture{tensor}: it was "
+                     "converted for another version of {engine}, or the conversion or download is incomplete.",
+    "wrong_weights": "The model's weights do not match the model {engine} builds for it: they were converted for "
+                     "another version of {engine}, or belong to another model.",
+    "load_error": "{engine} could not load the model: {detail}",
 }
+#: a GGUF's first bytes when the file is a Git LFS pointer ("version https://git-lfs..."), not the model
+_LFS_MAGIC = ("vers", "76657273", "73726576")
 
 
-def invalid_model(problem: str, facts: dict, path: str | None = None, detail: str | None = None) -> Diagnosis:
-    arch = facts.get("architecture")
+def invalid_model(problem: str, facts: dict, path: str | None = None, detail: str | None = None,
+                  case: Case | None = None) -> Diagnosis:
+    label = case.label if case is not None and case.engine is not None else "llama.cpp"
+    arch, tensor = facts.get("architecture"), facts.get("tensor") or facts.get("missing")
     text = _INVALID_WORDS.get(problem, _INVALID_WORDS["corrupt"]).format(
-        arch=f" ('{arch}')" if arch else "", detail=detail or facts.get("detail", "unknown error"))
+        engine=label, arch=f" ('{arch}')" if arch else "", tensor=f" ('{tensor}' is missing)" if tensor else "",
+        detail=detail or facts.get("detail", "unknown error"))
+    if problem == "not_gguf" and str(facts.get("magic", "")).lower() in _LFS_MAGIC:
+        text += ("\nIt is a Git LFS pointer (a small text file that stands for the model): the model itself was "
+                 "never downloaded.")
     if path:
         text += f"\nFile: {path}"
     fixes = []
-    if problem in ("unknown_architecture", "unsupported"):
-        fixes.append(Fix("Update the llama.cpp engine", {}, "pip install --upgrade xllamacpp", action="install"))
+    if problem in ("unknown_architecture", "unsupported", "wrong_tensors", "wrong_weights"):
+        name = case.engine.name if case is not None and case.engine is not None else "llamacpp"
+        upgrade = install_command(name).replace("pip install", "pip install --upgrade", 1)
+        fixes.append(Fix(f"Update the {label} engine", {}, upgrade, action="install"))
         fixes.append(Fix("Choose another model", {}, "Pick a model whose architecture this engine supports.",
                          action="choose_model"))
+        if problem in ("wrong_tensors", "wrong_weights"):
+            fixes.append(Fix("Download the model again", {}, "From a source made for this engine's version.",
+                             action="redownload"))
     else:
         again = Fix("Download the model again", {},
                     "Delete the file and download it again (from the models window or `ember pull`).",
@@ -44,22 +62,24 @@ def invalid_model(problem: str, facts: dict, path: str | None = None, detail: st
 
 
 def crashed(case: Case, status, lines: list[str], during: str) -> Diagnosis:
+    """``during``: "while starting", "while answering", or "" when the log cannot tell."""
     facts: dict[str, object] = {}
-    text = f"The engine stopped unexpectedly {during}"
+    text = "The engine stopped unexpectedly" + (f" {during}" if during else "")
     if status is not None:
         facts.update({"exit_code": status.code, "signal": status.signal})
-        text = f"The engine {status.sentence} {during}"
+        text = f"The engine {status.sentence}" + (f" {during}" if during else "")
         if status.signal:
             try:
                 facts["signal_name"] = signal.Signals(status.signal).name
             except ValueError:
                 pass
+    m = best_match(lines, getattr(case.plan, "engine", None) or (case.engine.name if case.engine else None),
+                   {"engine_crashed", "oom_load"})
     text += "."
-    killed = status is not None and status.signal == 9
+    killed = (status is not None and status.signal == 9) or (m is not None and str(m.facts.get("signal")) == "9")
     if killed:
         text += ("\nIf you did not stop it yourself, the system may have run out of memory "
                  "(the kernel's out-of-memory killer sends SIGKILL).")
-    m = best_match(lines, getattr(case.plan, "engine", None), {"engine_crashed", "oom_load"})
     if m:
         text += f"\nLast error in the log: {m.line}"
         facts.update(m.facts)
@@ -121,3 +141,63 @@ def refused_parameter(case: Case, facts: dict, line: str) -> Diagnosis:
     """The engine's log says a parameter cannot work (its own fix, else: check the parameters)."""
     fixes = case.fixes(Kind.BAD_PARAMETER, facts) or [Fix("Check the parameters", {}, "", action="edit_parameters")]
     return Diagnosis(Kind.BAD_PARAMETER, "The engine refused a parameter", f"The engine said: {line}", facts, fixes)
+
+
+_GPU_WORDS = {
+    "driver_too_old": "The NVIDIA driver is older than the CUDA version this build of {engine} was made for, so "
+                      "{engine} cannot use the GPU.",
+    "no_device": "{engine} found no CUDA GPU it may use. The GPU may be hidden from it (CUDA_VISIBLE_DEVICES, a "
+                 "container started without GPU access), busy in an exclusive mode, or its driver not loaded.",
+    "no_driver": "{engine} found no NVIDIA driver: there is no NVIDIA GPU here, or its driver is not installed.",
+    "cpu_build": "This build of {engine} has no GPU support (a CPU-only build), so it cannot put any work on the GPU.",
+    "init_failed": "{engine} could not start CUDA on this computer's GPU{detail}.",
+    "gpu_too_old": "This GPU is older than {engine} supports (compute capability below {min_capability}).",
+}
+
+
+def gpu_unusable(case: Case, facts_in: dict, line: str) -> Diagnosis:
+    """A GPU is present but the engine cannot use it: the driver, the GPU's visibility, or the engine's build."""
+    problem = str(facts_in.get("problem") or "init_failed")
+    facts = dict(facts_in, problem=problem)
+    detail = facts_in.get("detail") or (f" (CUDA error {facts_in['cuda_error']})" if facts_in.get("cuda_error") else "")
+    text = _GPU_WORDS.get(problem, _GPU_WORDS["init_failed"]).format(
+        engine=case.label, detail=f": {detail}" if detail and not str(detail).startswith(" (") else detail,
+        min_capability=facts_in.get("min_capability", "its minimum"))
+    if facts_in.get("driver_cuda"):  # torch's "found version 11040": the newest CUDA the driver runs
+        v = int(facts_in["driver_cuda"])
+        facts["driver_cuda"] = f"{v // 1000}.{v % 1000 // 10}"
+        text += f"\nThe installed driver runs CUDA {facts['driver_cuda']} at most."
+    text += f"\nThe log says: {line}"
+    fixes = case.fixes(Kind.GPU_UNUSABLE, facts)  # the engine's way to run without the GPU
+    install = case.engine.gpu_install if case.engine is not None else None
+    if problem == "driver_too_old":
+        fixes.insert(0, Fix("Update the NVIDIA driver", {}, "Install the newest driver for your GPU (nvidia.com, or "
+                            "your system's driver manager), then restart the computer."))
+        if install:
+            fixes.append(Fix(f"Install a {case.label} build for your driver's CUDA", {}, install, action="install"))
+    elif problem == "cpu_build" and install:
+        fixes.insert(0, Fix(f"Install {case.label}'s GPU build", {}, install, action="install"))
+    elif problem == "gpu_too_old":
+        fixes.append(Fix("Use the llama.cpp engine", {}, "It runs on older GPUs, and on the CPU (a GGUF file of the "
+                         "model is needed).", action="use_engine:llamacpp"))
+    elif problem in ("no_device", "no_driver", "init_failed"):
+        fixes.insert(0, Fix("Check that the GPU is visible", {},
+                            "`nvidia-smi` should list it; CUDA_VISIBLE_DEVICES must not hide it; in a container, "
+                            "start it with GPU access (docker --gpus all)."))
+    return Diagnosis(Kind.GPU_UNUSABLE, "The GPU is there, but the engine cannot use it", text, facts, fixes)
+
+
+_FEATURE_WORDS = {"embeddings": "embeddings (/v1/embeddings)", "reranking": "reranking (/v1/rerank)",
+                  "metrics": "the /metrics endpoint", "slots": "the /slots endpoint"}
+
+
+def feature_off(case: Case, facts: dict, message: str) -> Diagnosis:
+    """A request for a server feature the engine was started without (llama.cpp: embeddings, /metrics...)."""
+    feature = str(facts.get("feature") or "")
+    what = _FEATURE_WORDS.get(feature, "this feature")
+    fixes = case.fixes(Kind.NOT_SUPPORTED, facts)
+    if not fixes:
+        fixes = [Fix("Check the parameters", {}, "", action="edit_parameters")]
+    return Diagnosis(Kind.NOT_SUPPORTED, f"The engine was started without {what}",
+                     f"The request needs {what}, which {case.label} only serves when it is switched on at launch."
+                     f"\nThe engine said: {message}", dict(facts, message=message), fixes)

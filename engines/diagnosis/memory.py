@@ -17,6 +17,10 @@ def _alloc_bytes(facts: dict) -> float | None:
         return float(facts["alloc_mib"]) * units.MIB
     if facts.get("alloc_mb"):
         return float(facts["alloc_mb"]) * units.MIB  # llama.cpp's "MB" are MiB
+    if facts.get("alloc_gib"):
+        return float(facts["alloc_gib"]) * units.GIB
+    if facts.get("alloc_bytes"):
+        return float(facts["alloc_bytes"])
     return None
 
 
@@ -81,9 +85,16 @@ def smaller_quant_note(plan: PlanView | None) -> str:
     return "For example Q4_K_M instead of Q8_0: the weights take about half the memory."
 
 
-def image_failed(case: Case, message: str | None) -> Diagnosis:
+def image_failed(case: Case, message: str | None, cause: str | None = None) -> Diagnosis:
+    """``cause`` "decode": the picture's data could not be read (not memory)."""
     n_ctx = case.shape.total
-    facts = {k: v for k, v in {"n_ctx": n_ctx, "message": message}.items() if v is not None}
+    facts = {k: v for k, v in {"n_ctx": n_ctx, "message": message, "cause": cause}.items() if v is not None}
+    if cause == "decode":
+        return Diagnosis(Kind.IMAGE_FAILED, "The engine could not read the image",
+                         "The engine could not decode the image's data: the picture is damaged, in a format it "
+                         "does not read, or was sent in a form it does not take (a link instead of the data).",
+                         facts, [Fix("Send the image again as PNG or JPEG", {}, "Attach the file itself.",
+                                     action="edit_message")])
     text = "The engine could not encode the image: most likely the GPU ran out of memory while processing it."
     if n_ctx and n_ctx > 1024:
         text += f"\nThe context ({count(n_ctx)} tokens) holds memory the image encoder then lacks."

@@ -10,6 +10,8 @@ that comes first wins (specific before generic).
 """
 from __future__ import annotations
 
+import re
+
 from engines.diagnosis.types import log_table
 
 #: Any engine's log: a taken port, memory that ran out, a crash.
@@ -17,8 +19,10 @@ GENERIC = log_table(
     (r"address already in use", "port_in_use"),
     (r"CUDA error: out of memory", "oom_load", {"memory": "gpu"}),
     (r"std::bad_alloc", "oom_load", {"memory": "ram"}),
-    (r"\bout of memory\b", "oom_load"),
+    (r"(?<!running )(?<!run )\bout of memory\b", "oom_load"),
     (r"Segmentation fault|segfault", "engine_crashed"),
+    # the shell's word for a process the kernel killed (SIGKILL: often the out-of-memory killer)
+    (r"zsh: killed\b|Killed: 9\b|line \d+: +\d+ Killed\b|^Killed$", "engine_crashed", {"signal": 9}),
 )
 
 #: Remote servers (any OpenAI-compatible endpoint), matched against error messages.
@@ -28,3 +32,8 @@ HTTP = log_table(
      "context_exceeded"),
     (r"maximum context length", "context_exceeded"),
 )
+
+#: Lines any engine's log may show once it answers requests (access logs, Ember's worker), and while it loads.
+#: With each engine's own (``Engine.serving_lines``, ``loading_lines``) they tell when a failure happened.
+SERVING = re.compile(r'"(?:POST|GET) /(?:v1/)?\S+ HTTP/1\.[01]" 200|ember-worker: ready|ember-mlx: model loaded')
+LOADING = re.compile(r"Loading checkpoint shards|Loading model|load_model|ember-worker: starting")

@@ -18,6 +18,7 @@ class Kind(str, enum.Enum):
     KV_CACHE_FULL = "kv_cache_full"
     IMAGE_FAILED = "image_failed"
     OOM_LOAD = "oom_load"
+    GPU_UNUSABLE = "gpu_unusable"   # a GPU is there, but the engine cannot use it (driver, visibility, CPU build)
     REPLY_CUT_SHORT = "reply_cut_short"
     INVALID_MODEL = "invalid_model"
     MODEL_NOT_DOWNLOADED = "model_not_downloaded"

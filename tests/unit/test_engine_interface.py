@@ -178,3 +178,19 @@ def test_plan_sets_the_context_in_the_chosen_engines_key(starter_spec):
     assert plan.params["n_ctx"] == 1024 and plan.user_params["n_ctx"] == 1024
     plan = launch.plan(starter_spec, fake_cuda_pc(), overrides={"n_ctx": 512}, context=1024)
     assert plan.params["n_ctx"] == 512  # what the user set wins
+
+
+@pytest.mark.parametrize("name", list(ENGINES))
+def test_the_dialect_members_for_logs_read_without_a_launch(name):
+    """``ember diagnose`` reads a log with no plan: each engine names its lines, and its fixes need no plan."""
+    engine = backends.get(name)
+    for member in ("log_signature", "loading_lines", "serving_lines"):
+        pattern = getattr(engine, member)
+        assert pattern is None or hasattr(pattern, "search"), member
+    assert engine.log_signature is not None, f"{name}: a pasted log of it cannot be told apart"
+    assert engine.gpu_install is None or isinstance(engine.gpu_install, str)
+    assert isinstance(engine.in_ember_terms("plain words"), str)
+    for kind in Kind:
+        for f in engine.fixes_for(kind, {"memory": "gpu", "cause": "space", "n_prompt_tokens": 9000,
+                                         "n_ctx_slot": 8192, "feature": "embeddings", "problem": "cpu_build"}, None):
+            assert isinstance(f, Fix) and f.changes and engine.validate(f.changes) == f.changes, (kind, f)

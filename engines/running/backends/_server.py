@@ -14,18 +14,49 @@ import logging
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Mapping
 
 from engines import paths, units
+from engines.diagnosis.types import Fix, log_table
 from engines.machine.hardware import HardwareProfile
 from engines.models.store import ModelSpec
 from engines.running import engine_env
 from engines.running import params as P
-from engines.running.backends.base import Engine, PlanView, Prepared
+from engines.running.backends.base import Engine, PlanView, Prepared, plan_param
 from engines.running.backends.installed import LABELS, availability
 from engines.running.supervisor import Command, worker_argv
 
 log = logging.getLogger(__name__)
+
+#: tokens kept free for the answer when a fix sizes a context to hold a prompt
+REPLY_ROOM = 512
+
+#: What torch prints, under Transformers, vLLM and SGLang alike, when it cannot use the GPU or runs out of its
+#: memory (each engine's own lines come first in its table). Sizes in the units the diagnosis reads (alloc_mib).
+TORCH_PATTERNS = log_table(
+    (r"NVIDIA driver on your system is too old \(found version (?P<driver_cuda>\d+)\)", "gpu_unusable",
+     {"problem": "driver_too_old"}),
+    (r"CUDA driver version is insufficient for CUDA runtime version|NVIDIA driver on your system is too old|"
+     r"undefined symbol: cuTensorMapEncodeTiled", "gpu_unusable", {"problem": "driver_too_old"}),
+    (r"Torch not compiled with CUDA enabled", "gpu_unusable", {"problem": "cpu_build"}),
+    (r"Found no NVIDIA driver on your system", "gpu_unusable", {"problem": "no_driver"}),
+    (r"No CUDA GPUs are available|no CUDA-capable device is detected", "gpu_unusable", {"problem": "no_device"}),
+    (r"cudaGetDeviceCount\(\).*Error (?P<cuda_error>\d+)", "gpu_unusable", {"problem": "init_failed"}),
+    (r"No accelerator \([^)]*\) (?:or platform plugin )?is available", "gpu_unusable", {"problem": "no_device"}),
+    (r"CUDA out of memory\. Tried to allocate (?P<alloc_mib>[\d.]+) MiB", "oom_load", {"memory": "gpu"}),
+    (r"CUDA out of memory\. Tried to allocate (?P<alloc_gib>[\d.]+) GiB", "oom_load", {"memory": "gpu"}),
+    (r"torch\.(?:cuda\.)?OutOfMemoryError|CUDA error: out of memory|CUDA out of memory", "oom_load", {"memory": "gpu"}),
+    # a GPU kernel's fault: the process (or its CUDA context) is lost
+    (r"CUDA error: (?P<cuda_fault>an illegal memory access was encountered|device-side assert triggered|"
+     r"unspecified launch failure)", "engine_crashed"),
+)
+
+#: How to install torch's CUDA build in an engine's environment (the driver decides which CUDA it can run).
+TORCH_CUDA_INSTALL = ("pip install --force-reinstall torch --index-url https://download.pytorch.org/whl/cu128   "
+                      "(cu128 for a driver of CUDA 12.8 or newer: `nvidia-smi` shows yours; cu126, cu118 for older)")
+
+#: Lines a server that speaks HTTP writes once it answers requests (uvicorn's and http.server's access logs).
+HTTP_SERVING = r'"(?:POST|GET) /(?:v1/)?\S+ HTTP/1\.[01]" 200'
 
 #: Keys Ember sets itself for these engines.
 OWNED = {
@@ -215,6 +246,29 @@ def cuda_gpus(plan: PlanView | None) -> int:
 def round_len(n: int) -> int:
     """A context length vLLM/SGLang accept comfortably: a multiple of 256 (at least 256)."""
     return max(256, int(n) // 256 * 256)
+
+
+def longer_context(facts: Mapping[str, object], plan: PlanView | None, key: str, what: str = "") -> list[Fix]:
+    """Raise the context role ``key`` to hold the prompt the log counted, with room for the answer.
+
+    Nothing when the prompt alone is as long as the model was trained for, or the context already holds it."""
+    n_prompt = facts.get("n_prompt_tokens")
+    if not n_prompt:
+        return []
+    need = int(n_prompt) + REPLY_ROOM
+    trained = getattr(getattr(plan, "model", None), "context_length", None) if plan is not None else None
+    if trained and int(n_prompt) >= trained:
+        return []
+    new = -(-need // 256) * 256
+    if trained:
+        new = min(new, int(trained))
+    now = facts.get("n_ctx_slot") or plan_param(plan, key)
+    if now and new <= int(now):
+        return []
+    note = (f"Room for this message and about {new - int(n_prompt):,} tokens of answer"
+            + (f"; the model was trained for {int(trained):,}." if trained else
+               ", if the model was trained for that many."))
+    return [Fix(f"Raise the context to {new:,} tokens{what}", {key: new}, note)]
 
 
 # -- reading an engine's own argument list in its interpreter ------------------------------

@@ -9,6 +9,7 @@ of the engine's keys plays that part.
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass
 from typing import ClassVar, Mapping, NamedTuple, Protocol
 
@@ -16,6 +17,7 @@ from engines.diagnosis.types import Fix, Kind, LogPattern
 from engines.machine.fit import FitEstimate, LoadedReport
 from engines.machine.hardware import HardwareProfile
 from engines.models.store import ModelSpec
+from engines.running.backends import terms
 from engines.running.params import ParamSpec
 from engines.running.supervisor import Command
 
@@ -94,6 +96,13 @@ class Engine(abc.ABC):
     label: ClassVar[str]                        # the name people read ("llama.cpp", "vLLM"...)
     roles: ClassVar[Roles]
     log_patterns: ClassVar[tuple[LogPattern, ...]]   # its own log lines, most specific first
+    #: Lines only this engine writes: which engine wrote a log pasted from elsewhere (``ember diagnose``).
+    log_signature: ClassVar[re.Pattern | None] = None
+    #: Lines it writes while loading a model, and once it serves requests: when a failure happened.
+    loading_lines: ClassVar[re.Pattern | None] = None
+    serving_lines: ClassVar[re.Pattern | None] = None
+    #: How to install the build that can use an NVIDIA GPU (None: the engine has no other build).
+    gpu_install: ClassVar[str | None] = None
 
     @abc.abstractmethod
     def schema(self) -> dict[str, ParamSpec]:
@@ -116,8 +125,11 @@ class Engine(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
-        """Parameter changes, in the engine's own keys, that answer a diagnosis of ``kind``; best first."""
+    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
+        """Parameter changes, in the engine's own keys, that answer a diagnosis of ``kind``; best first.
+
+        ``plan`` is None for a log read without a launch (``ember diagnose``): the fixes then
+        come from the log's own numbers (``facts``) and the engine's defaults."""
 
     def context(self, plan: PlanView | None) -> ContextShape:
         """The plan's context: the context role's value (unset or 0: the trained context), one per request."""
@@ -128,6 +140,11 @@ class Engine(abc.ABC):
     def memory_estimate(self, plan: PlanView, context: int) -> FitEstimate | None:
         """The memory the plan would need with ``context`` tokens; None when the engine cannot tell."""
         return None
+
+    def in_ember_terms(self, message: str, tokens: int | None = None) -> str:
+        """``message`` with the flags the engine names ("start it with `--embeddings`") in Ember's terms;
+        ``tokens``: the context size to name when raising it, if already computed."""
+        return terms.in_ember_terms(message, self.name, self.roles.context, tokens)
 
     def context_override(self, tokens: int) -> dict[str, object]:
         """The parameter change that sets the context to ``tokens`` ({} for an engine without one)."""

@@ -81,5 +81,10 @@ def availability(engine: str) -> Availability:
     return Availability(engine, installed, version, cmd, engine_env.own_python(), problem)
 
 
+def install_command(engine: str) -> str:
+    """How to install ``engine`` (without asking any interpreter whether it is there)."""
+    return _PACKAGES[engine][2]
+
+
 def installed_engines() -> dict[str, bool]:
     return {e: availability(e).installed for e in ENGINES}

@@ -23,6 +23,10 @@ class LlamaCpp(Engine):
     label = LABELS[NAME]
     roles = Roles(context="n_ctx", parallel="n_parallel", gpu_layers="n_gpu_layers")
     log_patterns = dialect.LOG_PATTERNS
+    log_signature = dialect.SIGNATURE
+    loading_lines = dialect.LOADING
+    serving_lines = dialect.SERVING
+    gpu_install = dialect.CUDA_INSTALL
 
     def schema(self) -> dict[str, P.ParamSpec]:
         return P.llamacpp_schema()
@@ -67,7 +71,7 @@ class LlamaCpp(Engine):
         """What llama.cpp actually did at start-up, from its log."""
         return fit.parse_loaded(lines)
 
-    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
         return dialect.fixes_for(kind, facts, plan)
 
     def context(self, plan: PlanView | None) -> ContextShape:

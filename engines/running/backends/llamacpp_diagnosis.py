@@ -7,19 +7,22 @@ prompt, fewer slots, fewer layers on the GPU, a quantized KV cache. Sizes come
 from the same memory estimate auto-NGL uses (:mod:`engines.machine.fit`).
 
 Sources of the log lines: the seed's "Common Issues" (older llama.cpp, Metal),
-the lines provoked on this machine (FACTS.md, xllamacpp 2026.10, CPU) and the
-CUDA allocator's wording.
+the lines provoked on this machine (FACTS.md, xllamacpp 2026.10, CPU), the
+CUDA allocator's wording, and logs users posted in public issue threads
+(``tests/fixtures/wild_logs/llamacpp``: llama-server, llama-cpp-python, llama-box).
 """
 from __future__ import annotations
 
 import functools
 import logging
 import math
+import re
 from typing import Callable, Mapping
 
 from engines import units
 from engines.diagnosis.types import Fix, Kind, count, log_table
 from engines.machine import fit, gguf_info
+from engines.running.backends import terms
 from engines.running.backends.base import (ContextShape, PlanView, free_memory, offloads_to_gpu, plan_param,
                                            trained_context)
 
@@ -35,14 +38,32 @@ MIN_SLOT_CTX = 256
 
 #: llama.cpp's lines (and anything that prints them), most specific first.
 LOG_PATTERNS = log_table(
+    # -- the GPU is there but this build or driver cannot use it ---------------------------
+    (r"CUDA driver version is insufficient for CUDA runtime version", "gpu_unusable", {"problem": "driver_too_old"}),
+    (r"no CUDA-capable device is detected|no CUDA devices found", "gpu_unusable", {"problem": "no_device"}),
+    (r"ggml_cuda_init: failed to initialize CUDA: (?P<detail>.*)", "gpu_unusable", {"problem": "init_failed"}),
+    (r"not compiled with GPU offload support", "gpu_unusable", {"problem": "cpu_build"}),
+    (r"no usable GPU found, --gpu-layers option will be ignored", "gpu_unusable", {"problem": "no_device"}),
     # -- port / start-up ------------------------------------------------------------------
     (r"couldn't bind HTTP server socket.*?port: (?P<port>\d+)", "port_in_use"),
     (r"couldn't bind HTTP server socket", "port_in_use"),
     (r"address already in use", "port_in_use"),
+    # -- a server feature Ember starts switched off (the answer names llama-server's flag) -----
+    (r"does not support embeddings|Pooling type 'none' is not OAI compatible", "not_supported",
+     {"feature": "embeddings"}),
+    (r"does not support reranking", "not_supported", {"feature": "reranking"}),
+    (r"does not support metrics", "not_supported", {"feature": "metrics"}),
+    (r"does not support slots", "not_supported", {"feature": "slots"}),
+    (r"does not support changing global properties", "not_supported", {"feature": "props"}),
     # -- not a valid model file -----------------------------------------------------------
-    (r"failed to open GGUF file '(?P<file>[^']*)' \((?P<os_error>[^)]*)\)", "invalid_model", {"problem": "missing"}),
+    (r"failed to open GGUF file '(?P<file>[^']*)'(?: \((?P<os_error>[^)]*)\))?", "invalid_model", {"problem": "missing"}),
     (r"gguf_init_from_reader: failed to read magic", "invalid_model", {"problem": "empty"}),
-    (r"invalid magic characters: '(?P<magic>[^']*)'", "invalid_model", {"problem": "not_gguf"}),
+    (r"invalid magic characters:? '(?P<magic>[^']*)'", "invalid_model", {"problem": "not_gguf"}),
+    (r"invalid magic number (?P<magic>\w+)", "invalid_model", {"problem": "not_gguf"}),
+    (r"unknown \(magic, version\) combination: (?P<magic>\w+), (?P<version>\w+)", "invalid_model",
+     {"problem": "unsupported"}),
+    (r"create_tensor: tensor '(?P<tensor>[^']+)' not found|tensor '(?P<missing>[^']+)' not found", "invalid_model",
+     {"problem": "wrong_tensors"}),
     (r"failed to read key-value pairs", "invalid_model", {"problem": "truncated"}),
     (r"failed to read tensor info", "invalid_model", {"problem": "truncated"}),
     (r"data is not within the file bounds", "invalid_model", {"problem": "truncated"}),
@@ -52,6 +73,8 @@ LOG_PATTERNS = log_table(
     (r"GGUF version \d+ is not supported|unsupported GGUF version", "invalid_model", {"problem": "unsupported"}),
     (r"error loading model vocabulary", "invalid_model", {"problem": "corrupt"}),
     (r"wrong number of tensors", "invalid_model", {"problem": "corrupt"}),
+    # -- an image the server cannot read ---------------------------------------------------
+    (r"failed to decode image bytes|failed to load image", "image_failed", {"cause": "decode"}),
     # -- image encoding ran out of memory (seed error 1) ----------------------------------
     (r"failed to process image", "image_failed"),
     (r"failed to encode image", "image_failed"),
@@ -62,6 +85,11 @@ LOG_PATTERNS = log_table(
      "context_exceeded"),
     (r"the request exceeds the available context size", "context_exceeded"),
     (r"exceed_context_size_error", "context_exceeded"),
+    (r"Requested tokens \((?P<n_prompt_tokens>\d+)\) exceed context window of (?P<n_ctx_slot>\d+)",
+     "context_exceeded"),  # llama-cpp-python
+    # no failure alone (every prompt logs it): the numbers for a context error named on a later line
+    (r"n_ctx_slot = (?P<n_ctx_slot>\d+), n_keep = \d+, n_prompt_tokens = (?P<n_prompt_tokens>\d+)", "context_exceeded",
+     {"supporting": True}),
     # -- the KV cache is full or memory ran out while decoding (seed error 3) -------------
     (r"Input prompt is too big compared to KV size", "kv_cache_full"),
     (r"KV cache is full", "kv_cache_full"),
@@ -85,17 +113,39 @@ LOG_PATTERNS = log_table(
     (r"unable to allocate .*backend buffer", "oom_load"),
     (r"failed to allocate compute (?:pp )?buffers?", "oom_load"),
     (r"std::bad_alloc", "oom_load", {"memory": "ram"}),
-    (r"\bout of memory\b", "oom_load"),
+    (r"(?<!running )(?<!run )\bout of memory\b", "oom_load"),
     # -- crashes ---------------------------------------------------------------------------
     (r"GGML_ASSERT\((?P<assertion>.*)\) failed", "engine_crashed"),
+    (r"GGML_ASSERT: (?P<where>\S+): (?P<assertion>.*)", "engine_crashed"),
+    (r"Assertion `(?P<assertion>[^`']+)' failed", "engine_crashed"),  # C's assert (torch's ends in a backquote)
     (r"Segmentation fault|segfault", "engine_crashed"),
     # -- generic start-up failure (last: it accompanies every cause above) -----------------
     (r"n_seq_max must be <= (?P<max_parallel>\d+)", "bad_parameter", {"parameter": "n_parallel"}),
     (r"llama_model_load: error loading model: (?P<detail>.*)", "invalid_model", {"problem": "load_error"}),
     (r"failed to load model", "startup_failed"),
+    (r"failed to (?:create|initialize the) context|Failed to create llama_context", "startup_failed"),
     (r"Failed to init server", "startup_failed"),
     (r"llama\.cpp failed to start", "startup_failed"),
 )
+
+#: Lines only llama.cpp (and programs built on it) writes: whose log a pasted one is.
+SIGNATURE = re.compile(
+    r"llama_model_load|llama_new_context|llama_context|llm_load_|load_tensors|print_info|llama_model_loader|"
+    r"\bggml_|\bgguf_|GGML_ASSERT|llama_kv_cache|update_slots|launch_slot|n_ctx_slot|llama-server|llama_cpp|"
+    r"llama\.cpp|clip_model_load|clip_image|\bmtmd|server is listening on|llama server listening|ember-worker|"
+    r"Start it with `--\w+`|exceed_context_size_error|exceeds the available context size")
+#: What it writes while loading a model, and once it serves.
+LOADING = re.compile(
+    r"llama_model_load|load_tensors|llm_load_|llama_new_context|llama_context:|llama_model_loader|print_info:|"
+    r"load_model|warming up|llama_kv_cache|ember-worker: starting")
+SERVING = re.compile(
+    r"update_slots|launch_slot|slot \d+ is processing|kv cache rm|print_timings|all slots are idle|"
+    r"server is listening|HTTP server listening|starting the main loop|log_server_r|params_from_|send_error|"
+    r"ember-worker: ready")
+
+#: How to install llama.cpp's CUDA build (xllamacpp's own package index).
+CUDA_INSTALL = "pip install --force-reinstall xllamacpp --index-url https://xorbitsai.github.io/xllamacpp/whl/cu128"
+
 
 
 # -- the context as llama.cpp really sets it ------------------------------------------------------
@@ -200,7 +250,7 @@ def _lower_ctx(n_ctx: int | None, note: str) -> list[Fix]:
 
 # -- fixes by kind ----------------------------------------------------------------------------------
 
-def _context_exceeded(facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+def _context_exceeded(facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
     """A prompt longer than a slot: fewer slots (no extra memory), or a context that holds it."""
     shape, trained = context_shape(plan), trained_context(plan)
     n_prompt, slot_ctx = facts.get("n_prompt_tokens"), facts.get("n_ctx_slot")
@@ -230,7 +280,7 @@ def _context_exceeded(facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
     return fixes
 
 
-def _kv_cache_full(facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+def _kv_cache_full(facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
     shape, trained = context_shape(plan), trained_context(plan)
     n_ctx, slots = shape.total, shape.slots
     fixes: list[Fix] = []
@@ -261,13 +311,15 @@ def _kv_cache_full(facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
     return fixes
 
 
-def _image_failed(facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+def _image_failed(facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
+    if facts.get("cause") == "decode":
+        return []  # the picture's data, not memory: no setting helps
     fixes = _lower_ctx(context_shape(plan).total, "Frees memory for the image encoder.")
     fewer = _fewer_layers(plan)
     return fixes + [fewer] if fewer else fixes
 
 
-def _oom_load(facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+def _oom_load(facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
     """Out of memory at load: the smaller of context and GPU layers first (whichever is bigger), a q8_0 KV cache."""
     shape, trained = context_shape(plan), trained_context(plan)
     n_ctx = shape.total
@@ -291,7 +343,7 @@ def _oom_load(facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
     return fixes
 
 
-def _crashed(facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+def _crashed(facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
     n_ctx = context_shape(plan).total
     if not facts.get("out_of_memory") or not n_ctx or n_ctx <= 2048:
         return []
@@ -300,7 +352,7 @@ def _crashed(facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
                 "Needs less memory, in case memory ran out.")]
 
 
-def _reply_cut_short(facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+def _reply_cut_short(facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
     """The slot filled up while answering: a context with room for the answer, or fewer slots."""
     shape, trained = context_shape(plan), trained_context(plan)
     prompt, out, max_tokens = facts.get("prompt_tokens"), facts.get("completion_tokens"), facts.get("max_tokens")
@@ -322,18 +374,33 @@ def _reply_cut_short(facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
     return fixes
 
 
-def _bad_parameter(facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+def _bad_parameter(facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
     return [Fix("Use n_parallel 1", {"n_parallel": 1}, "")] if facts.get("parameter") == "n_parallel" else []
+
+
+def _gpu_unusable(facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
+    """Run every layer on the CPU: slower, but it starts."""
+    if plan is not None and int(plan_param(plan, "n_gpu_layers", -1)) == 0:
+        return []
+    return [Fix("Run on the CPU", {"n_gpu_layers": 0}, "Every layer on the CPU: slower, but no GPU needed.")]
+
+
+def _not_supported(facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
+    """A server feature Ember starts switched off: switch it on."""
+    changes = terms.FEATURES.get(str(facts.get("feature")))
+    if not changes:
+        return []
+    return [Fix(f"Turn {facts['feature']} on", dict(changes), "Relaunch the model with the feature on.")]
 
 
 _FIXES: dict[Kind, Callable[[Mapping[str, object], PlanView], list[Fix]]] = {
     Kind.CONTEXT_EXCEEDED: _context_exceeded, Kind.KV_CACHE_FULL: _kv_cache_full, Kind.IMAGE_FAILED: _image_failed,
     Kind.OOM_LOAD: _oom_load, Kind.ENGINE_CRASHED: _crashed, Kind.REPLY_CUT_SHORT: _reply_cut_short,
-    Kind.BAD_PARAMETER: _bad_parameter,
+    Kind.BAD_PARAMETER: _bad_parameter, Kind.GPU_UNUSABLE: _gpu_unusable, Kind.NOT_SUPPORTED: _not_supported,
 }
 
 
-def fixes_for(kind: Kind, facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
-    """llama.cpp's parameter fixes for a diagnosis of ``kind``, best first."""
+def fixes_for(kind: Kind, facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
+    """llama.cpp's parameter fixes for a diagnosis of ``kind``, best first (``plan`` None: from the log alone)."""
     fn = _FIXES.get(Kind(kind))
     return fn(facts, plan) if fn else []

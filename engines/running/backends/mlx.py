@@ -21,6 +21,7 @@ another model gets 404 listing the served one, before mlx_lm sees it.
 """
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 from engines.diagnosis.types import Fix, Kind, log_table
@@ -131,13 +132,27 @@ TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
 LOG_PATTERNS = log_table(
     (r"kIOGPUCommandBufferCallbackErrorOutOfMemory|Command buffer execution failed: Insufficient Memory",
      "oom_load", {"memory": "gpu"}),
+    (r"\[metal::malloc\] Attempting to allocate (?P<alloc_bytes>\d+) bytes", "oom_load", {"memory": "gpu"}),
+    (r"\[metal::malloc\] Resource limit \((?P<resource_limit>\d+)\) exceeded", "oom_load", {"memory": "gpu"}),
     (r"\[(?:malloc_or_wait|metal::malloc)\] Unable to allocate|std::bad_alloc", "oom_load", {"memory": "ram"}),
     (r"Model type (?P<architecture>\S+) not supported", "invalid_model", {"problem": "unknown_architecture"}),
-    (r"\[load_safetensors\]|\[json\.exception\.parse_error", "invalid_model", {"problem": "corrupt"}),
+    # weights that do not fit the model class: a conversion for another mlx-lm, or another model's files
+    (r"Received (?P<extra>\d+) parameters not in model|Missing (?P<missing>\d+) parameters|"
+     r"Expected shape \([\d, ]*\) but received shape \([\d, ]*\) for parameter", "invalid_model",
+     {"problem": "wrong_weights"}),
+    (r"\[load(?:_safetensors)?\] (?:Invalid header|Failed to open)|\[load_safetensors\]|\[json\.exception\.parse_error",
+     "invalid_model", {"problem": "corrupt"}),
     (r"No safetensors found in|config\.json.*(?:not found|No such file)", "invalid_model", {"problem": "missing"}),
-    (r"No module named '?(?P<module>mlx_lm|mlx)'?", "startup_failed", {"problem": "engine_missing"}),
+    (r"No module named '(?P<module>mlx_lm|mlx)'", "startup_failed", {"problem": "engine_missing"}),
     (r"ember-mlx: the model failed to load", "startup_failed"),
 )
+
+#: Lines only MLX writes; what it writes while loading, and once it serves (mlx_lm.server's access log).
+SIGNATURE = re.compile(r"\bmlx|\[metal::|\[METAL\]|Starting httpd at|\bmx\.metal|ember-mlx")
+LOADING = re.compile(r"\[INFO\] Loading|Fetching \d+ files|load_weights|load_model|Batch eval all weights|"
+                     r"ember-mlx: the model")
+SERVING = re.compile(r"Starting httpd|prompt_step|generate_step|stream_generate|BatchGenerator|batch_generator|"
+                     r"ember-mlx: model loaded|" + S.HTTP_SERVING)
 
 FIXES = {"gpu": ["kv_bits"], "ram": ["kv_bits"]}
 
@@ -147,6 +162,9 @@ class MLX(S.ServerEngine):
     label = LABELS[NAME]
     roles = Roles()  # mlx_lm.server sizes its context per request; it has no such parameters
     log_patterns = LOG_PATTERNS
+    log_signature = SIGNATURE
+    loading_lines = LOADING
+    serving_lines = SERVING
 
     def table(self) -> dict[str, S.Arg]:
         return TABLE
@@ -167,8 +185,8 @@ class MLX(S.ServerEngine):
         # mlx_lm.server has no API key: the key is unused; the server listens on loopback only.
         return S.exec_command(NAME, program, health_path="/health")
 
-    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
-        if kind != Kind.OOM_LOAD or plan_param(plan, "kv_bits"):
+    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
+        if kind not in (Kind.OOM_LOAD, Kind.KV_CACHE_FULL) or plan_param(plan, "kv_bits"):
             return []
         return [Fix("Quantize the KV cache to 4 bits", {"kv_bits": 4}, "A quarter of the KV cache's memory.")]
 

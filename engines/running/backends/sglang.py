@@ -12,6 +12,7 @@ Parameters are SGLang's server arguments in snake case (``context_length``,
 from __future__ import annotations
 
 import functools
+import re
 from typing import Mapping
 
 from engines import units
@@ -56,19 +57,36 @@ TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
 
 #: its own log lines, most specific first.
 LOG_PATTERNS = log_table(
+    # the KV pool (or the request pool) is exhausted while serving: not a failure to load
+    (r"(?:Prefill|Decode) out of memory|KV cache pool is full", "kv_cache_full", {"cause": "space"}),
+    (r"alloc_req_slots runs out of memory", "kv_cache_full", {"cause": "space", "pool": "requests"}),
+    (r"The input \((?P<n_prompt_tokens>\d+) tokens\) is longer than the model.{1,2}s context length "
+     r"\((?P<n_ctx_slot>\d+) tokens\)", "context_exceeded"),
+    (r"Input length \((?P<n_prompt_tokens>\d+) tokens\) exceeds the maximum allowed length "
+     r"\((?P<n_ctx_slot>\d+) tokens\)", "context_exceeded", {"limit": "pool"}),
     (r"Not enough memory\. Please try to increase --mem-fraction-static", "oom_load",
      {"memory": "gpu", "cause": "kv_cache"}),
     (r"max_total_tokens=\d+ is larger than the profiled value (?P<profiled>-\d+)", "oom_load",
      {"memory": "gpu", "cause": "kv_cache"}),
-    # torch's allocator; the size in the unit diagnosis reads (alloc_mib), GiB kept apart
-    (r"CUDA out of memory\. Tried to allocate (?P<alloc_mib>[\d.]+) MiB", "oom_load", {"memory": "gpu"}),
-    (r"CUDA out of memory\. Tried to allocate (?P<alloc_gib>[\d.]+) GiB", "oom_load", {"memory": "gpu"}),
-    (r"torch\.OutOfMemoryError|CUDA error: out of memory", "oom_load", {"memory": "gpu"}),
+    (r"Model architectures \[(?P<architecture>[^\]]*)\] are not supported", "invalid_model",
+     {"problem": "unknown_architecture"}),
+    (r"Unsupported architectures: (?P<architecture>[\w.]+)", "invalid_model", {"problem": "unknown_architecture"}),
     (r"context_length \((?P<context_length>\d+)\) is (?:greater|larger) than the derived context_length",
      "bad_parameter", {"parameter": "context_length"}),
     (r"No module named '?sglang'?", "startup_failed", {"problem": "engine_missing"}),
+    (r"memory leak detected", "engine_crashed"),  # the scheduler's own check failed: it stops
+) + S.TORCH_PATTERNS + log_table(
     (r"Scheduler hit an exception|Initialization failed\. .*", "startup_failed"),
 )
+
+#: Lines only SGLang writes; what it writes while loading, and once it serves.
+SIGNATURE = re.compile(r"sglang|sgl_kernel|sgl_jax|\bTP\d+\]|Prefill batch|Decode batch|fired up and ready to roll|"
+                       r"mem[-_]fraction[-_]static|max[-_]running[-_]requests|Scheduler hit an exception|"
+                       r"allow-auto-truncate|token_to_kv_pool|req_to_token_pool|launch_server")
+LOADING = re.compile(r"Load weight|Memory pool end|Capture cuda graph|init_cuda_graphs|CudaGraphRunner|"
+                     r"ModelRunner\(|load_model|Init torch distributed")
+SERVING = re.compile(r"fired up and ready to roll|Prefill batch|Decode batch|event_loop_(?:normal|overlap)|"
+                     r"\brun_batch\b|process_batch_result|" + S.HTTP_SERVING)
 
 FIXES = {
     "kv_cache": ["mem_fraction_static", "context_length", "tp_size"],
@@ -93,6 +111,10 @@ class SGLang(S.GPUServerEngine):
     label = LABELS[NAME]
     roles = Roles(context="context_length", parallel="max_running_requests")
     log_patterns = LOG_PATTERNS
+    log_signature = SIGNATURE
+    loading_lines = LOADING
+    serving_lines = SERVING
+    gpu_install = "pip install --upgrade 'sglang[all]'   (in SGLang's own environment)"
     tensor_parallel = "tp_size"
     past_training = "answers past that length may degrade"
 
@@ -107,12 +129,19 @@ class SGLang(S.GPUServerEngine):
         return S.exec_command(NAME, program, {"SGLANG_DISABLE_USAGE_STATS": "1", "EMBER_API_KEY": api_key},
                               health_path="/health")
 
-    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
         """Concrete parameter changes for a diagnosis of this engine, best first.
 
         SGLang's two memory failures want opposite moves: at start-up the KV cache does
         not fit (raise ``mem_fraction_static``); while running, activations do not (lower it).
+        A KV pool exhausted while serving wants a bigger pool or fewer requests at once.
         """
+        if kind == Kind.KV_CACHE_FULL:
+            return _pool_fixes(facts, plan)
+        if kind == Kind.CONTEXT_EXCEEDED:
+            if facts.get("limit") == "pool":  # the KV pool holds fewer tokens than the context allows
+                return _pool_fixes(facts, plan)[:1]
+            return S.longer_context(facts, plan, "context_length")
         if kind != Kind.OOM_LOAD:
             return []
         frac = plan_param(plan, "mem_fraction_static")
@@ -135,6 +164,23 @@ class SGLang(S.GPUServerEngine):
         if S.cuda_gpus(plan) >= tp * 2:
             out.append(Fix(f"Split the model over {tp * 2} GPUs", {"tp_size": tp * 2}))
         return out
+
+
+def _pool_fixes(facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
+    """A bigger KV pool, or fewer requests sharing it."""
+    frac = plan_param(plan, "mem_fraction_static")
+    out = []
+    if (frac or 0.85) < 0.95:
+        new = round(min(0.95, (frac or 0.85) + 0.05), 2)
+        out.append(Fix(f"Give the KV cache more of the GPU ({new:.0%})", {"mem_fraction_static": new},
+                       "A bigger pool of tokens for the requests being answered."))
+    running = plan_param(plan, "max_running_requests")
+    fewer = max(1, int(running) // 2) if running else 16
+    out.append(Fix(f"Answer at most {fewer} requests at once", {"max_running_requests": fewer},
+                   "The others wait their turn instead of filling the pool."))
+    if facts.get("pool") == "requests":
+        out.reverse()  # the request pool, not the tokens, ran out
+    return out
 
 
 ENGINE = SGLang()

@@ -9,6 +9,7 @@ the command line.
 """
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 from engines import units
@@ -38,20 +39,39 @@ TABLE: dict[str, S.Arg] = {a.spec.key: a for a in (
 
 #: its own log lines, most specific first.
 LOG_PATTERNS = log_table(
-    # torch's allocator; the size in the unit diagnosis reads (alloc_mib), GiB kept apart
-    (r"CUDA out of memory\. Tried to allocate (?P<alloc_mib>[\d.]+) MiB", "oom_load", {"memory": "gpu"}),
-    (r"CUDA out of memory\. Tried to allocate (?P<alloc_gib>[\d.]+) GiB", "oom_load", {"memory": "gpu"}),
-    (r"torch\.OutOfMemoryError|CUDA error: out of memory|MPS backend out of memory", "oom_load", {"memory": "gpu"}),
+    # a prompt longer than the model's positions: refused by generate, or the embedding lookup overflows
+    (r"request \((?P<n_prompt_tokens>\d+) tokens\) exceeds the available context size \((?P<n_ctx_slot>\d+) tokens\)",
+     "context_exceeded"),  # Ember's own server
+    (r"Input length of input_ids is (?P<n_prompt_tokens>\d+), but `max_length` is set to (?P<n_ctx_slot>\d+)",
+     "context_exceeded"),
+    (r"indexSelect\w*: .*Assertion `srcIndex < srcSelectDimSize` failed|IndexError: index out of range in self",
+     "context_exceeded"),
+    # a sequence longer than the position table: the embeddings' sizes disagree
+    (r"The size of tensor a \((?P<n_prompt_tokens>\d+)\) must match the size of tensor b \((?P<n_ctx_slot>\d+)\)",
+     "context_exceeded"),
+    (r"MPS backend out of memory", "oom_load", {"memory": "gpu"}),
+) + S.TORCH_PATTERNS + log_table(
     (r"DefaultCPUAllocator: can't allocate memory|not enough memory: you tried to allocate", "oom_load",
      {"memory": "ram"}),
-    (r"Unrecognized configuration class|does not recognize this architecture", "invalid_model",
-     {"problem": "unknown_architecture"}),
+    (r"Unrecognized configuration class|does not recognize this architecture|"
+     r"CONFIG_MAPPING\[config_dict\[.model_type.\]\]", "invalid_model", {"problem": "unknown_architecture"}),
+    # weights of another shape than the model class builds: another model's, or another version's conversion
+    (r"size mismatch for [\w.]+: copying a param with shape|Trying to set a tensor of shape .* this looks incorrect",
+     "invalid_model", {"problem": "wrong_weights"}),
     (r"does not appear to have a file named|Error no file named", "invalid_model", {"problem": "missing"}),
     (r"SafetensorError|Error while deserializing header", "invalid_model", {"problem": "corrupt"}),
     # torch and transformers, or the HTTP stack Ember's server runs on (its own line names the install command)
     (r"No module named '?(?P<module>torch|transformers|starlette|uvicorn)'?", "startup_failed",
      {"problem": "engine_missing"}),
 )
+
+#: Lines only Transformers (and torch loading a checkpoint) writes; what it writes while loading, and answering.
+SIGNATURE = re.compile(r"transformers[/\\.]|from_pretrained|Loading checkpoint shards|safetensors_rust|modeling_utils|"
+                       r"`max_length`|input_ids|accelerate[/\\]|hf_server|AutoModel|Setting `pad_token_id`|"
+                       r"Token indices sequence length")
+LOADING = re.compile(r"Loading checkpoint shards|from_pretrained|load_state_dict|_load_pretrained_model|"
+                     r"set_module_tensor_to_device")
+SERVING = re.compile(r"generation[/\\]utils\.py|\bgenerate\(|Enter a query|Setting `pad_token_id`|" + S.HTTP_SERVING)
 
 #: which parameters fix each memory (keys the engine's validate accepts); the values come from its fixes_for.
 FIXES = {"gpu": ["max_model_len", "dtype", "device"], "ram": ["max_model_len", "dtype"]}
@@ -62,6 +82,10 @@ class Transformers(S.ServerEngine):
     label = LABELS[NAME]
     roles = Roles(context="max_model_len")
     log_patterns = LOG_PATTERNS
+    log_signature = SIGNATURE
+    loading_lines = LOADING
+    serving_lines = SERVING
+    gpu_install = S.TORCH_CUDA_INSTALL
 
     def table(self) -> dict[str, S.Arg]:
         return TABLE
@@ -84,7 +108,13 @@ class Transformers(S.ServerEngine):
         env = {"EMBER_API_KEY": api_key, **engine_env.child_env(python)}
         return S.exec_command(NAME, program, env, health_path="/health")
 
-    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
+        if kind == Kind.CONTEXT_EXCEEDED:
+            return S.longer_context(facts, plan, "max_model_len")
+        if kind == Kind.GPU_UNUSABLE:
+            if plan_param(plan, "device", "auto") == "cpu":
+                return []
+            return [Fix("Run on the CPU", {"device": "cpu"}, "Slower, but needs no GPU.")]
         if kind != Kind.OOM_LOAD:
             return []
         length = int(plan_param(plan, "max_model_len", units.DEFAULT_N_CTX))

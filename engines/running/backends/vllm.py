@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from typing import Mapping
 
 from engines import units
@@ -62,20 +63,42 @@ LOG_PATTERNS = log_table(
     (r"Free memory on device \((?P<free_gib>[\d.]+)/(?P<total_gib>[\d.]+) GiB\) on startup is less than desired "
      r"GPU memory utilization \((?P<gpu_memory_utilization>[\d.]+), (?P<wanted_gib>[\d.]+) GiB\)",
      "oom_load", {"memory": "gpu", "cause": "gpu_busy"}),
-    # torch's allocator; the size in the unit diagnosis reads (alloc_mib), GiB kept apart
-    (r"CUDA out of memory\. Tried to allocate (?P<alloc_mib>[\d.]+) MiB", "oom_load", {"memory": "gpu"}),
-    (r"CUDA out of memory\. Tried to allocate (?P<alloc_gib>[\d.]+) GiB", "oom_load", {"memory": "gpu"}),
-    (r"torch\.OutOfMemoryError|CUDA error: out of memory", "oom_load", {"memory": "gpu"}),
+    # a request longer than max_model_len (the answer's tokens count too)
+    (r"maximum context length is (?P<n_ctx_slot>\d+) tokens\. However, you requested \d+ tokens "
+     r"\((?P<n_prompt_tokens>\d+) in the messages, (?P<max_tokens>\d+) in the completion\)", "context_exceeded"),
+    (r"maximum context length is (?P<n_ctx_slot>\d+) tokens\. However, you requested (?P<n_prompt_tokens>\d+) tokens",
+     "context_exceeded"),
+    (r"Input prompt \((?P<n_prompt_tokens>\d+) tokens\) is too long and exceeds limit of (?P<n_ctx_slot>\d+)",
+     "context_exceeded"),
+    (r"The decoder prompt \(length (?P<n_prompt_tokens>\d+)\) is longer than the maximum model length of "
+     r"(?P<n_ctx_slot>\d+)", "context_exceeded"),
+    (r"The prompt \(total length (?P<n_prompt_tokens>\d+)\) is too long to fit into the model \(context length "
+     r"(?P<n_ctx_slot>\d+)\)", "context_exceeded"),
+    (r"Prompt length of (?P<n_prompt_tokens>\d+) is longer than the maximum model length of (?P<n_ctx_slot>\d+)",
+     "context_exceeded"),
+    (r"Failed to infer device type", "gpu_unusable", {"problem": "no_device"}),
     (r"Total number of attention heads \((?P<heads>\d+)\) must be divisible by tensor parallel size "
      r"\((?P<tensor_parallel_size>\d+)\)", "bad_parameter", {"parameter": "tensor_parallel_size"}),
+    (r"GPUs with compute capability below (?P<min_capability>[\d.]+) are not supported", "gpu_unusable",
+     {"problem": "gpu_too_old"}),
     (r"Bfloat16 is only supported on GPUs with compute capability of at least 8\.0", "bad_parameter",
      {"parameter": "dtype"}),
     (r"Model architectures \[(?P<architecture>[^\]]*)\] are not supported", "invalid_model",
      {"problem": "unknown_architecture"}),
-    (r"No CUDA GPUs are available|Failed to infer device type", "startup_failed", {"problem": "no_gpu"}),
     (r"No module named '?vllm'?", "startup_failed", {"problem": "engine_missing"}),
+) + S.TORCH_PATTERNS + log_table(
     (r"Engine core initialization failed|EngineCore failed to start", "startup_failed"),
 )
+
+#: Lines only vLLM writes; what it writes while loading, and once it serves.
+SIGNATURE = re.compile(r"\bvllm\b|vLLM|EngineCore|VllmWorker|serving_chat\.py|GPU blocks:|Memory profiling results|"
+                       r"Loading model weights took|Maximum concurrency for|max seq len|gpu_memory_utilization|"
+                       r"Avg prompt throughput|Input prompt \(\d+ tokens\) is too long", re.IGNORECASE)
+LOADING = re.compile(r"Loading model weights|Loading safetensors checkpoint shards|Memory profiling|GPU blocks|"
+                     r"Maximum concurrency|init_engine|EngineCore|initialize_cache|determine_num_available_blocks|"
+                     r"Starting to load model|load_model|Capturing (?:the model for )?CUDA graphs")
+SERVING = re.compile(r"Application startup complete|Uvicorn running on|Avg prompt throughput|Received request|"
+                     r"Added request|serving_chat\.py|" + S.HTTP_SERVING)
 
 #: which parameters fix each cause (keys the engine's validate accepts); the values come from its fixes_for.
 FIXES = {
@@ -104,6 +127,10 @@ class VLLM(S.GPUServerEngine):
     label = LABELS[NAME]
     roles = Roles(context="max_model_len", parallel="max_num_seqs")
     log_patterns = LOG_PATTERNS
+    log_signature = SIGNATURE
+    loading_lines = LOADING
+    serving_lines = SERVING
+    gpu_install = "pip install --upgrade vllm   (its wheels carry the CUDA they need; in vLLM's own environment)"
     tensor_parallel = "tensor_parallel_size"
     past_training = "vLLM refuses that unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1"
 
@@ -118,8 +145,10 @@ class VLLM(S.GPUServerEngine):
         env = {"VLLM_API_KEY": api_key, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
         return S.exec_command(NAME, program, env, health_path="/health")
 
-    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+    def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
         """Concrete parameter changes for a diagnosis of this engine, best first."""
+        if kind == Kind.CONTEXT_EXCEEDED:
+            return S.longer_context(facts, plan, "max_model_len")
         if kind != Kind.OOM_LOAD:
             return []
         if facts.get("cause") == "gpu_busy":
@@ -137,7 +166,7 @@ def _busy_gpu_fixes(facts: Mapping[str, object], util: float) -> list[Fix]:
                 "Other programs hold part of the GPU's memory.")]
 
 
-def _memory_fixes(facts: Mapping[str, object], plan: PlanView) -> list[Fix]:
+def _memory_fixes(facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
     cause = facts.get("cause") or "gpu"
     length = int(plan_param(plan, "max_model_len", facts.get("max_model_len") or units.DEFAULT_N_CTX))
     util = float(plan_param(plan, "gpu_memory_utilization", 0.9))
