@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from engines import units
-from engines.machine import gguf_info
+from engines.machine import footprint, gguf_info
 from engines.machine.hardware import HardwareProfile, llamacpp_device_dicts
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,21 @@ class FitEstimate:
     gpu_layers: int            # layers predicted on the GPU(s) (incl. the output layer)
     total_layers: int          # block count + output layer
     vram_bytes: int = 0        # predicted GPU memory use
-    total_bytes: int = 0       # memory if fully loaded (weights + KV + graph)
+    total_bytes: int = 0       # memory if fully loaded (weights + KV + graph; on GPUs with the placement's reserve)
     gpu_bytes: list[int] = field(default_factory=list)
     kv_cache_bytes: int = 0
     weights_bytes: int = 0
     devices: list[dict] = field(default_factory=list)
     fallback: str | None = None  # why the estimate was not used
     tensor_split: list[int] = field(default_factory=list)  # layers per GPU, for multi-GPU launches
+    compute_bytes: int = 0     # llama.cpp's compute buffers (estimate)
+    n_ctx: int = 0             # the context llama.cpp will really allocate (cells rounded up per slot)
+
+    @property
+    def needs_bytes(self) -> int:
+        """What the launch takes, as llama.cpp's log will report it: weights, KV cache, compute buffers
+        (:mod:`engines.machine.footprint`); the number every window and the diagnosis say."""
+        return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes
 
     @property
     def fit(self) -> str:
@@ -57,20 +65,27 @@ class FitEstimate:
             return "cpu"
         return "gpu" if self.gpu_layers >= self.total_layers else "partial"
 
+    def memory_line(self) -> str:
+        """``needs about 285 MiB: weights 235 MiB, KV cache 27 MiB, compute 23 MiB``: the arithmetic, in one line."""
+        return (f"needs about {units.size(self.needs_bytes)}: weights {units.size(self.weights_bytes)}, "
+                f"KV cache {units.size(self.kv_cache_bytes)}, compute {units.size(self.compute_bytes)}")
+
     def summary(self, kv: bool = True) -> str:
         """One line for people; ``kv=False`` where the caller states the KV cache itself."""
         if not self.devices:
-            return f"CPU only: no GPU that llama.cpp can use ({self.total_layers} layers on the CPU)"
+            memory = f"; {self.memory_line()}" if kv and self.needs_bytes else ""
+            return f"CPU only: no GPU that llama.cpp can use ({self.total_layers} layers on the CPU){memory}"
         if self.fallback:
             return f"estimate failed ({self.fallback}); offloading all layers as the seed prescribes"
         per = ", ".join(f"{d['name']} {units.size(b)} of {units.size(d['memory_free'])} free"
                         for d, b in zip(self.devices, self.gpu_bytes or [0] * len(self.devices)))
-        kv_text = f"KV cache {units.size(self.kv_cache_bytes)}; " if kv else ""
+        kv_text = f"{self.memory_line()}; " if kv else ""
         return f"{self.gpu_layers} of {self.total_layers} layers on GPU; {kv_text}{per}"
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["fit"] = self.fit
+        d["needs_bytes"] = self.needs_bytes
         return d
 
 
@@ -91,59 +106,65 @@ def _xllamacpp_memory():
 
 
 @contextmanager
-def _reading_header(memory, info: gguf_info.GGUFInfo):
-    """While inside, xllamacpp.memory reads ``info`` where it would open the file with gguf.
+def _reading_header(memory, info: gguf_info.GGUFInfo, attention: footprint.Attention | None):
+    """While inside, xllamacpp.memory reads ``info`` where it would open the file with gguf, and places
+    layers with Ember's KV arithmetic (:mod:`engines.machine.footprint`, llama.cpp's own rules).
 
     Its estimate reaches the file only through ``_import_gguf()`` and ``dump_metadata_json``;
-    answered from the parsed header, neither the ``gguf`` package nor numpy is imported.
+    answered from the parsed header, neither the ``gguf`` package nor numpy is imported. Its
+    ``graph_size`` gives the KV cache per layer (Ollama's arithmetic, which ignores llama.cpp's
+    rounding and the sliding window's cap); ours replaces it, the graph reserve stays Ollama's.
     """
     with _patch_lock:
-        saved = memory._import_gguf, memory.dump_metadata_json
+        saved = memory._import_gguf, memory.dump_metadata_json, memory.graph_size
         memory._import_gguf = lambda: (_HeaderReader(info), None)
         memory.dump_metadata_json = lambda reader, path: info.xllamacpp_dump()
+        if attention is not None:
+            def graph_size(metadata, context_length, batch_size, num_parallel, kv_cache_type):
+                _, partial, full = saved[2](metadata, context_length, batch_size, num_parallel, kv_cache_type)
+                return footprint.kv_cache_per_layer(attention, context_length, num_parallel, kv_cache_type), \
+                    partial, full
+            memory.graph_size = graph_size
         try:
             yield
         finally:
-            memory._import_gguf, memory.dump_metadata_json = saved
-
-
-def _kv_bytes(info: gguf_info.GGUFInfo, n_ctx: int, n_parallel: int, cache_type: str) -> int:
-    kv, _, _ = _xllamacpp_memory().graph_size(info.xllamacpp_dump()["metadata"], context_length=n_ctx,
-                                              batch_size=DEFAULT_BATCH, num_parallel=n_parallel,
-                                              kv_cache_type=cache_type)
-    return int(sum(kv))
+            memory._import_gguf, memory.dump_metadata_json, memory.graph_size = saved
 
 
 def estimate(info: gguf_info.GGUFInfo, hw: HardwareProfile, n_ctx: int, n_parallel: int = 1,
              cache_type: str = "f16") -> FitEstimate:
     """Estimate GPU layers for a GGUF header on a machine (this one or a profile)."""
     total = info.block_count + 1
-    weights = sum(t.n_bytes for t in info.tensors) or info.file_size
     devices = llamacpp_device_dicts(hw)
     for d in devices:
         if d["name"].lower().startswith(("metal", "mtl")):
             d["name"] = "Metal"  # the estimate special-cases Metal by this name
     try:
-        kv_bytes = _kv_bytes(info, n_ctx, n_parallel, cache_type)
-    except Exception as exc:
-        kv_bytes = 0
+        attention = footprint.Attention.from_gguf(info)
+        needs = footprint.llamacpp(info, n_ctx, n_parallel, cache_type)
+    except Exception as exc:  # a header the arithmetic cannot read: the weights alone
         log.info("KV size estimate failed: %s", exc)
+        attention, needs = None, footprint.Footprint(footprint.weights_bytes(info), 0, 0,
+                                                     footprint.cells(n_ctx, n_parallel))
+    weights, kv_bytes, compute = needs.weights_bytes, needs.kv_cache_bytes, needs.compute_bytes
+    numbers = {"kv_cache_bytes": kv_bytes, "weights_bytes": weights, "compute_bytes": compute,
+               "n_ctx": needs.cells.n_ctx}
     if not devices:
-        return FitEstimate(0, 0, total, 0, weights + kv_bytes, [], kv_bytes, weights, [])
+        return FitEstimate(0, 0, total, 0, needs.total_bytes, [], devices=[], **numbers)
     try:
         memory = _xllamacpp_memory()
-        with _reading_header(memory, info):
+        with _reading_header(memory, info, attention):
             # Projectors embedded in the GGUF are ignored, as the seed says.
             est = memory.estimate_gpu_layers(devices, str(info.path), [], n_ctx, DEFAULT_BATCH,
                                              n_parallel, cache_type)
     except Exception as exc:  # the seed: fall back to all layers
         log.warning("auto-NGL estimate failed (%s: %s); offloading all layers", type(exc).__name__, exc)
-        return FitEstimate(ALL_LAYERS, total, total, 0, weights + kv_bytes, [], kv_bytes, weights, devices,
-                           fallback=f"{type(exc).__name__}: {exc}")
+        return FitEstimate(ALL_LAYERS, total, total, 0, needs.total_bytes, [], devices=devices,
+                           fallback=f"{type(exc).__name__}: {exc}", **numbers)
     layers = min(est.layers, total)
     split = [round(f * est.layers) for f in est.tensor_split] if est.layers else [0] * len(devices)
     return FitEstimate(layers, layers, total, est.vram_size, est.total_size, list(est.gpu_sizes),
-                       kv_bytes, weights, devices, tensor_split=split)
+                       devices=devices, tensor_split=split, **numbers)
 
 
 def auto_ngl(model_path: str, hw: HardwareProfile, n_ctx: int, n_parallel: int = 1,

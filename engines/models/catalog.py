@@ -30,7 +30,7 @@ from pathlib import Path
 
 from engines.units import DEFAULT_N_CTX, GIB, MIB, size
 from engines.machine import fit as F
-from engines.machine import gguf_info
+from engines.machine import footprint, gguf_info
 from engines.machine.hardware import HardwareProfile
 from engines.models import records, remote_gguf, store
 from engines.running import selection
@@ -184,15 +184,11 @@ def _cached_remote_header(spec: store.ModelSpec) -> gguf_info.GGUFInfo | None:
 
 
 def kv_cache_bytes(spec: store.ModelSpec, n_ctx: int) -> int | None:
-    """f16 KV cache of every layer at n_ctx (an upper bound for sliding-window models)."""
-    att = spec.attention
-    heads, kv_heads = att.get("head_count"), att.get("head_count_kv", att.get("head_count"))
-    emb = att.get("embedding_length")
-    k = att.get("key_length") or (emb // heads if emb and heads else None)
-    v = att.get("value_length") or k
-    if not (spec.block_count and kv_heads and k):
-        return None
-    return spec.block_count * n_ctx * kv_heads * (k + v) * 2
+    """f16 KV cache of every layer at n_ctx, as engines other than llama.cpp keep it (an upper bound for
+    sliding-window models); the arithmetic is :mod:`engines.machine.footprint`'s."""
+    att = footprint.Attention.from_facts(spec.gguf_architecture or spec.architecture, spec.block_count or 0,
+                                         footprint.facts_of(spec.attention))
+    return footprint.full_context_kv_bytes(att, n_ctx) if att is not None else None
 
 
 def weights_bytes(spec: store.ModelSpec) -> tuple[int | None, str]:
@@ -253,8 +249,9 @@ def _fit_gguf(spec: store.ModelSpec, hw: HardwareProfile, n_ctx: int, r: dict) -
     est = F.estimate(info, hw, n_ctx)
     r.update(fit=est.fit, gpu_layers=est.gpu_layers, total_layers=est.total_layers,
              weights_bytes=est.weights_bytes, weights_source=source, kv_cache_bytes=est.kv_cache_bytes,
-             estimate=est.to_dict(), vram_bytes=est.vram_bytes, total_bytes=est.total_bytes)
-    need = max(est.total_bytes, est.weights_bytes + est.kv_cache_bytes)
+             estimate=est.to_dict(), vram_bytes=est.vram_bytes, total_bytes=est.total_bytes,
+             compute_bytes=est.compute_bytes, needs_bytes=est.needs_bytes)
+    need = est.needs_bytes  # the launch dialog's and the diagnosis' arithmetic (engines.machine.footprint)
     cap = _memory_capacity(hw)
     numbers = _numbers(est.weights_bytes, source, est.kv_cache_bytes, n_ctx)
     if need > cap:

@@ -101,7 +101,8 @@ def test_bigger_context_means_bigger_kv_cache(starter_path):
     small = fit.estimate(info, profile(8 * GiB), n_ctx=2048).kv_cache_bytes
     big = fit.estimate(info, profile(8 * GiB), n_ctx=32768).kv_cache_bytes
     q8 = fit.estimate(info, profile(8 * GiB), n_ctx=32768, cache_type="q8_0").kv_cache_bytes
-    assert small < big and q8 == big // 2
+    # q8_0 keeps 32 values in 34 bytes, f16 in 64 (llama.cpp's log: 3.19 MiB against 6.00 MiB)
+    assert small < big and q8 == pytest.approx(big * 34 / 64, abs=1)
 
 
 def test_estimate_failure_falls_back_to_all_layers(tmp_path):
