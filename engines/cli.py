@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from engines import settings
+from engines import actions, settings
 from engines.chat import completion_mode, remotes, stop_reason
 from engines.chat.client import ChatStream
 from engines.chat.terminal import TerminalReply
@@ -171,6 +171,9 @@ def cmd_pull(args) -> int:
                 last["pct"] = pct
                 print(f"{pr.name}: {pr.done_bytes:,} of {pr.total_bytes:,} bytes ({pct}%)", flush=True)
 
+    if getattr(args, "again", False):  # a diagnosis' "Download the model again": the files were broken
+        freed = downloads.delete(args.model)
+        print(f"Deleted {args.model}'s files ({freed:,} bytes); downloading them again.", file=sys.stderr)
     old = signal.signal(signal.SIGINT, on_sigint)
     try:
         pr = downloads.download(args.model, listener, lambda: stop["why"])
@@ -203,16 +206,35 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
+def _situation(args, plan=None, proc=None) -> actions.Situation:
+    """What the failed command was, so each fix can say the command that does it."""
+    command = getattr(args, "command", None) or "chat"
+    chosen = bool(getattr(args, "engine", None))
+    if plan is not None:
+        return actions.Situation.of_plan(plan, str(proc.log_path) if proc is not None else None, command, chosen)
+    pairs = dict(p.split("=", 1) for p in (getattr(args, "set", None) or []) if "=" in p)
+    if command == "remote":
+        return actions.Situation(remote=getattr(args, "name", None), remote_url=getattr(args, "url", None),
+                                 command=command)
+    return actions.Situation(getattr(args, "model", None), getattr(args, "engine", None), pairs, chosen,
+                             command=command)
+
+
+def _print_diagnosis(d, args, where: actions.Situation, extra: dict | None = None, tail: int = 10) -> None:
+    """A diagnosis on stderr: its words and each fix with its command, or ``--json``."""
+    if getattr(args, "json", False):
+        print(json.dumps({**(extra or {}), **actions.to_dict(d, where)}, indent=2), file=sys.stderr)
+    else:
+        print(actions.render_text(d, where, tail), file=sys.stderr)
+
+
 def _explain(exc: BaseException, args, proc=None, plan=None, extra: dict | None = None) -> int:
     """Print a failure: the diagnosis when available, the error's own message otherwise.
 
     ``extra``: fields added to the ``--json`` object (a chat's ``stop_reason``)."""
     d = diagnose.diagnose_exception(exc, proc=proc, plan=plan)
     if d is not None:
-        if getattr(args, "json", False):
-            print(json.dumps({**(extra or {}), **d.to_dict()}, indent=2), file=sys.stderr)
-        else:
-            print(d.render_text(), file=sys.stderr)
+        _print_diagnosis(d, args, _situation(args, plan, proc), extra)
         return 1
     msg = getattr(exc, "message", None) or str(exc)
     return _fail(msg)
@@ -339,7 +361,7 @@ def _stream_reply(stream: ChatStream, args, proc=None, plan=None) -> tuple[str |
     if plan is not None and reply.finished is not None and not reply.watch.repeating:
         d = diagnose.diagnose_finish(reply.finished, plan=plan)
         if d is not None:
-            print(d.render_text(), file=sys.stderr)
+            print(actions.render_text(d, _situation(args, plan, proc)), file=sys.stderr)
     return reply.watch.text, 0
 
 
@@ -398,11 +420,28 @@ def cmd_diagnose(args) -> int:
     d = diagnose.diagnose_text(text, args.engine, None if args.logfile == "-" else args.logfile)
     if d is None:
         return _fail(f"nothing recognised in {source}: no failure Ember knows in these lines")
+    where = actions.Situation(engine=args.engine, log_path=None if args.logfile == "-" else args.logfile,
+                              **_launched(text))
     if args.json:
-        print(json.dumps(d.to_dict(), indent=2))
+        print(json.dumps(actions.to_dict(d, where), indent=2))
     else:
-        print(d.render_text(tail=0))  # the lines are the user's own file
+        print(actions.render_text(d, where, tail=0))  # the lines are the user's own file
     return 0
+
+
+def _launched(text: str) -> dict:
+    """The model and engine of the last ``# ember launch`` header in an Ember engine log (for the fixes'
+    commands); nothing for a log from elsewhere."""
+    for line in reversed(text.splitlines()):
+        if line.startswith("# ember launch "):
+            try:
+                header = json.loads(line.split(" ", 4)[4])
+            except (IndexError, ValueError):
+                return {}
+            if not isinstance(header, dict):
+                return {}
+            return {"model": header.get("model"), "engine": header.get("engine")}
+    return {}
 
 
 def cmd_params(args) -> int:
@@ -569,6 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("pull", help="download a model (resumes; Ctrl-C pauses)")
     pl.add_argument("model", help="a catalog name from `ember models`, or OWNER/REPO:FILE.gguf")
     pl.add_argument("--json", action="store_true", help="print a failure as JSON")
+    pl.add_argument("--again", action="store_true", help="delete the downloaded files first (a broken model)")
     pl.set_defaults(func=cmd_pull)
 
     ep = sub.add_parser("engine-python", help="show or set the Python environment that runs an engine")

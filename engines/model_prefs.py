@@ -38,6 +38,12 @@ class ModelPrefs:
         d["advanced"] = [list(r) for r in self.advanced]
         return d
 
+    def overrides(self) -> dict[str, object]:
+        """What a start with these choices passes: the fields' values, then the advanced rows (which win)."""
+        out = dict(self.params)
+        out.update(dict(self.advanced))
+        return out
+
     @classmethod
     def from_dict(cls, data: dict) -> "ModelPrefs":
         params = data.get("params")
@@ -77,6 +83,31 @@ def save(model: str, prefs: ModelPrefs) -> None:
         data = _load_all()
         data[model] = prefs.to_dict()
         paths.atomic_write_text(prefs_path(), json.dumps(data, indent=2, sort_keys=True))
+
+
+def remember(model: str, engine: str, changes: dict[str, object], carried: dict[str, object] | None = None,
+             auto_gpu_layers: bool | None = None) -> ModelPrefs:
+    """A fix's parameter changes kept as ``model``'s choices, so its next start (``launch.default_plan``) and
+    the launch dialog use them.
+
+    With the remembered engine, ``changes`` replace those keys (an advanced row of the same key goes: its
+    value is now the fix's); with another engine the choices start afresh from ``carried`` (what carries
+    over to it, the context say, in its own keys). ``auto_gpu_layers`` False: the fix chose the layers."""
+    with _lock:
+        data = _load_all()
+        entry = data.get(model)
+        prefs = ModelPrefs.from_dict(entry) if isinstance(entry, dict) else ModelPrefs(engine=engine)
+        if prefs.engine not in (None, engine):
+            prefs = ModelPrefs(engine=engine, params=dict(carried or {}))
+        prefs.engine = engine
+        prefs.params.update(changes)
+        prefs.advanced = [(k, v) for k, v in prefs.advanced if k not in changes]
+        if auto_gpu_layers is not None:
+            prefs.auto_gpu_layers = auto_gpu_layers
+        data[model] = prefs.to_dict()
+        paths.atomic_write_text(prefs_path(), json.dumps(data, indent=2, sort_keys=True))
+    log.info("remembered for %s (%s): %s", model, engine, changes)
+    return prefs
 
 
 def forget(model: str) -> bool:

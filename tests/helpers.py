@@ -46,3 +46,43 @@ class StandInProcess:
     def stop(self) -> supervisor.Stop:
         self.running = False
         return supervisor.Stop.OK
+
+
+# -- the actions a diagnosis can offer, read from the source -----------------------------------------
+
+def fix_actions_in_source() -> dict[str, list[str]]:
+    """Every ``action=`` of a ``Fix(...)`` written in engines/, by the action it names: "use_engine:{e}"
+    (an f-string) is expanded to each engine, another f-string "name:{…}" listed as "name:*"; a Fix
+    without an action is listed as "change" (it has parameter changes) or "advice" (an empty ``{}``).
+    Values: where each is written (file:line), so a failure names the line."""
+    import ast
+    from engines.running.backends import ENGINES
+    found: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "engines").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "Fix"):
+                continue
+            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            action = next((k.value for k in node.keywords if k.arg == "action"), None)
+            if action is None and len(node.args) >= 4:
+                action = node.args[3]
+            if action is None or isinstance(action, ast.Constant) and action.value is None:
+                changes = next((k.value for k in node.keywords if k.arg == "changes"),
+                               node.args[1] if len(node.args) > 1 else None)
+                empty = changes is None or isinstance(changes, ast.Dict) and not changes.keys
+                found.setdefault("advice" if empty else "change", []).append(where)
+            elif isinstance(action, ast.Constant) and isinstance(action.value, str):
+                found.setdefault(action.value, []).append(where)
+            elif isinstance(action, ast.JoinedStr):
+                prefix = "".join(v.value for v in action.values if isinstance(v, ast.Constant))
+                if prefix == "use_engine:":
+                    for e in ENGINES:
+                        found.setdefault(prefix + e, []).append(where)
+                elif prefix.endswith(":"):
+                    found.setdefault(prefix + "*", []).append(where)
+                else:
+                    found.setdefault(f"<f-string {prefix}…>", []).append(where)
+            else:
+                found.setdefault(f"<computed {ast.unparse(action)}>", []).append(where)
+    return found

@@ -51,10 +51,22 @@ class LaunchPlan:
     warnings: list[str] = field(default_factory=list)
 
     def with_changes(self, changes: dict[str, object]) -> "LaunchPlan":
-        """The same launch with some parameters changed (a diagnosis fix)."""
+        """The same launch with some parameters changed (a diagnosis fix); role names ("context") are said
+        in the engine's keys (:attr:`Engine.roles`)."""
         user = dict(self.user_params)
-        user.update(changes)
+        user.update(backends.get(self.engine).roles.to_keys(changes))
         return plan(self.model, self.hardware, self.engine, user)
+
+    def with_engine(self, engine: str) -> "LaunchPlan":
+        """The same model on another engine (a diagnosis fix): what plays a role here (the context, the
+        parallel slots) carries over in the other engine's keys; the rest is this engine's own."""
+        return plan(self.model, self.hardware, engine, self.carried_to(engine))
+
+    def carried_to(self, engine: str) -> dict[str, object]:
+        """This plan's user values that another ``engine`` takes over, in its keys."""
+        roles = backends.get(self.engine).roles.to_roles(self.user_params)
+        roles.pop("gpu_layers", None)  # each engine places its layers its own way
+        return backends.get(engine).roles.to_keys(roles)
 
 
 def plan(model: ModelSpec | str, hw: HardwareProfile | None = None, engine: str | None = None,
@@ -94,7 +106,7 @@ def default_plan(name: str, hw: HardwareProfile | None = None) -> LaunchPlan:
     ctx = min(n_ctx, spec.context_length) if spec.context_length else n_ctx
     if prefs is None:
         return plan(spec, hw, context=ctx)
-    return plan(spec, hw, prefs.engine, dict(prefs.params), context=ctx)
+    return plan(spec, hw, prefs.engine, prefs.overrides(), context=ctx)
 
 
 def start(p: LaunchPlan, timeout: float = 300.0, cancel: threading.Event | None = None,

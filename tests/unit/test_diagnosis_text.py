@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from engines import cli
+from engines import actions, cli
 from engines.chat import client
 from engines.diagnosis import diagnose
 from engines.diagnosis.types import Kind
@@ -211,8 +211,9 @@ def test_ember_diagnose_prints_the_diagnosis_as_ember_chat_does(tmp_path, capsys
                    "architecture: 'llama4'\nllama_model_load_from_file_impl: failed to load model\n")
     code, out, _ = run(["diagnose", str(log)], capsys=capsys, monkeypatch=monkeypatch)
     d = diagnose.diagnose_text(log.read_text(), path=str(log))
-    assert code == 0 and out.strip() == d.render_text(tail=0)
+    assert code == 0 and out.strip() == actions.render_text(d, actions.Situation(log_path=str(log)), tail=0)
     assert out.startswith("Error: ") and "'llama4'" in out and "What you can do:" in out
+    assert "     $ ember models --fits" in out  # each fix with the command that does it
 
 
 def test_ember_diagnose_json(tmp_path, capsys, monkeypatch):

@@ -22,6 +22,10 @@ from engines.running.params import ParamSpec
 from engines.running.supervisor import Command
 
 
+#: The engine-neutral parts a parameter may play, as :class:`Roles` names them, and how people read each.
+ROLE_WORDS = {"context": "context", "parallel": "parallel slots", "gpu_layers": "GPU layers"}
+
+
 @dataclass(frozen=True)
 class Roles:
     """Which of an engine's parameter keys plays each engine-neutral part (None: the engine has none)."""
@@ -29,6 +33,45 @@ class Roles:
     context: str | None = None      # the context length in tokens
     parallel: str | None = None     # requests answered at the same time
     gpu_layers: str | None = None   # layers offloaded to the GPU
+
+    def key(self, role: str) -> str | None:
+        """The engine's key for ``role`` ("context", "parallel", "gpu_layers"); None when it has none."""
+        return getattr(self, role) if role in ROLE_WORDS else None
+
+    def role_of(self, key: str) -> str | None:
+        """The role the engine's ``key`` plays, if any."""
+        return next((r for r in ROLE_WORDS if getattr(self, r) == key), None)
+
+    def to_keys(self, changes: Mapping[str, object]) -> dict[str, object]:
+        """``changes`` with role names ({"context": 4096}) said in the engine's keys ({"n_ctx": 4096}); keys
+        already the engine's stay; a role the engine has no key for is dropped."""
+        out: dict[str, object] = {}
+        for k, v in changes.items():
+            if k in ROLE_WORDS:
+                if getattr(self, k):
+                    out[getattr(self, k)] = v
+            else:
+                out[k] = v
+        return out
+
+    def to_roles(self, values: Mapping[str, object]) -> dict[str, object]:
+        """The values among ``values`` that play a role, by role name (what another engine can take over)."""
+        return {r: values[getattr(self, r)] for r in ROLE_WORDS if getattr(self, r) and getattr(self, r) in values}
+
+    def describe(self, changes: Mapping[str, object]) -> str:
+        """``context 8,192 tokens, 2 parallel slots, cache_type_k q8_0``: a change said by role where one plays one."""
+        parts = []
+        for k, v in changes.items():
+            role = k if k in ROLE_WORDS else self.role_of(k)
+            if role == "context":
+                parts.append(f"context {_count(v)} tokens")
+            elif role == "parallel":
+                parts.append(f"{_count(v)} parallel slot{'s' if v != 1 else ''}")
+            elif role == "gpu_layers":
+                parts.append(f"{_count(v)} GPU layers" if int(v) >= 0 else "GPU layers chosen by Ember")
+            else:
+                parts.append(f"{k} {v}")
+        return ", ".join(parts)
 
 
 class PlanView(Protocol):
@@ -58,6 +101,13 @@ class ContextShape:
     per_slot: int | None = None     # what one request may use, as the engine really sets it
     split: bool = False             # the total is divided among the slots (llama.cpp), not one per request
     shared: bool = False            # split engines: every slot may use the whole total (llama.cpp's kv_unified)
+
+
+def _count(v) -> str:
+    try:
+        return f"{int(v):,}"
+    except (TypeError, ValueError):
+        return str(v)
 
 
 def plan_param(plan: PlanView | None, key: str | None, default=None):
