@@ -179,6 +179,7 @@ class EmberApp(QObject):
             self.chat.about_requested.connect(self.show_about)
             self.chat.quit_requested.connect(self.quit)
             self.chat.hidden_to_tray.connect(self._hidden_to_tray)
+            self.chat.download_requested.connect(self.download_model)
         return self.chat
 
     def show_chat(self) -> None:
@@ -193,6 +194,11 @@ class EmberApp(QObject):
         self.models_window.show()
         self.models_window.raise_()
         self.models_window.activateWindow()
+
+    def download_model(self, name: str) -> None:
+        """A fix's "Download it": the models window, with the download under way in its downloads panel."""
+        self.show_models()
+        self.models_window.downloads_view.add(name)
 
     def connect_models_window(self, window: QObject) -> bool:
         """Show the models window's downloads (``download_progress(name, fraction)``) on the tray icon."""

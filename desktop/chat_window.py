@@ -28,6 +28,7 @@ from engines.chat import conversations, special_tokens
 from engines.chat.first_run import FirstRun
 from engines.chat.completion_mode import Mode
 from engines.chat.stop_reason import StopReason
+from engines.diagnosis.types import Fix
 from engines.models import store as model_store
 from engines.running import backends
 from engines.running.launch import LaunchPlan
@@ -39,6 +40,7 @@ from .bridge import ManagerBridge, run_async
 from .chat.composer import Composer
 from .chat.conversation_list import ConversationList
 from .chat.engine_control import EngineControl
+from .chat.fixes import FixActions
 from .chat.reply import ReplyEnd, ReplyStream
 from .chat.transcript import ChatMessage, Transcript
 from .chat.troubleshoot import Troubleshooter, failure_sentence
@@ -55,6 +57,7 @@ class ChatWindow(QMainWindow):
     about_requested = Signal()
     quit_requested = Signal()
     hidden_to_tray = Signal()
+    download_requested = Signal(str)   # a fix: download this model (the app's downloads panel)
     # progress, for the app and for tests
     reply_finished = Signal(object)    # client.Finished
     reply_ended = Signal(object)       # chat.reply.ReplyEnd: the same ending with its stop reason
@@ -78,6 +81,7 @@ class ChatWindow(QMainWindow):
         self.composer = Composer()
         self.engine = EngineControl(manager, self.bridge, self)
         self.troubleshooter = Troubleshooter(manager, self.engine.plans, self)
+        self.fixes = FixActions(self)
         self.reply = ReplyStream(self.transcript, self.store, self)
         self.welcome = Welcome(self.transcript, self)
         self._build()
@@ -147,8 +151,7 @@ class ChatWindow(QMainWindow):
         self.engine.model_ready.connect(self._model_ready)
         self.engine.models_requested.connect(self.models_requested)
         self.troubleshooter.shown.connect(self.failure_shown)
-        self.troubleshooter.fix_chosen.connect(self.apply_fix)
-        self.troubleshooter.fix_action.connect(self._fix_action)
+        self.troubleshooter.fix_action.connect(self.fixes.run)
         self.reply.ended.connect(self._on_finished)
         self.reply.failed.connect(self._on_failed)
         self.welcome.card.choose_clicked.connect(self.models_requested)
@@ -360,7 +363,7 @@ class ChatWindow(QMainWindow):
                 self.transcript.drop_last()
         self._update_buttons()
         self.reply_failed.emit(exc)
-        self.handle_failure(exc, ep.name if ep else None, kept=bool(msg is not None and msg.content))
+        self.handle_failure(exc, ep.name if ep else None, kept=bool(msg is not None and msg.content), endpoint=ep)
 
     def _remember_model(self, name: str) -> None:
         """The 'no model' row offers the last model used; saved off the GUI thread (it fsyncs)."""
@@ -402,41 +405,29 @@ class ChatWindow(QMainWindow):
 
     # -- failures and fixes ---------------------------------------------------------
     def handle_failure(self, exc: BaseException, name: str | None = None, starting: bool = False,
-                       kept: bool = False) -> QWidget:
+                       kept: bool = False, endpoint: Endpoint | None = None) -> None:
         """Show what went wrong: one sentence in the status line (the diagnosis title; the raw text is
-        under Details), and the guided diagnosis dialog, else a message with the log.
+        under Details), and the guided diagnosis dialog, else a message with the log (:attr:`failure_shown`).
+        The diagnosis runs off the GUI thread (it reads the log, may wait for the engine to exit).
 
         ``starting``: ``name``'s start failed; ``kept``: the reply had text, which is kept."""
-        diagnosis = self.troubleshooter.diagnose(exc, name)
-        sentence = failure_sentence(exc, diagnosis, name if starting else None)
-        self.status.setText(sentence + (". The reply so far is kept." if kept else "."))
-        self.status.setToolTip("")
-        return self.troubleshooter.show_failure(exc, name, diagnosis)
+        self.status.setText("Something went wrong; finding out why…")
+
+        def diagnosed(diagnosis) -> None:
+            sentence = failure_sentence(exc, diagnosis, name if starting else None)
+            self.status.setText(sentence + (". The reply so far is kept." if kept else "."))
+            self.status.setToolTip("")
+            self.troubleshooter.show_failure(exc, name, diagnosis)
+
+        self.troubleshooter.diagnose_async(exc, name, endpoint, diagnosed)
 
     def apply_fix(self, changes: dict) -> None:
-        """Relaunch the failed (or current) model with changed parameters, then resend the last message."""
-        plan = self.troubleshooter.failed_plan
-        if plan is None:
-            run = self.manager.get(self.current_model_name() or "")
-            plan = run.plan if run else None
-        if plan is None:
-            self.status.setText("There is no launch to fix.")
-            return
-        self.engine.relaunch(plan, changes, then=self._resend_after_fix)
+        """Relaunch the failed (or current) model with changed parameters (in its engine's keys, or by role:
+        ``{"context": 8192}``), then resend the last message; the change is kept as the model's choice."""
+        self.fixes.run(Fix("Apply the fix", dict(changes), "", action=None if changes else "relaunch"))
 
-    def _fix_action(self, fix) -> None:
-        """Fixes that are not a relaunch (a relaunch arrives through apply_fix)."""
-        last_user = next((m.content for m in reversed(self.history) if m.role == "user"), "")
-        if fix.action == "new_conversation":
-            self.new_chat()
-            self.composer.set_text(last_user)  # nothing the user wrote is lost
-        elif fix.action == "edit_message":
-            self.composer.set_text(last_user)
-            self.composer.focus()
-        elif fix.action == "choose_model":
-            self.models_requested.emit()
-
-    def _resend_after_fix(self) -> None:
+    def resend_after_fix(self) -> None:
+        """After a fix's relaunch: send the last message again (if there is one)."""
         self.troubleshooter.failed_plan = None
         if any(m.role == "user" for m in self.history):
             self.resend_last()

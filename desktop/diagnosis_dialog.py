@@ -1,12 +1,13 @@
 """The guided error dialog: what happened, why (with the numbers), and one button per fix.
 
 It only shows an :class:`engines.diagnosis.types.Diagnosis`; applying a fix is the
-caller's job (the chat window relaunches with ``plan.with_changes(changes)``
-and resends the last message). Clicking a fix emits :attr:`fix_action` with the
-whole :class:`Fix` and, when the fix relaunches (parameter changes or the
-"relaunch" action), :attr:`fix_chosen` with its changes; then the dialog accepts.
-Other actions (new_conversation, choose_model, redownload, install,
-edit_endpoint, retry...) are for the caller to handle from ``fix_action``.
+caller's job (the chat window's :class:`desktop.chat.fixes.FixActions`: one handler per
+action of :mod:`engines.actions`). Clicking a fix emits :attr:`fix_action` with the
+whole :class:`Fix` and, when the fix relaunches with the same engine (parameter changes
+or the "relaunch" action), :attr:`fix_chosen` with its changes; then the dialog accepts.
+A fix Ember cannot carry out (advice: "Update the NVIDIA driver") is shown as words,
+without a button. Each button's tooltip says the command that does the same at a
+terminal, for the ``where`` given (:func:`engines.actions.cli_line`).
 
 The dialog is modal to its window, so "Show log" opens the log viewer itself, as
 the dialog's own child window: a viewer owned by the blocked window could not be
@@ -22,7 +23,7 @@ from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFrame, QHBoxLayout, QLabel, QPlainTextEdit,
                                QPushButton, QSizePolicy, QVBoxLayout, QWidget)
 
-from engines import units
+from engines import actions, units
 from engines.diagnosis.types import Diagnosis, Fix
 
 from .log_viewer import LogViewer
@@ -47,6 +48,10 @@ _FACT_LABELS = [
 ]
 
 
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _fact_text(key: str, value) -> str:
     if key.endswith("_bytes") and isinstance(value, (int, float)):
         return units.size(value)
@@ -62,11 +67,13 @@ class DiagnosisDialog(QDialog):
     fix_action = Signal(Fix)             # the Fix itself (for actions without changes)
     log_shown = Signal(LogViewer)        # "Show log" opened this viewer (the dialog's child while it is open)
 
-    def __init__(self, diagnosis: Diagnosis, parent: QWidget | None = None):
+    def __init__(self, diagnosis: Diagnosis, parent: QWidget | None = None, where: actions.Situation | None = None):
         super().__init__(parent)
         self.diagnosis = diagnosis
+        self.where = (where or actions.Situation()).with_diagnosis(diagnosis)
         self.chosen: Fix | None = None
         self.fix_buttons: list[QPushButton] = []
+        self.advice_labels: list[QLabel] = []   # fixes Ember cannot carry out, said as words
         self.setWindowTitle("Ember: " + diagnosis.title)
         self.setMinimumWidth(580)
         layout = QVBoxLayout(self)
@@ -107,8 +114,8 @@ class DiagnosisDialog(QDialog):
             line.setFrameShadow(QFrame.Sunken)
             layout.addWidget(line)
             layout.addWidget(QLabel("<b>What you can do</b>"))
-        for i, fix in enumerate(diagnosis.fixes):
-            layout.addWidget(self._fix_row(fix, primary=(i == 0)))
+        for fix in diagnosis.fixes:
+            layout.addWidget(self._fix_row(fix, primary=not self.fix_buttons))
 
         self.log_view: QPlainTextEdit | None = self._details_pane(diagnosis.log_tail) if diagnosis.log_tail else None
         if self.log_view is not None:
@@ -176,6 +183,13 @@ class DiagnosisDialog(QDialog):
             self.fit_height()  # narrower: the notes wrap onto more lines
 
     def _fix_row(self, fix: Fix, primary: bool) -> QWidget:
+        try:
+            step = actions.step(fix)
+        except actions.UnknownAction as exc:  # never a button that does nothing: words instead
+            log.warning("%s", exc)
+            step = actions.Step(actions.Action.ADVICE, label=fix.label, note=fix.note)
+        if step.action is actions.Action.ADVICE:
+            return self._advice_row(fix)
         row = QWidget()
         h = QHBoxLayout(row)
         h.setContentsMargins(0, 0, 0, 0)
@@ -188,8 +202,9 @@ class DiagnosisDialog(QDialog):
         details = fix.note
         if fix.changes:
             change = ", ".join(f"{k} = {v}" for k, v in fix.changes.items())
-            button.setToolTip(f"Relaunch with {change}")
             details = f"{details}\n{change}" if details else change
+        line = actions.cli_line(fix, self.where, self.diagnosis)
+        button.setToolTip(("At a terminal: " if line.command else "") + line.text)
         button.setAccessibleName(fix.label)
         button.clicked.connect(lambda _=False, f=fix: self.choose(f))
         h.addWidget(button, 0, Qt.AlignTop)
@@ -202,6 +217,18 @@ class DiagnosisDialog(QDialog):
         self.fix_buttons.append(button)
         return row
 
+    def _advice_row(self, fix: Fix) -> QWidget:
+        """A fix Ember cannot carry out: its words, no button."""
+        label = QLabel(f"\u2022 <b>{_escape(fix.label)}</b>" + (f"<br>{_escape(fix.note)}" if fix.note else ""))
+        label.setWordWrap(True)
+        label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        label.setAccessibleName(fix.label)
+        policy = QSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        policy.setHeightForWidth(True)
+        label.setSizePolicy(policy)
+        self.advice_labels.append(label)
+        return label
+
     def choose(self, fix: Fix) -> None:
         """Pick a fix (what a click does), then close.
 
@@ -213,7 +240,7 @@ class DiagnosisDialog(QDialog):
             return
         self.chosen = fix
         self.fix_action.emit(fix)
-        if fix.changes or fix.action == "relaunch":
+        if fix.action in (None, "relaunch") and (fix.changes or fix.action == "relaunch"):
             self.fix_chosen.emit(dict(fix.changes))
         self.accept()
 

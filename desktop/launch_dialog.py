@@ -36,22 +36,24 @@ DEBOUNCE_MS = 300
 
 @dataclass(frozen=True)
 class FieldDef:
-    """A common field; shown when the engine's schema has one of ``keys``."""
+    """A common field; shown when the engine has a key for its ``role`` (:attr:`Engine.roles`), or when
+    its schema has one of ``keys`` (the sampling fields, which play no role)."""
 
     name: str
     label: str
     keys: tuple[str, ...]
     kind: str  # int | float
+    role: str | None = None
 
 
 FIELDS = (
-    FieldDef("n_ctx", "Context size", ("n_ctx", "max_model_len", "context_length", "max_seq_len"), "int"),
-    FieldDef("n_parallel", "Parallel slots", ("n_parallel", "max_num_seqs"), "int"),
+    FieldDef("n_ctx", "Context size", (), "int", role="context"),
+    FieldDef("n_parallel", "Parallel slots", (), "int", role="parallel"),
     FieldDef("temp", "Temperature", ("sampling.temp", "temperature"), "float"),
     FieldDef("top_p", "Top P", ("sampling.top_p", "top_p"), "float"),
     FieldDef("top_k", "Top K", ("sampling.top_k", "top_k"), "int"),
 )
-GPU_LAYERS_KEY = "n_gpu_layers"  # llama.cpp only
+GPU_LAYERS_KEY = "n_gpu_layers"  # the GPU-layer row's name; the engine's key is its roles.gpu_layers
 
 
 def _problem_text(exc: BaseException) -> str:
@@ -63,6 +65,13 @@ def _problem_text(exc: BaseException) -> str:
                 return f"{exc.name}: {text}"
             return text
     return f"{type(exc).__name__}: {exc}"
+
+
+def _typed(value: object) -> str:
+    """A saved value as a row shows it (``true``, ``q8_0``, ``40``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 class AdvancedRow(QWidget):
@@ -151,6 +160,7 @@ class LaunchDialog(QDialog):
         self._schema: dict[str, P.ParamSpec] = {}
         self._backend = None
         self._field_keys: dict[str, str | None] = {}
+        self._gpu_key: str | None = None   # the engine's GPU-layers key (roles.gpu_layers)
         self._generation = 0
         self._invalid = False
         self._plan_problem: str | None = None
@@ -162,6 +172,9 @@ class LaunchDialog(QDialog):
         root = QVBoxLayout(self)
         root.setSpacing(10)
         self._build_header(root)
+        self.focus_hint = muted_label()  # what a diagnosis' "edit parameters" fix asks to change
+        self.focus_hint.hide()
+        root.addWidget(self.focus_hint)
         self._grid = QGridLayout()
         self._grid.setHorizontalSpacing(16)
         self._grid.setVerticalSpacing(4)
@@ -334,9 +347,13 @@ class LaunchDialog(QDialog):
         idx = self.engine_combo.findData(engine)
         self.engine_combo.setCurrentIndex(max(idx, 0))
         self._set_engine(self.engine_combo.currentData(), prefs)
-        if prefs and prefs.advanced:
-            for k, v in prefs.advanced:
-                self.add_advanced_row(k, v)
+        rows = list(prefs.advanced) if prefs else []
+        if prefs and prefs.engine == self.engine:  # saved values without a field here (a fix's, say): rows
+            shown = {k for k in self._field_keys.values() if k} | {self._gpu_key}
+            rows = [(k, _typed(v)) for k, v in prefs.params.items() if k not in shown] + rows
+        for k, v in rows:
+            self.add_advanced_row(k, v)
+        if rows:
             self.advanced_toggle.setChecked(True)
             self._toggle_advanced(True)
         if not self.rows:
@@ -379,8 +396,13 @@ class LaunchDialog(QDialog):
         # Which common fields this engine has, under which key.
         trained = self.spec.context_length or units.DEFAULT_N_CTX
         values = dict(prefs.params) if prefs else {}
+        roles = self._backend.roles if self._backend is not None else None
         for fd in FIELDS:
-            key = next((k for k in fd.keys if k in self._schema), None)
+            if fd.role:
+                key = roles.key(fd.role) if roles is not None else None
+                key = key if key in self._schema else None
+            else:
+                key = next((k for k in fd.keys if k in self._schema), None)
             self._field_keys[fd.name] = key
             w = self._widgets[fd.name]
             self._set_row_visible(fd.name, key is not None)
@@ -397,12 +419,12 @@ class LaunchDialog(QDialog):
                 pass
             finally:
                 w.blockSignals(False)
-        has_layers = GPU_LAYERS_KEY in self._schema
-        self._set_row_visible(GPU_LAYERS_KEY, has_layers)
+        self._gpu_key = roles.gpu_layers if roles is not None and roles.gpu_layers in self._schema else None
+        self._set_row_visible(GPU_LAYERS_KEY, self._gpu_key is not None)
         if prefs is not None:
             self.auto_layers.setChecked(prefs.auto_gpu_layers)
-            if not prefs.auto_gpu_layers and GPU_LAYERS_KEY in prefs.params:
-                self.layers_spin.setValue(int(prefs.params[GPU_LAYERS_KEY]))
+            if not prefs.auto_gpu_layers and self._gpu_key in prefs.params:
+                self.layers_spin.setValue(int(prefs.params[self._gpu_key]))
         self.layers_spin.setEnabled(not self.auto_layers.isChecked())
         label = LABELS.get(engine, "engine") if engine else "engine"
         self.advanced_toggle.setText(f"Advanced: any {label} parameter as key = value")
@@ -422,6 +444,31 @@ class LaunchDialog(QDialog):
         self.engine_combo.setCurrentIndex(max(0, self.engine_combo.findData(self._selection.engine)))
         self.engine_combo.blockSignals(False)
         self._set_engine(self.engine, None)
+
+    def focus_key(self, key: str | None, replacing: str | None = None) -> QWidget | None:
+        """Open at one parameter (a diagnosis' "edit parameters" fix): its field, or its advanced row
+        (made for it, or the row of ``replacing``, the key it corrects, renamed), focused and said above."""
+        if not key:
+            return None
+        widget: QWidget | None = None
+        for fd in FIELDS:
+            if self._field_keys.get(fd.name) == key:
+                widget = self._widgets[fd.name]
+        if widget is None and key == self._gpu_key:
+            self.auto_layers.setChecked(False)
+            widget = self.layers_spin
+        if widget is None:
+            row = next((r for r in self.rows if r.pair()[0] in (key, replacing) and r.pair()[0]), None)
+            row = row or next((r for r in self.rows if r.is_empty()), None) or self.add_advanced_row()
+            row.key_edit.setText(key)
+            self._toggle_advanced(True)
+            widget = row.value_edit
+        self.focus_hint.setText(f"The fix: set {key} below, then Launch.")
+        self.focus_hint.show()
+        widget.setFocus()
+        if hasattr(widget, "selectAll"):
+            widget.selectAll()
+        return widget
 
     # -- advanced rows -------------------------------------------------------------------
     def add_advanced_row(self, key: str = "", value: str = "") -> AdvancedRow:
@@ -459,8 +506,8 @@ class LaunchDialog(QDialog):
             if key is not None:
                 v = self._widgets[fd.name].value()
                 out[key] = round(v, 4) if fd.kind == "float" else int(v)
-        if GPU_LAYERS_KEY in self._schema and not self.auto_layers.isChecked():
-            out[GPU_LAYERS_KEY] = self.layers_spin.value()
+        if self._gpu_key is not None and not self.auto_layers.isChecked():
+            out[self._gpu_key] = self.layers_spin.value()
         return out
 
     def advanced_pairs(self) -> list[tuple[str, str]]:
@@ -495,7 +542,7 @@ class LaunchDialog(QDialog):
                         problem = f"{key} is set twice; remove one of the rows"
                     elif key in fields:
                         note = f"Replaces the {fields[key]} field above"
-                    elif key == GPU_LAYERS_KEY:
+                    elif key == self._gpu_key:
                         note = "Replaces the GPU layers setting above"
             if key and problem is None:
                 seen[key] = row

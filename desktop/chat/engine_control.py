@@ -16,7 +16,7 @@ from typing import Callable
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QComboBox
 
-from engines import settings
+from engines import actions, settings
 from engines.chat.completion_mode import Mode, ModeDecision, mode_of
 from engines.machine.gguf_info import GGUFError
 from engines.models import store
@@ -258,16 +258,28 @@ class EngineControl(QObject):
 
     def relaunch(self, plan: launch.LaunchPlan, changes: dict, then: Callable[[], None] | None = None) -> None:
         """Start ``plan`` again with changed parameters (a fix); ``then()`` once ready."""
-        name = plan.model.name
-        changes = dict(changes)
+        step = actions.Step(actions.Action.CHANGE if changes else actions.Action.RELAUNCH, changes=dict(changes))
+        self.relaunch_step(step, plan, plan.model.name, then)
+
+    def relaunch_step(self, step: actions.Step, plan: launch.LaunchPlan | None, model: str,
+                      then: Callable[[], None] | None = None) -> None:
+        """Start ``model`` again as a fix says (its changes, said by role; another engine; the same settings),
+        off the GUI thread with the busy row; what the fix changed is kept as the model's choices once the
+        engine is up, so its next start uses it. ``plan``: the launch that failed (None when its start was
+        refused before a plan existed). ``then()`` once ready."""
+        engine = plan.engine if plan is not None else None
 
         def work():
-            new_plan = plan.with_changes(changes)
-            self.plans[name] = new_plan
-            return self.manager.launch(new_plan)
+            new_plan = actions.relaunch_plan(step, plan, model)
+            self.plans[new_plan.model.name] = new_plan
+            run = self.manager.launch(new_plan)
+            try:
+                actions.remember(step, new_plan, plan)
+            except OSError as exc:  # the engine runs; only the choice is not kept
+                log.warning("could not remember the fix for %s: %s", model, exc)
+            return run
 
-        self.run_busy(f"Restarting {name} with {', '.join(f'{k}={v}' for k, v in changes.items())}…",
-                      name, work, then)
+        self.run_busy(f"Restarting {model} {actions.describe(step, engine)}…", model, work, then)
 
     def wake(self, name: str, then: Callable[[], None] | None = None) -> None:
         """Start an idle-unloaded (or exited) model again with its last plan; ``then()`` once ready."""

@@ -147,6 +147,29 @@ def add(name: str, url: str, key: str | None = None, key_env: str | None = None)
     return remote
 
 
+def edit(name: str, url: str, key: str | None = None, key_env: str | None = None) -> Remote:
+    """Change a remote's address or key (a diagnosis' "Edit the endpoint"); without a new key or variable
+    it keeps the key it has. A name not known yet is added."""
+    try:
+        current = get(name)
+    except RemoteError:
+        current = None
+    if key or key_env or current is None or current.key_source == "none":
+        return add(name, url, key=key or None, key_env=key_env or None)
+    try:
+        url = normalize_url(url)
+    except RemoteError as exc:
+        raise RemoteError(name, exc.problem, exc.kind) from None
+    remote = Remote(name, url, current.key_source, current.key_env)
+    with _lock:
+        remotes = _load()
+        remotes[name] = remote
+        _save(remotes)
+        _models_cache.pop(name, None)
+        _failures.pop(name, None)
+    return remote
+
+
 def remove(name: str) -> bool:
     with _lock:
         remotes = _load()

@@ -9,6 +9,7 @@ Python) is shown with the reason, to copy.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -124,7 +125,8 @@ def run(cmd: InstallCommand, on_line: Callable[[str], None] | None = None,
     code = proc.wait()
     if watcher is not None:
         watcher.join(1.0)
-    engine_env.probe.cache_clear()  # what is installed may have changed
+    engine_env.probe.cache_clear()  # what is installed may have changed: ask afresh
+    importlib.invalidate_caches()
     outcome = InstallOutcome(code, bool(cancel is not None and cancel.is_set()), list(tail),
                              time.monotonic() - started)
     log.info("install ended: %s", outcome.sentence)

@@ -95,7 +95,9 @@ def test_auto_gpu_layers_shows_the_estimate(qtbot, spec):
     gpu = hardware.HardwareProfile.load(FIXTURES / "nvidia_24gb.json")  # a fake GPU machine
     dlg = make_dialog(qtbot, spec, gpu)
     assert dlg.auto_layers.isChecked() and not dlg.layers_spin.isEnabled()
-    assert dlg.estimate_label.text().startswith("19 of 19 layers on GPU\nKV cache")
+    # the layers, then the one memory arithmetic (the models window's and the diagnosis' numbers too)
+    assert dlg.estimate_label.text().startswith("19 of 19 layers on GPU\nneeds about ")
+    assert "weights 235 MiB, KV cache 27 MiB, compute 24 MiB" in dlg.estimate_label.text()
     assert dlg.layers_spin.value() == 19, "the greyed box shows what Auto chose"
     before = dlg.estimate_label.text()
     dlg.ctx_spin.setValue(32768)
