@@ -40,12 +40,21 @@ PRIMARY_STYLE = (f"QPushButton {{ background: {ACCENT}; color: {ACCENT_TEXT}; bo
 #: facts worth a line below the words, in this order, with their labels
 _FACT_LABELS = [
     ("n_prompt_tokens", "Message tokens"), ("prompt_tokens", "Message tokens"),
-    ("completion_tokens", "Answer tokens"), ("n_ctx_slot", "Context per slot"), ("n_ctx", "n_ctx"),
-    ("n_parallel", "n_parallel"), ("n_ctx_train", "Trained context"), ("alloc_bytes", "Failed allocation"),
+    ("completion_tokens", "Answer tokens"), ("n_ctx_slot", "Context per slot"), ("n_ctx", "Context"),
+    ("n_parallel", "Parallel slots"), ("n_ctx_train", "Trained context"), ("alloc_bytes", "Failed allocation"),
     ("kv_cache_bytes", "KV cache (estimate)"), ("weights_bytes", "Weights (estimate)"),
     ("gpu_memory_free_bytes", "GPU memory free"), ("memory_free_bytes", "Memory free"),
     ("exit_code", "Exit code"), ("signal_name", "Signal"), ("port", "Port"), ("status", "HTTP status"),
 ]
+
+
+def _worth_saying(key: str, facts: dict) -> bool:
+    """The facts line in roles, not one engine's keys: the context, and the slots only when there are several
+    (then what one slot holds); the tokens are the conversation's when the history was counted."""
+    slots = facts.get("n_parallel") or 1
+    if key in ("n_parallel", "n_ctx_slot"):
+        return isinstance(slots, int) and slots > 1
+    return True
 
 
 def _escape(text: str) -> str:
@@ -94,8 +103,10 @@ class DiagnosisDialog(QDialog):
         layout.addWidget(self.explanation_label)
 
         facts = [(label, _fact_text(k, diagnosis.facts[k])) for k, label in _FACT_LABELS
-                 if diagnosis.facts.get(k) not in (None, "", False)]
+                 if diagnosis.facts.get(k) not in (None, "", False) and _worth_saying(k, diagnosis.facts)]
         seen, rows = set(), []
+        if diagnosis.facts.get("history"):
+            facts = [("Conversation tokens" if label == "Message tokens" else label, text) for label, text in facts]
         for label, text in facts:
             if label not in seen:
                 seen.add(label)

@@ -47,9 +47,9 @@ class InstallDialog(QDialog):
         font.setBold(True)
         heading.setFont(font)
         layout.addWidget(heading)
-        where = f" into {cmd.interpreter}" if cmd.interpreter else ""
-        intro = (f"{what + ' ' if what else ''}Ember runs this command{where}, the Python that runs the engine:"
-                 if cmd.runnable else f"{what + ' ' if what else ''}Run this command yourself:")
+        lead = f"{what} " if what else ""
+        intro = (f"{lead}Install runs this command with the Python that runs the engine ({cmd.interpreter}):"
+                 if cmd.runnable else f"{lead}Run this command yourself, where the engine is to run:")
         self.intro = QLabel(intro)
         self.intro.setWordWrap(True)
         layout.addWidget(self.intro)
@@ -69,7 +69,7 @@ class InstallDialog(QDialog):
         line.addWidget(self.copy_button)
         layout.addLayout(line)
 
-        self.why_not = muted_label(f"Ember does not run it itself: {cmd.why_not}." if cmd.why_not else "")
+        self.why_not = muted_label(f"Ember does not run it itself ({cmd.why_not})." if cmd.why_not else "")
         self.why_not.setVisible(bool(cmd.why_not))
         layout.addWidget(self.why_not)
 
@@ -99,14 +99,15 @@ class InstallDialog(QDialog):
 
         self.buttons = QDialogButtonBox()
         self.install_button = primary_button("Install")
-        self.install_button.setVisible(cmd.runnable)
         self.install_button.clicked.connect(self.run)
         self.start_button = primary_button("Start it")
-        self.start_button.hide()
         self.start_button.clicked.connect(self._start)
         self.buttons.addButton(self.install_button, QDialogButtonBox.ButtonRole.ActionRole)
         self.buttons.addButton(self.start_button, QDialogButtonBox.ButtonRole.ActionRole)
         self.cancel_button = self.buttons.addButton(QDialogButtonBox.StandardButton.Cancel)
+        # after addButton, which shows what it adds
+        self.install_button.setVisible(cmd.runnable)
+        self.start_button.hide()
         self.cancel_button.hide()
         self.cancel_button.clicked.connect(self.cancel)
         self.close_button = self.buttons.addButton(QDialogButtonBox.StandardButton.Close)

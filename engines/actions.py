@@ -25,7 +25,7 @@ from typing import Mapping
 
 from engines import model_prefs
 from engines.diagnosis.types import Diagnosis, Fix
-from engines.models import catalog
+from engines.models import downloads
 from engines.running import backends, install, launch
 from engines.running.backends import LABELS
 from engines.running.backends.base import Roles
@@ -216,10 +216,11 @@ def cli_line(fix: Fix, where: Situation, d: Diagnosis | None = None) -> CliLine:
 
 
 def downloadable(model: str) -> bool:
-    """Whether ``model`` is one Ember downloads (a catalog model), so it can be downloaded again."""
+    """Whether ``model`` is one Ember downloads (a catalog model, or OWNER/REPO:FILE from the Hub), so it can
+    be downloaded again."""
     try:
-        catalog.resolve(model)
-    except LookupError:
+        downloads.target(model)
+    except downloads.DownloadError:
         return False
     return True
 

@@ -86,3 +86,20 @@ def fix_actions_in_source() -> dict[str, list[str]]:
             else:
                 found.setdefault(f"<computed {ast.unparse(action)}>", []).append(where)
     return found
+
+
+def emitted_fixes() -> list:
+    """One Fix per action the diagnosis module can emit (:func:`fix_actions_in_source`), an argument filled in
+    where the source computes it."""
+    from engines.diagnosis.types import Fix
+    fixes = []
+    for name in fix_actions_in_source():
+        if name == "change":
+            fixes.append(Fix("Lower the context to 1,024 tokens", {"n_ctx": 1024}, ""))
+        elif name == "advice":
+            fixes.append(Fix("Update the NVIDIA driver", {}, "Install the newest driver for your GPU."))
+        else:
+            label = {"install": "Install llama.cpp"}.get(name, f"Do {name}")
+            fixes.append(Fix(label, {}, "pip install xllamacpp" if name == "install" else "",
+                             action=name.replace(":*", ":sampling.top_k")))
+    return fixes

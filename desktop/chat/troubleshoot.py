@@ -110,6 +110,12 @@ class Troubleshooter(QObject):
         run = self.manager.get(name) if name else None
         return self._message_box(exc, run.proc if run else None)
 
+    def show_diagnosis(self, diagnosis: diagnose.Diagnosis, name: str | None = None,
+                       endpoint: Endpoint | None = None) -> DiagnosisDialog:
+        """Show a diagnosis already made, for a failure of ``name`` (through ``endpoint``): the fixes act on it."""
+        self._remember(name, endpoint)
+        return self._open_dialog(diagnosis)
+
     def check_finish(self, fin: Finished, plan: LaunchPlan | None) -> None:
         """Show the banner if a finished reply was cut short (or otherwise flagged); the check runs off the
         GUI thread (its fixes may read the model's header)."""

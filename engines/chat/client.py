@@ -52,8 +52,9 @@ class ClientError(RuntimeError):
 class EngineHTTPError(ClientError):
     """The engine answered with an error (HTTP status, or an error event mid-stream)."""
 
-    def __init__(self, status: int, body: dict, raw: str = "", mid_stream: bool = False):
+    def __init__(self, status: int, body: dict, raw: str = "", mid_stream: bool = False, turns: int | None = None):
         self.status, self.body, self.raw, self.mid_stream = status, body, raw, mid_stream
+        self.turns = turns  # the user and assistant messages the request carried (None: unknown)
         err = body.get("error", body) if isinstance(body, dict) else {}
         self.type = err.get("type") if isinstance(err, dict) else None
         self.error_message = (err.get("message") if isinstance(err, dict) else None) or raw or f"HTTP {status}"
@@ -112,6 +113,11 @@ class ChatStream:
     @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()
+
+    @property
+    def turns(self) -> int:
+        """The user and assistant messages this request sends: more than one means the history is counted."""
+        return sum(1 for m in self.messages if m.get("role") in ("user", "assistant"))
 
     @property
     def path(self) -> str:
@@ -180,7 +186,8 @@ class ChatStream:
                         if finish_reason is None and not self._cancel.is_set():
                             raise StreamBroken("the engine closed the stream before the answer was complete",
                                                self.text)
-            except EngineHTTPError:
+            except EngineHTTPError as exc:
+                exc.turns = self.turns  # whether the prompt counted the history ("this conversation needs")
                 raise
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 raise StreamBroken(f"cannot connect to {self.base_url}: {exc}", connect=True) from exc

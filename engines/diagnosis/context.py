@@ -7,22 +7,25 @@ from engines.diagnosis.types import Diagnosis, Fix, Kind, count
 
 
 def context_exceeded(case: Case, n_prompt: int | None, slot_ctx: int | None, message: str | None = None,
-                     multimodal: bool = False, reply_tokens: int | None = None, limit: str | None = None) -> Diagnosis:
+                     multimodal: bool = False, reply_tokens: int | None = None, limit: str | None = None,
+                     history: bool = False) -> Diagnosis:
     """``reply_tokens``: the answer's share of the request, when the engine counts it (vLLM);
-    ``limit`` "pool": the limit is the KV cache's size, not the context (SGLang)."""
+    ``limit`` "pool": the limit is the KV cache's size, not the context (SGLang); ``history``: the
+    prompt counted earlier turns too, so it is the conversation that needs the tokens, not the message."""
     s = case.shape
     if slot_ctx is None and s.total:
         slot_ctx = s.per_slot
     facts: dict[str, object] = {"n_prompt_tokens": n_prompt, "n_ctx_slot": slot_ctx, "n_ctx": s.total,
                                 "n_parallel": s.slots, "n_ctx_train": case.trained, "max_tokens": reply_tokens,
-                                "limit": limit}
+                                "limit": limit, "history": history or None}
     facts = {k: v for k, v in facts.items() if v is not None}
     holds = "each slot holds" if s.split else "the context holds"
+    needs = "This conversation needs" if history else "Your message needs"
     if n_prompt and slot_ctx and reply_tokens and n_prompt < slot_ctx:
-        first = (f"Your message needs {count(n_prompt)} tokens and asks for up to {count(reply_tokens)} more for "
+        first = (f"{needs} {count(n_prompt)} tokens and asks for up to {count(reply_tokens)} more for "
                  f"the answer; {holds} {count(slot_ctx)}")
     elif n_prompt and slot_ctx:
-        first = f"Your message needs {count(n_prompt)} tokens; {holds} {count(slot_ctx)}"
+        first = f"{needs} {count(n_prompt)} tokens; {holds} {count(slot_ctx)}"
     elif slot_ctx:
         first = f"The conversation no longer fits in the context; {holds} {count(slot_ctx)} tokens"
     else:

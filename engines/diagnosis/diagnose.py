@@ -261,7 +261,7 @@ def _from_message(exc: client.EngineHTTPError, m: Match | None, proc, case: Case
     message = exc.error_message
     if m is not None and m.kind == Kind.CONTEXT_EXCEEDED:
         return context.context_exceeded(case, _int(m.facts.get("n_prompt_tokens")), _int(m.facts.get("n_ctx_slot")),
-                                        message)
+                                        message, history=(exc.turns or 1) > 1)
     if m is not None and m.kind == Kind.KV_CACHE_FULL:
         cause = m.facts.get("cause")
         lines = lines or proc_lines(proc, offset, settle=0.0)
@@ -285,7 +285,8 @@ def _from_http(exc: client.EngineHTTPError, proc, case: Case, offset: int) -> Di
     f = exc.fields
     lines = proc_lines(proc, offset, settle=0.0)
     if exc.type == "exceed_context_size_error" or ("n_prompt_tokens" in f and "n_ctx" in f):
-        d = context.context_exceeded(case, _int(f.get("n_prompt_tokens")), _int(f.get("n_ctx")), exc.error_message)
+        d = context.context_exceeded(case, _int(f.get("n_prompt_tokens")), _int(f.get("n_ctx")), exc.error_message,
+                                     history=(exc.turns or 1) > 1)
     elif exc.status in (401, 403):
         d = failures.auth(exc.error_message, exc.status)
     else:

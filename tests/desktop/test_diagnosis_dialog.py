@@ -59,7 +59,8 @@ def test_context_error_dialog_fix_relaunches_and_completes(qtbot, window, small_
     assert f"Your message needs {n_prompt:,} tokens; each slot holds 512 (n_ctx 512 / n_parallel 1)." \
         in dlg.explanation_label.text()
     assert f"Message\u00a0tokens:\u00a0{n_prompt:,}" in dlg.facts_label.text()
-    assert "Context\u00a0per\u00a0slot:\u00a0512" in dlg.facts_label.text()
+    assert "Context:\u00a0512" in dlg.facts_label.text() and "n_ctx" not in dlg.facts_label.text()  # roles
+    assert "slot" not in dlg.facts_label.text()  # one slot: nothing to say about slots
     assert [b.text() for b in dlg.fix_buttons] == ["Raise the context to 2,048 tokens", "Start a new conversation"]
     assert dlg.fix_buttons[0].isDefault()
     run = small_manager.get("starter")

@@ -16,25 +16,11 @@ from engines.diagnosis import diagnose
 from engines.diagnosis.types import Diagnosis, Fix, Kind
 from engines.running import install, launch, params
 from engines.running.backends import ENGINES
-from tests.helpers import fix_actions_in_source
+from tests.helpers import emitted_fixes, fix_actions_in_source
 
 #: what the issue lists; the source must offer at least these
 LISTED = {"retry", "install", "download", "redownload", "edit_endpoint", "edit_parameters", "use_engine:llamacpp",
           "show_log", "choose_model", "new_conversation", "relaunch"}
-
-
-def emitted_fixes() -> list[Fix]:
-    """One Fix per action the diagnosis module can emit (an argument filled in where the source computes it)."""
-    fixes = []
-    for name in fix_actions_in_source():
-        if name == "change":
-            fixes.append(Fix("Lower the context to 2,048 tokens", {"n_ctx": 2048}, ""))
-        elif name == "advice":
-            fixes.append(Fix("Update the NVIDIA driver", {}, "Install the newest driver for your GPU."))
-        else:
-            fixes.append(Fix(name, {}, "pip install xllamacpp" if name == "install" else "",
-                             action=name.replace(":*", ":sampling.top_k")))
-    return fixes
 
 
 def test_the_source_offers_every_listed_action_and_each_is_known():
