@@ -49,6 +49,10 @@ class FitEstimate:
     tensor_split: list[int] = field(default_factory=list)  # layers per GPU, for multi-GPU launches
     compute_bytes: int = 0     # llama.cpp's compute buffers (estimate)
     n_ctx: int = 0             # the context llama.cpp will really allocate (cells rounded up per slot)
+    device_bytes: list[int] = field(default_factory=list)  # what each GPU will hold, by the same arithmetic
+
+    # vram_bytes and gpu_bytes are the placement's budget (Ollama's: its graph reserve and a minimum per
+    # GPU included), used to decide the layers; what people read is needs_bytes and device_bytes.
 
     @property
     def needs_bytes(self) -> int:
@@ -78,7 +82,7 @@ class FitEstimate:
         if self.fallback:
             return f"estimate failed ({self.fallback}); offloading all layers as the seed prescribes"
         per = ", ".join(f"{d['name']} {units.size(b)} of {units.size(d['memory_free'])} free"
-                        for d, b in zip(self.devices, self.gpu_bytes or [0] * len(self.devices)))
+                        for d, b in zip(self.devices, self.device_bytes or self.gpu_bytes or [0] * len(self.devices)))
         kv_text = f"{self.memory_line()}; " if kv else ""
         return f"{self.gpu_layers} of {self.total_layers} layers on GPU; {kv_text}{per}"
 
@@ -163,8 +167,10 @@ def estimate(info: gguf_info.GGUFInfo, hw: HardwareProfile, n_ctx: int, n_parall
                            fallback=f"{type(exc).__name__}: {exc}", **numbers)
     layers = min(est.layers, total)
     split = [round(f * est.layers) for f in est.tensor_split] if est.layers else [0] * len(devices)
+    # each GPU: its share of the layers' weights and KV cache, and the compute buffers where it has layers
+    held = [int(n / total * (weights + kv_bytes)) + (compute if n else 0) for n in split]
     return FitEstimate(layers, layers, total, est.vram_size, est.total_size, list(est.gpu_sizes),
-                       devices=devices, tensor_split=split, **numbers)
+                       devices=devices, tensor_split=split, device_bytes=held, **numbers)
 
 
 def auto_ngl(model_path: str, hw: HardwareProfile, n_ctx: int, n_parallel: int = 1,

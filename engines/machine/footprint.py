@@ -87,8 +87,9 @@ class Attention:
             return None
         window = get("attention.sliding_window")
         window = int(window) if window else None
+        feed_forward = _largest(get("feed_forward_length")) or 4 * embedding  # unknown: the usual ratio
         return cls(layers, kv_heads, key_length, value_length, _sliding(arch, layers, window, get),
-                   window, embedding, max(heads), _largest(get("feed_forward_length")))
+                   window, embedding, max(heads), feed_forward)
 
     def cell_bytes(self, layer: int, cache_type_k: str = "f16", cache_type_v: str = "f16") -> float:
         """Bytes one cell (one token) takes in ``layer``: its K and V for every KV head."""

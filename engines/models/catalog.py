@@ -209,9 +209,13 @@ def _memory_capacity(hw: HardwareProfile) -> int:
     return hw.ram_total_bytes + sum(g.memory_free_bytes for g in hw.gpus if g.vendor != "apple")
 
 
-def _numbers(weights: int | None, source: str, kv: int | None, n_ctx: int) -> str:
-    """The figures behind a fit, as the row's reason ends with them."""
-    return f"weights {size(weights)} ({source}), KV cache {size(kv)} at {n_ctx:,} tokens"
+def _numbers(weights: int | None, source: str, kv: int | None, n_ctx: int, compute: int | None = None) -> str:
+    """The figures behind a fit, as the row's reason ends with them; with llama.cpp's compute buffers,
+    the whole launch first (the launch dialog's and the diagnosis' arithmetic, :mod:`engines.machine.footprint`)."""
+    text = f"weights {size(weights)} ({source}), KV cache {size(kv)} at {n_ctx:,} tokens"
+    if compute and weights is not None and kv is not None:
+        text = f"needs about {size(weights + kv + compute)}: {text}, compute {size(compute)}"
+    return text
 
 
 # -- one row ----------------------------------------------------------------------------------------
@@ -253,10 +257,11 @@ def _fit_gguf(spec: store.ModelSpec, hw: HardwareProfile, n_ctx: int, r: dict) -
              compute_bytes=est.compute_bytes, needs_bytes=est.needs_bytes)
     need = est.needs_bytes  # the launch dialog's and the diagnosis' arithmetic (engines.machine.footprint)
     cap = _memory_capacity(hw)
-    numbers = _numbers(est.weights_bytes, source, est.kv_cache_bytes, n_ctx)
+    numbers = _numbers(est.weights_bytes, source, est.kv_cache_bytes, n_ctx, est.compute_bytes)
     if need > cap:
         r.update(fit="none", gpu_layers=0, reason=f"needs about {size(need)}; this computer has {size(cap)} "
-                                                  f"of RAM and GPU memory together; {numbers}")
+                                                  f"of RAM and GPU memory together; "
+                                                  f"{numbers.split(': ', 1)[-1]}")
     else:
         r["reason"] = f"{r['reason']}; {est.summary(kv=False)}; {numbers}"
 
