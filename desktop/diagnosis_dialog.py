@@ -212,7 +212,7 @@ class DiagnosisDialog(QDialog):
         button.setAutoDefault(primary)
         details = fix.note
         if fix.changes:
-            change = ", ".join(f"{k} = {v}" for k, v in fix.changes.items())
+            change = actions.change_words(fix.changes, self.where.engine)
             details = f"{details}\n{change}" if details else change
         line = actions.cli_line(fix, self.where, self.diagnosis)
         button.setToolTip(("At a terminal: " if line.command else "") + line.text)

@@ -28,7 +28,7 @@ from engines.diagnosis.types import Diagnosis, Fix
 from engines.models import downloads
 from engines.running import backends, install, launch
 from engines.running.backends import LABELS
-from engines.running.backends.base import Roles
+from engines.running.backends.base import ROLE_WORDS, Roles
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +276,17 @@ def describe(s: Step, engine: str | None) -> str:
     return "with " + roles.describe(s.changes)
 
 
+def change_words(changes: Mapping[str, object], engine: str | None) -> str:
+    """A fix's change for the line under its note: by role where one plays one, then the engine's keys
+    (``context 8,192 tokens · max_model_len = 8192``)."""
+    roles = backends.get(engine).roles if engine in backends.ENGINES else Roles()
+    keys = ", ".join(f"{k} = {v}" for k, v in roles.to_keys(changes).items())
+    by_role = {k: v for k, v in changes.items() if k in ROLE_WORDS or roles.role_of(k)}
+    if not by_role:
+        return keys
+    return f"{roles.describe(by_role)} \u00b7 {keys}" if keys else roles.describe(by_role)
+
+
 def relaunch_plan(s: Step, plan: launch.LaunchPlan | None, model: str | None) -> launch.LaunchPlan:
     """The launch a relaunching step asks for. Blocking (a plan reads the model's header): call it off
     the GUI thread. Without a plan (its start was refused before one existed, by the model's saved
@@ -322,4 +333,4 @@ def _indent(text: str, prefix: str) -> str:
     return "\n".join(prefix + l if l else l for l in text.splitlines())
 
 
-__all__ = ["Action", "CliLine", "NAMED", "RELAUNCHES", "Situation", "Step", "UnknownAction", "cli_line", "describe", "downloadable", "parameter_key", "relaunch_plan", "remember", "render_text", "step", "to_dict"]
+__all__ = ["Action", "CliLine", "NAMED", "RELAUNCHES", "Situation", "Step", "UnknownAction", "cli_line", "change_words", "describe", "downloadable", "parameter_key", "relaunch_plan", "remember", "render_text", "step", "to_dict"]

@@ -184,3 +184,12 @@ def test_an_install_runs_with_its_output_and_can_be_cancelled():
     assert out.cancelled and not out.ok and out.sentence == "The installation was cancelled."
     failed = install.run(install.InstallCommand("x", (sys.executable, "-c", "raise SystemExit(3)")))
     assert failed.code == 3 and failed.sentence == "The installation failed (exit status 3)."
+
+
+def test_the_dialogs_change_line_speaks_roles_then_the_engines_keys():
+    assert actions.change_words({"max_model_len": 1536}, "transformers") == \
+        "context 1,536 tokens \u00b7 max_model_len = 1536"
+    assert actions.change_words({"context": 4096}, "llamacpp") == "context 4,096 tokens \u00b7 n_ctx = 4096"
+    assert actions.change_words({"n_gpu_layers": 14}, "llamacpp") == "14 GPU layers \u00b7 n_gpu_layers = 14"
+    assert actions.change_words({"cache_type_k": "q8_0"}, "llamacpp") == "cache_type_k = q8_0"
+    assert actions.change_words({"context": 4096}, None) == "context 4,096 tokens"
