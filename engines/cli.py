@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -508,6 +509,17 @@ def _remote_parser(sub) -> None:
         sp.set_defaults(func=cmd_remote)
 
 
+def _temperature(text: str) -> float:
+    """``--temperature``: a finite number from 0 to 2 (NaN cannot even be sent as JSON)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number from 0 to 2, got {text!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= 2:
+        raise argparse.ArgumentTypeError(f"expects a number from 0 to 2, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ember", description="Run large language models on this computer.")
     p.add_argument("--version", action="version", version=f"ember {version()}")
@@ -552,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--system", help="system prompt")
     c.add_argument("--max-tokens", type=int, default=None,
                    help="reply limit in tokens (default: the reply_limit setting, 1,024)")
-    c.add_argument("--temperature", type=float, default=None)
+    c.add_argument("--temperature", type=_temperature, default=None, help="0 (always the likeliest word) to 2")
     c.set_defaults(func=cmd_chat)
 
     dg = sub.add_parser("diagnose", help="explain an engine log's failure, with fixes (Ember's or any other)")

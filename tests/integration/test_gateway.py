@@ -113,6 +113,9 @@ def test_errors_are_openai_shaped_and_say_what_to_do(home):
                            headers=headers, timeout=30)
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         assert httpx.get(info["base_url"] + "/models", timeout=30).status_code == 401
+        nan = httpx.post(info["base_url"] + "/completions", content=b'{"model": "starter", "temperature": NaN}',
+                         headers={"Authorization": f"Bearer {info['api_key']}"}, timeout=30)
+        assert nan.status_code == 400 and nan.json()["error"]["code"] == "invalid_json" and "NaN" in nan.text
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=info["base_url"], api_key="wrong", max_retries=0).models.list()
 
