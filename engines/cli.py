@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from engines.running import params as P
 from engines.running import backends
 from engines.running.backends import ENGINES, LABELS, availability
 from engines.running.manager import EngineCrashed, EngineManager
+from engines.running.stall import StallWatch
 from engines.units import MIB, gib
 from engines.version import version
 
@@ -330,7 +332,8 @@ def _stream_reply(stream: ChatStream, args, proc=None, plan=None) -> tuple[str |
     """Stream one reply, then name why it ended (stderr); (the reply as shown, exit code)."""
     reply = TerminalReply(stream, as_json=bool(getattr(args, "json", False)))
     try:
-        reply.run()
+        with StallWatch(stream, proc) if proc is not None else contextlib.nullcontext():
+            reply.run()
     except Exception as exc:  # client errors go through diagnosis
         reason = stop_reason.from_error(exc)
         if not getattr(args, "json", False):

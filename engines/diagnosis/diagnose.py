@@ -122,6 +122,11 @@ def diagnose_exception(exc: BaseException, proc=None, plan=None, log_offset: int
             return _in_ember_terms(_from_start_error(exc, case), case)
         if isinstance(exc, client.EngineHTTPError):
             return _in_ember_terms(_from_http(exc, proc, case, log_offset), case)
+        if isinstance(exc, client.EngineStalled):
+            d = failures.stalled(exc.seconds, exc.paused, exc.timeout)
+            if proc is not None:
+                d.log_path, d.log_tail = str(proc.log_path), tail(proc.log_lines(log_offset))
+            return d
         if isinstance(exc, client.StreamBroken):
             return _in_ember_terms(_from_broken(exc, proc, case, log_offset), case)
         if isinstance(exc, launch.PlanError):
