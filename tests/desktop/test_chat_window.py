@@ -403,3 +403,41 @@ def test_engine_crash_mid_reply_keeps_the_partial_reply_and_explains(qtbot, stor
     finally:
         w.shutdown()
         m.stop_all()
+
+
+def test_a_paused_engine_mid_reply_is_found_stopped_and_explained_in_seconds(qtbot, store, starter_spec, hw):
+    """SIGSTOP of the engine while it answers (issue 12): the window does not wait in silence; the
+    watchdog stops the engine through the manager, the partial reply is kept, the dialog says why."""
+    import os
+    import signal
+    from engines.running import launch
+    m = EngineManager(idle_timeout=None)
+    m.launch(launch.plan(starter_spec, hw, overrides={"n_ctx": 1024}))
+    w = ChatWindow(m, store=store)
+    qtbot.addWidget(w)
+    w.show()
+    try:
+        w.max_tokens = 900
+        for _ in range(5):  # the reply is sampled: it may end early; ask again
+            w.send("Write a very long story about a lighthouse keeper.")
+            started = time.monotonic()
+            qtbot.waitUntil(lambda: not w.streaming or (len(w.history[-1].content) > 20
+                                                        and time.monotonic() - started > 1.5), timeout=120_000)
+            if w.streaming:
+                break
+            w.new_chat()
+        assert w.streaming, w.status.text()
+        proc = m.get("starter").proc
+        paused_at = time.monotonic()
+        with qtbot.waitSignal(w.failure_shown, timeout=60_000) as shown:
+            os.kill(proc.pid, signal.SIGSTOP)
+        took = time.monotonic() - paused_at
+        dialog = shown.args[0]
+        assert dialog.diagnosis.kind == "engine_stalled" and "paused" in dialog.diagnosis.explanation
+        assert took < 20, took
+        assert w.history[-1].content and w.status.text().startswith("The engine stopped responding")
+        qtbot.waitUntil(lambda: not proc.running and m.get("starter") is None, timeout=20_000)
+        dialog.close()
+    finally:
+        w.shutdown()
+        m.stop_all()
