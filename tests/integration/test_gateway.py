@@ -241,3 +241,21 @@ def test_the_least_recently_used_model_makes_room(two_models):
             state = running(info)
             assert state[name] and sum(state.values()) == 1, state  # the other one was unloaded first
             assert len(engines_of(proc)) == 1
+
+
+def test_messages_responses_and_embeddings_pass_through_with_the_engines_answer(home):
+    with ember_serve() as (proc, info):
+        h = {"Authorization": f"Bearer {info['api_key']}", "anthropic-version": "2023-06-01"}
+        messages = httpx.post(info["base_url"] + "/messages", headers=h, timeout=240, json={
+            "model": "starter", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+        assert messages.status_code == 200 and messages.json()["type"] == "message"
+        assert messages.json()["model"] == "starter"
+        responses = httpx.post(info["base_url"] + "/responses", headers=h, timeout=240,
+                               json={"model": "starter", "input": "Hi", "max_output_tokens": 4})
+        assert responses.status_code == 200 and responses.json()["object"] == "response"
+        # the starter runs without embeddings: the engine's 501, said in Ember's terms
+        embeddings = httpx.post(info["base_url"] + "/embeddings", headers=h, timeout=60,
+                                json={"model": "starter", "input": "Hi"})
+        err = embeddings.json()["error"]
+        assert embeddings.status_code == 501 and "--set embedding=true" in err["message"]
+        assert "--embeddings`" not in err["message"]  # llama-server's own flag, which Ember does not take
