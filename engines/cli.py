@@ -37,8 +37,6 @@ from engines.version import version
 
 log = logging.getLogger(__name__)
 
-CUDA_INSTALL = ("pip install --force-reinstall xllamacpp "
-                "--index-url https://xorbitsai.github.io/xllamacpp/whl/cu128")
 
 
 def _hardware(args) -> hardware.HardwareProfile:
@@ -62,7 +60,7 @@ def doctor_report(hw: hardware.HardwareProfile) -> dict:
         note = None
         if not g.usable_by_llamacpp:
             note = (f"the installed llama.cpp build ({hw.llamacpp_build}) cannot use this GPU"
-                    + (f"; install the CUDA build: {CUDA_INSTALL}" if g.backend == "cuda" else ""))
+                    + (f"; install the CUDA build: {backends.get('llamacpp').gpu_install}" if g.backend == "cuda" else ""))
         gpus.append({"name": g.name, "llamacpp_can_use": g.usable_by_llamacpp, "note": note})
     return {"version": version(), "hardware": hw.to_dict(), "engines": engines, "gpus": gpus}
 
