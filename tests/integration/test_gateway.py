@@ -259,3 +259,18 @@ def test_messages_responses_and_embeddings_pass_through_with_the_engines_answer(
         err = embeddings.json()["error"]
         assert embeddings.status_code == 501 and "--set embedding=true" in err["message"]
         assert "--embeddings`" not in err["message"]  # llama-server's own flag, which Ember does not take
+
+
+def test_serve_model_says_why_its_engine_died_and_the_next_request_starts_it_again(home):
+    with ember_serve("starter", "--set", "n_ctx=1024") as (proc, info):
+        assert info["model"] == "starter" and info["mode"] == "completion"
+        engine = psutil.Process(info["pid"])
+        h = {"Authorization": f"Bearer {info['api_key']}"}
+        ask = {"prompt": "Hello", "max_tokens": 2}  # no model: a one-model server takes its own
+        assert httpx.post(info["base_url"] + "/completions", headers=h, json=ask, timeout=120).status_code == 200
+        engine.kill()
+        again = httpx.post(info["base_url"] + "/completions", headers=h, json=ask, timeout=120)
+        assert again.status_code == 200 and again.json()["model"] == "starter"
+        assert [e.pid for e in engines_of(proc)] != [engine.pid] and len(engines_of(proc)) == 1
+    err = proc.stderr.read()
+    assert "The engine was killed" in err and "the next request starts it again" in err
