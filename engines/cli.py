@@ -129,7 +129,8 @@ def _print_refresh(result, out=None) -> None:
     for repo, why in result.failed.items():
         print(f"ember: could not list {repo}: {why}", file=sys.stderr)
     if result.offline:
-        print("ember: downloads are turned off (HF_HUB_OFFLINE): using the listings saved earlier", file=sys.stderr)
+        print(f"ember: the Hub was not asked ({result.offline_reason}): using the listings saved earlier",
+              file=sys.stderr)
     print(result.summary() + ".", file=out)
 
 
@@ -139,7 +140,7 @@ def cmd_models(args) -> int:
         _print_refresh(result, sys.stderr if args.json else sys.stdout)
         if not args.json:
             print()
-        if result.failed and not (result.listed or result.reused):
+        if (result.failed or result.offline) and not (result.listed or result.reused):
             return 1
     hw = _hardware(args)
     rows = model_rows(hw, rules_only=bool(getattr(args, "hardware", None)))

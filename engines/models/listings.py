@@ -81,6 +81,7 @@ class RefreshResult:
     failed: dict[str, str] = field(default_factory=dict)
     changes: list[Change] = field(default_factory=list)
     offline: bool = False
+    offline_reason: str = ""
     cached_at: float | None = None
 
     @property
@@ -90,6 +91,8 @@ class RefreshResult:
     def summary(self) -> str:
         """One line for people: how many repositories, what changed, what failed."""
         parts = []
+        if self.offline:
+            parts.append(f"the Hub was not asked ({self.offline_reason})")
         if self.listed:
             parts.append(f"listed {len(self.listed)} repositories on the Hub")
         if self.reused:
@@ -179,8 +182,10 @@ def refresh(repos: Iterable[str], max_age: float | None = None,
     repos = sorted(set(repos))
     times = [saved[r].listed_at for r in repos if r in saved]
     result.cached_at = min(times) if times else None
-    if hub.offline():
+    reach = hub.Reach(False, "HF_HUB_OFFLINE is set") if hub.offline() else hub.reachable()
+    if not reach.online:  # one question, not one time-out per repository
         result.offline = True
+        result.offline_reason = reach.reason
         result.reused = [r for r in repos if r in saved]
         return saved, result
     now = time.time()

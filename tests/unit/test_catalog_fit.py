@@ -165,3 +165,56 @@ def test_cli_models_json_on_a_profile():
         assert key in r
     assert r["fit"] == "partial" and r["engine"] == "llamacpp"
     assert rows["qwen2.5-7b-instruct-awq-int4"]["engine"] == "vllm"
+
+
+# -- a hand-written profile (as in the README): llamacpp_device left out ------------------------------
+
+README_PROFILE = {"os": "linux", "arch": "x86_64", "cpu_cores": 16, "ram_total_bytes": 68719476736,
+                  "ram_available_bytes": 60000000000,
+                  "gpus": [{"name": "NVIDIA GeForce RTX 4090", "vendor": "nvidia", "backend": "cuda",
+                            "memory_total_bytes": 25757220864, "memory_free_bytes": 24000000000}]}
+
+
+def _profile_rows(gpu_extra: dict) -> dict[str, dict]:
+    data = json.loads(json.dumps(README_PROFILE))
+    data["gpus"][0].update(gpu_extra)
+    return {r["name"]: r for r in catalog.catalog_rows(hardware.HardwareProfile.from_dict(data), installed=None)}
+
+
+def test_a_readme_profile_without_llamacpp_device_gets_gpu_badges_on_a_24gb_card(tmp_path):
+    path = tmp_path / "rtx4090.json"
+    path.write_text(json.dumps(README_PROFILE))
+    hw = hardware.HardwareProfile.load(path)
+    assert [g.llamacpp_device for g in hw.gpus] == ["CUDA0"]
+    out = subprocess.run(ember_cmd("models", "--json", "--hardware", str(path)),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    r = rows["deepseek-r1-0528-qwen3-8b-q4_k_m"]
+    assert r["fit"] == "gpu" and r["badge"] == "Fits on your GPU"
+    assert rows["qwen3-30b-a3b-instruct-2507-q8_0"]["fit"] == "partial"
+    assert not any("CPU only: no GPU that llama.cpp can use" in str(x["reason"]) for x in rows.values())
+
+
+def test_the_same_profile_with_an_explicit_null_runs_on_the_cpu_only():
+    rows = _profile_rows({"llamacpp_device": None})
+    fits = {r["fit"] for r in rows.values() if r["format"] == "gguf"}
+    assert "gpu" not in fits and "partial" not in fits
+    assert rows["deepseek-r1-0528-qwen3-8b-q4_k_m"]["fit"] == "cpu"
+
+
+def test_gpus_without_a_device_name_are_numbered_per_backend_as_llamacpp_does():
+    data = json.loads(json.dumps(README_PROFILE))
+    data["gpus"] = [dict(README_PROFILE["gpus"][0]), dict(README_PROFILE["gpus"][0]),
+                    {**README_PROFILE["gpus"][0], "llamacpp_device": None}]
+    hw = hardware.HardwareProfile.from_dict(data)
+    assert [g.llamacpp_device for g in hw.gpus] == ["CUDA0", "CUDA1", None]
+    mac = hardware.HardwareProfile.from_dict({"os": "darwin", "arch": "arm64", "cpu_cores": 8,
+                                              "ram_total_bytes": 17179869184, "ram_available_bytes": 12000000000,
+                                              "gpus": [{"name": "Apple M2", "vendor": "apple", "backend": "metal",
+                                                        "memory_total_bytes": 12884901888,
+                                                        "memory_free_bytes": 12000000000}]})
+    assert mac.gpus[0].llamacpp_device == "Metal"
+    # what `ember doctor --json` writes keeps the real value, null included
+    again = hardware.HardwareProfile.from_dict(hw.to_dict())
+    assert [g.llamacpp_device for g in again.gpus] == ["CUDA0", "CUDA1", None]
