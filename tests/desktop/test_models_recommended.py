@@ -239,7 +239,7 @@ def test_best_fit_first_ranks_by_expected_speed_on_a_two_core_cpu_machine(qtbot,
     known = [s for s in speeds if s is not None]
     assert known == sorted(known, reverse=True), "fastest on this computer first"
     assert order.index(big) > 20, f"a 16 GB model ranks {order.index(big) + 1}th on 2 cores"
-    assert order[0] == "starter"
+    assert "starter" in order[:3]  # among the fastest (the catalog's 241 MB Gemma 3 270M may edge it out)
     assert "tokens/s here (estimate)" in w.row_widget("starter").numbers.text()
 
 
