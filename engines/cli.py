@@ -140,8 +140,8 @@ def cmd_models(args) -> int:
         _print_refresh(result, sys.stderr if args.json else sys.stdout)
         if not args.json:
             print()
-        if (result.failed or result.offline) and not (result.listed or result.reused):
-            return 1
+        if result.failed and not (result.listed or result.reused):
+            return 1  # online, and not one repository could be listed: say so by the exit status too
     hw = _hardware(args)
     rows = model_rows(hw, rules_only=bool(getattr(args, "hardware", None)))
     if getattr(args, "fits", False):

@@ -103,7 +103,8 @@ class RefreshResult:
         changed = len({c.variant for c in self.changes})
         parts.append(f"{changed} catalog entr{'y' if changed == 1 else 'ies'} changed" if changed
                      else "no catalog entry changed")
-        return "; ".join(parts).capitalize()
+        text = "; ".join(parts)
+        return text[:1].upper() + text[1:]
 
 
 # -- the recorded listings (shipped with Ember) ----------------------------------------------------------
