@@ -122,7 +122,27 @@ def _model_line(r: dict) -> str:
     return line
 
 
+def _print_refresh(result, out=None) -> None:
+    """What `ember models --refresh` found: a line per changed entry, then the summary; failures on stderr."""
+    out = out or sys.stdout
+    for c in result.changes:
+        print(f"changed: {c.variant}: {c.detail}", file=out)
+    for repo, why in result.failed.items():
+        print(f"ember: could not list {repo}: {why}", file=sys.stderr)
+    if result.offline:
+        print(f"ember: the Hub was not asked ({result.offline_reason}): using the listings saved earlier",
+              file=sys.stderr)
+    print(result.summary() + ".", file=out)
+
+
 def cmd_models(args) -> int:
+    if getattr(args, "refresh", False):
+        result = catalog.refresh()
+        _print_refresh(result, sys.stderr if args.json else sys.stdout)
+        if not args.json:
+            print()
+        if result.failed and not (result.listed or result.reused):
+            return 1  # online, and not one repository could be listed: say so by the exit status too
     hw = _hardware(args)
     rows = model_rows(hw, rules_only=bool(getattr(args, "hardware", None)))
     if getattr(args, "fits", False):
@@ -538,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="models with the engine and fit on this computer")
     m.add_argument("--json", action="store_true")
     m.add_argument("--fits", action="store_true", help="only models that can run here")
+    m.add_argument("--refresh", action="store_true",
+                   help="list the catalog's files and sizes on the Hub again (saved; used offline) and "
+                        "say which entries changed")
     hw_opt(m)
     m.set_defaults(func=cmd_models)
 
