@@ -47,6 +47,11 @@ PROXIED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/mes
 PASSED_HEADERS = ("anthropic-version", "anthropic-beta", "accept")
 
 
+def _no_constant(name: str):
+    """NaN and Infinity are not JSON (Python's parser takes them; engines then fail on them)."""
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def _json_error(err: GatewayError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
 
@@ -138,7 +143,7 @@ class GatewayApp:
         self._check_key(request)
         raw = await request.body()
         try:
-            body = json.loads(raw or b"{}")
+            body = json.loads(raw or b"{}", parse_constant=_no_constant)
         except ValueError as exc:
             raise errors.bad_request(f"The request body is not JSON ({exc}).", "invalid_json") from None
         if not isinstance(body, dict):

@@ -19,6 +19,10 @@ JSON form (``HardwareProfile.to_dict``)::
 
 ``llamacpp_device`` is the name under which the installed llama.cpp build
 sees the GPU; ``null`` means the GPU exists but this build cannot use it.
+A profile written by hand may leave the key out: such a GPU is taken as
+usable by a llama.cpp build for its backend, named as llama.cpp names it
+(``CUDA0``, ``CUDA1``, ... in order; ``Metal``), so "what would run on that
+machine?" has an answer. ``ember doctor --json`` always writes the key.
 """
 from __future__ import annotations
 
@@ -84,7 +88,7 @@ class HardwareProfile:
     @classmethod
     def from_dict(cls, data: dict) -> "HardwareProfile":
         try:
-            gpus = [GPU(**g) for g in data.get("gpus", [])]
+            gpus = [GPU(**g) for g in _with_devices(data.get("gpus", []))]
             known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "gpus"}
             profile = cls(gpus=gpus, **known)
         except TypeError as exc:
@@ -113,6 +117,31 @@ class HardwareProfile:
                 raise ValueError(f"gpu vendor must be one of {', '.join(VENDORS)}, not {g.vendor!r}")
             if g.backend not in BACKENDS:
                 raise ValueError(f"gpu backend must be one of {', '.join(BACKENDS)}, not {g.backend!r}")
+
+
+#: How llama.cpp names the devices of each backend (ggml's backend registry).
+DEVICE_PREFIX = {"cuda": "CUDA", "rocm": "ROCm", "vulkan": "Vulkan", "metal": "Metal"}
+
+
+def _with_devices(gpus: list[dict]) -> list[dict]:
+    """GPU dicts with ``llamacpp_device`` filled in where a hand-written profile left it out.
+
+    Counted per backend in file order, as llama.cpp enumerates them (``CUDA0``,
+    ``CUDA1``; Metal has one device, ``Metal``). An explicit null stays null.
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for g in gpus:
+        if not isinstance(g, dict):
+            raise TypeError(f"a GPU must be an object, not {g!r}")
+        backend = str(g.get("backend", ""))
+        index = seen.get(backend, 0)
+        seen[backend] = index + 1
+        if "llamacpp_device" not in g and backend in DEVICE_PREFIX:
+            prefix = DEVICE_PREFIX[backend]
+            g = {**g, "llamacpp_device": prefix if backend == "metal" else f"{prefix}{index}"}
+        out.append(g)
+    return out
 
 
 def _os_name() -> str:
