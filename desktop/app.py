@@ -174,12 +174,13 @@ class EmberApp(QObject):
             self.chat = ChatWindow(self.manager, self.bridge)
             self.chat.keep_in_tray = self.use_tray
             self.chat.models_requested.connect(self.show_models)
-            self.chat.settings_requested.connect(self.show_settings)
+            self.chat.settings_requested.connect(lambda: self.show_settings())
             self.chat.logs_requested.connect(self.show_logs)
             self.chat.about_requested.connect(self.show_about)
             self.chat.quit_requested.connect(self.quit)
             self.chat.hidden_to_tray.connect(self._hidden_to_tray)
             self.chat.download_requested.connect(self.download_model)
+            self.chat.setting_requested.connect(self.show_settings)
         return self.chat
 
     def show_chat(self) -> None:
@@ -213,12 +214,16 @@ class EmberApp(QObject):
         if not self.use_tray:
             self.show_chat()
 
-    def show_settings(self) -> None:
+    def show_settings(self, key: str | None = None, value: object | None = None):
+        """The Settings dialog; ``key``: opened at that setting with ``value`` offered (a fix's)."""
         from .settings_dialog import SettingsDialog
         dialog = SettingsDialog(self.chat if self.chat and self.chat.isVisible() else None)
         dialog.accepted.connect(self.apply_settings)
         dialog.open()
+        if key:
+            dialog.focus_key(key, value)
         self._settings_dialog = dialog
+        return dialog
 
     def apply_settings(self) -> None:
         self.values = settings.load()

@@ -59,6 +59,7 @@ class ChatWindow(QMainWindow):
     quit_requested = Signal()
     hidden_to_tray = Signal()
     download_requested = Signal(str)   # a fix: download this model (the app's downloads panel)
+    setting_requested = Signal(str, object)  # a fix: Settings at this key, this value offered
     # progress, for the app and for tests
     reply_finished = Signal(object)    # client.Finished
     reply_ended = Signal(object)       # chat.reply.ReplyEnd: the same ending with its stop reason

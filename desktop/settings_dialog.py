@@ -1,5 +1,6 @@
-"""Preferences: idle unload, start at login, default context size, reply limit, the local API, engine
-interpreters.
+"""Preferences: idle unload, start at login, default context size, reply limit, how long an engine may be
+silent, the local API, engine interpreters. :meth:`SettingsDialog.focus_key` opens it at one setting
+(a diagnosis' "settings" fix).
 
 Reads and writes :mod:`engines.settings`; the app applies the result (manager
 idle timeout, autostart entry) when the dialog is accepted.
@@ -64,7 +65,24 @@ class SettingsDialog(QDialog):
         form.addRow("Reply limit", self.reply_limit)
         form.addRow("", QLabel("The longest reply in the chat window and ember chat; a reply that "
                                "repeats itself stops sooner."))
+        self.stall_timeout = QSpinBox(minimum=10, maximum=24 * 3600, singleStep=60, suffix=" s")
+        stall = values.get("stall_timeout_seconds")
+        self.stall_timeout.setValue(int(stall) if isinstance(stall, (int, float)) and stall > 0
+                                    else int(settings.DEFAULTS["stall_timeout_seconds"]))
+        self.stall_timeout.setAccessibleName("Stop an engine silent for seconds")
+        form.addRow("Stop an engine silent for", self.stall_timeout)
+        form.addRow("", QLabel("An engine that sends no token and logs nothing this long while answering is "
+                               "stopped, and the chat says so."))
+        self._fields = {"idle_unload_minutes": ("Unload a model unused for", self.idle_minutes),
+                        "default_n_ctx": ("Default context size", self.n_ctx),
+                        "reply_limit": ("Reply limit", self.reply_limit),
+                        "stall_timeout_seconds": ("Stop an engine silent for", self.stall_timeout)}
         layout.addWidget(general)
+        self.focus_hint = QLabel()
+        self.focus_hint.setWordWrap(True)
+        self.focus_hint.setStyleSheet("font-weight: 600;")
+        self.focus_hint.hide()
+        layout.insertWidget(0, self.focus_hint)
 
         layout.addWidget(self._local_api_box(values))
 
@@ -127,6 +145,19 @@ class SettingsDialog(QDialog):
         form.addRow("", self.lan_warning)
         return box
 
+    def focus_key(self, key: str | None, value: object | None = None) -> QWidget | None:
+        """Open at one setting (a diagnosis' "settings" fix): its field focused, ``value`` offered in it."""
+        label, field = self._fields.get(key or "", (None, None))
+        if field is None:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            field.setValue(int(value))
+        self.focus_hint.setText(f"The fix: \u201c{label}\u201d is now {field.text()} below. Save to keep it.")
+        self.focus_hint.show()
+        field.setFocus()
+        field.selectAll()
+        return field
+
     def regenerate_key(self) -> None:
         """A new key at once (after a confirmation): tools with the old key get 401 from now on."""
         answer = QMessageBox.question(self, "Regenerate the API key?",
@@ -142,6 +173,7 @@ class SettingsDialog(QDialog):
             "start_at_login": self.start_at_login.isChecked(),
             "default_n_ctx": self.n_ctx.value(),
             "reply_limit": self.reply_limit.value(),
+            "stall_timeout_seconds": self.stall_timeout.value(),
             "gateway_enabled": self.api_enabled.isChecked(),
             "gateway_port": self.api_port.value(),
             "gateway_origins": [o.strip().rstrip("/") for o in self.api_origins.text().split(",") if o.strip()],

@@ -19,11 +19,12 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from engines import model_prefs
+from engines import model_prefs, settings
 from engines.diagnosis.types import Diagnosis, Fix
 from engines.models import downloads
 from engines.running import backends, install, launch
@@ -47,6 +48,7 @@ class Action(str, enum.Enum):
     CHOOSE_MODEL = "choose_model"          # the models window
     NEW_CONVERSATION = "new_conversation"  # a new conversation, the last message kept to send
     EDIT_MESSAGE = "edit_message"          # the last message back in the input
+    SETTINGS = "settings"                  # one of Ember's settings (argument: its key; else the note names it)
     ADVICE = "advice"                      # (implicit) nothing Ember can do: the note says what to do
 
     def __str__(self) -> str:
@@ -57,7 +59,7 @@ class Action(str, enum.Enum):
 NAMED = tuple(a for a in Action if a not in (Action.CHANGE, Action.ADVICE))
 #: Actions that start the engine again.
 RELAUNCHES = (Action.RELAUNCH, Action.CHANGE, Action.USE_ENGINE)
-_ARGUMENT = {Action.USE_ENGINE: "an engine", Action.EDIT_PARAMETERS: "a parameter"}
+_ARGUMENT = {Action.USE_ENGINE: "an engine", Action.EDIT_PARAMETERS: "a parameter", Action.SETTINGS: "a setting"}
 
 
 class UnknownAction(ValueError):
@@ -99,6 +101,8 @@ def step(fix: Fix) -> Step:
         argument = argument or None
         if action is Action.USE_ENGINE and argument not in backends.ENGINES:
             raise UnknownAction(raw, f"needs {_ARGUMENT[action]}: one of {', '.join(backends.ENGINES)}")
+        if action is Action.SETTINGS and argument and argument not in settings.DEFAULTS:
+            raise UnknownAction(raw, f"{argument} is not one of Ember's settings")
         if action not in _ARGUMENT and argument:
             raise UnknownAction(raw, "takes no argument")
     return Step(action, argument, dict(fix.changes), fix.label, fix.note)
@@ -115,6 +119,20 @@ def parameter_key(s: Step, d: Diagnosis | None = None) -> str | None:
             return str(suggestion)
     key = facts.get("key") or facts.get("parameter")
     return str(key) if key else None
+
+
+def setting_key(s: Step) -> str | None:
+    """The setting a "settings" fix is about: its argument, else the one its words name."""
+    if s.argument:
+        return s.argument
+    words = f"{s.label} {s.note}"
+    return next((k for k in settings.DEFAULTS if re.search(rf"\b{re.escape(k)}\b", words)), None)
+
+
+def suggested_setting(key: str | None, d: Diagnosis | None = None) -> object | None:
+    """A value to offer for ``key``: twice what the diagnosis says it was (a timeout that was too short)."""
+    now = (d.facts.get("timeout") if d is not None else None) or settings.get(key) if key else None
+    return int(float(now) * 2) if isinstance(now, (int, float)) and not isinstance(now, bool) else None
 
 
 # -- the situation, and the command line -----------------------------------------------------------
@@ -210,6 +228,10 @@ def cli_line(fix: Fix, where: Situation, d: Diagnosis | None = None) -> CliLine:
         return CliLine(ember("models", "--fits"))
     if a is Action.NEW_CONVERSATION:
         return CliLine(_launch_command(where, where.params))
+    if a is Action.SETTINGS:
+        key = setting_key(s)
+        value = suggested_setting(key, d)
+        return CliLine(ember("settings", key or "KEY", str(value) if value is not None else "VALUE"))
     if a is Action.EDIT_MESSAGE:
         return CliLine("Send the message again, shorter or with the image as PNG or JPEG.", False)
     return CliLine(s.note or s.label, False)  # advice
@@ -333,4 +355,4 @@ def _indent(text: str, prefix: str) -> str:
     return "\n".join(prefix + l if l else l for l in text.splitlines())
 
 
-__all__ = ["Action", "CliLine", "NAMED", "RELAUNCHES", "Situation", "Step", "UnknownAction", "cli_line", "change_words", "describe", "downloadable", "parameter_key", "relaunch_plan", "remember", "render_text", "step", "to_dict"]
+__all__ = ["Action", "CliLine", "NAMED", "RELAUNCHES", "Situation", "Step", "UnknownAction", "cli_line", "change_words", "describe", "downloadable", "parameter_key", "relaunch_plan", "setting_key", "suggested_setting", "remember", "render_text", "step", "to_dict"]

@@ -466,6 +466,36 @@ def _launched(text: str) -> dict:
     return {}
 
 
+def cmd_settings(args) -> int:
+    """``ember settings``: every setting; ``KEY``: one; ``KEY VALUE``: set it (JSON, else text; ``null`` resets)."""
+    values = settings.load()
+    known = set(settings.DEFAULTS)
+    if args.key is None:
+        for k in sorted(values):
+            print(f"{k} = {json.dumps(values[k])}")
+        print(f"({settings.path()})")
+        return 0
+    if args.key not in known and not args.key.startswith(settings.ENGINE_PYTHON):
+        close = [k for k in known if args.key.split("_")[0] in k]
+        return _fail(f"{args.key} is not one of Ember's settings" + (f"; did you mean {', '.join(close)}?" if close
+                                                                      else "; `ember settings` lists them"))
+    if args.value is None:
+        print(json.dumps(values.get(args.key)))
+        return 0
+    try:
+        value = json.loads(args.value)
+    except ValueError:
+        value = args.value
+    default = settings.DEFAULTS.get(args.key)
+    if value is not None and default is not None and type(value) is not type(default) and not (
+            isinstance(default, (int, float)) and isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return _fail(f"{args.key} takes {type(default).__name__} values like {json.dumps(default)}, "
+                     f"not {args.value!r}")
+    settings.set(args.key, value)
+    print(f"{args.key} = {json.dumps(value)}")
+    return 0
+
+
 def cmd_params(args) -> int:
     schema = backends.get(args.engine).schema()
     rows = [{"key": s.key, "type": s.type, "default": s.default, "expects": s.expects} for s in schema.values()]
@@ -635,6 +665,11 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--engine", choices=ENGINES, help="the engine that wrote it (default: read from the log)")
     dg.add_argument("--json", action="store_true", help="print kind, title, explanation, facts and fixes as JSON")
     dg.set_defaults(func=cmd_diagnose)
+
+    st = sub.add_parser("settings", help="show or change Ember's settings (the desktop's Settings, in settings.json)")
+    st.add_argument("key", nargs="?", help="one setting, e.g. stall_timeout_seconds")
+    st.add_argument("value", nargs="?", help="its new value, as JSON (600, true, \"text\") or text")
+    st.set_defaults(func=cmd_settings)
 
     pa = sub.add_parser("params", help="list an engine's parameters")
     pa.add_argument("--engine", choices=ENGINES, default="llamacpp")

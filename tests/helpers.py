@@ -100,6 +100,7 @@ def emitted_fixes() -> list:
             fixes.append(Fix("Update the NVIDIA driver", {}, "Install the newest driver for your GPU."))
         else:
             label = {"install": "Install llama.cpp"}.get(name, f"Do {name}")
-            fixes.append(Fix(label, {}, "pip install xllamacpp" if name == "install" else "",
-                             action=name.replace(":*", ":sampling.top_k")))
+            note = {"install": "pip install xllamacpp",
+                    "settings": "If the model is only slow here, raise stall_timeout_seconds."}.get(name, "")
+            fixes.append(Fix(label, {}, note, action=name.replace(":*", ":sampling.top_k")))
     return fixes

@@ -13,6 +13,7 @@ there); each handler here makes the step happen where the user sees it:
 - edit the endpoint: the remote server's address and key (:mod:`..endpoint_dialog`);
 - edit parameters: the launch dialog, at the parameter the fix is about;
 - show the log, choose a model, a new conversation, edit the message;
+- a setting: the Settings dialog at it, a value offered (:attr:`ChatWindow.setting_requested`, the app's);
 - advice (no action, no change): said in the status line (the dialog shows it as words).
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ class FixActions(QObject):
             Action.REDOWNLOAD: self._redownload, Action.EDIT_ENDPOINT: self._edit_endpoint,
             Action.EDIT_PARAMETERS: self._edit_parameters, Action.SHOW_LOG: self._show_log,
             Action.CHOOSE_MODEL: self._choose_model, Action.NEW_CONVERSATION: self._new_conversation,
-            Action.EDIT_MESSAGE: self._edit_message, Action.ADVICE: self._advice,
+            Action.EDIT_MESSAGE: self._edit_message, Action.SETTINGS: self._settings, Action.ADVICE: self._advice,
         }
 
     @property
@@ -205,6 +206,10 @@ class FixActions(QObject):
     def _edit_message(self, step: Step) -> None:
         self.window.composer.set_text(self._last_user_text())
         self.window.composer.focus()
+
+    def _settings(self, step: Step) -> None:
+        key = actions.setting_key(step)
+        self.window.setting_requested.emit(key or "", actions.suggested_setting(key, self.ts.diagnosis))
 
     def _advice(self, step: Step) -> None:
         self._say(f"{step.label}: {step.note}" if step.note else step.label)

@@ -261,12 +261,30 @@ def check_advice(qtbot, app, fix, screenshot):
     assert app.chat.status.text() == f"{fix.label}: {fix.note}"
 
 
+def check_settings(qtbot, app, fix, screenshot):
+    from engines import settings
+    offer(qtbot, app, fix, facts={"timeout": 300.0})
+    qtbot.waitUntil(lambda: getattr(app, "_settings_dialog", None) is not None and app._settings_dialog.isVisible(),
+                    timeout=10_000)
+    dialog = app._settings_dialog
+    key = actions.setting_key(actions.step(fix))
+    assert key == "stall_timeout_seconds" or fix.action.endswith(f":{key}")
+    if key != "stall_timeout_seconds":
+        dialog.reject()
+        return
+    assert dialog.focus_hint.isVisible() and dialog.stall_timeout.value() == 600  # twice what it was
+    assert dialog.focusWidget() in (dialog.stall_timeout, dialog.stall_timeout.findChild(object, "qt_spinbox_lineedit"))
+    screenshot(dialog, "fix-settings")
+    dialog.accept()
+    assert settings.get("stall_timeout_seconds") == 600
+
+
 CHECKS = {Action.CHOOSE_MODEL: check_choose_model, Action.SHOW_LOG: check_show_log, Action.INSTALL: check_install,
           Action.EDIT_ENDPOINT: check_edit_endpoint, Action.ADVICE: check_advice, Action.DOWNLOAD: check_download,
           Action.REDOWNLOAD: check_redownload, Action.RETRY: check_retry, Action.EDIT_MESSAGE: check_edit_message,
           Action.NEW_CONVERSATION: check_new_conversation, Action.CHANGE: check_relaunch,
           Action.RELAUNCH: check_relaunch, Action.USE_ENGINE: check_relaunch,
-          Action.EDIT_PARAMETERS: check_edit_parameters}
+          Action.EDIT_PARAMETERS: check_edit_parameters, Action.SETTINGS: check_settings}
 ORDER = list(CHECKS)
 
 

@@ -54,7 +54,7 @@ def test_every_action_has_a_line_for_the_terminal_and_ember_takes_its_commands(f
         words = shlex.split(line.text.split("   (")[0])[1:]
         args, extra = build_parser().parse_known_args(words)
         assert not extra, line.text
-        assert args.command in ("chat", "serve", "pull", "models", "remote", "params")
+        assert args.command in ("chat", "serve", "pull", "models", "remote", "params", "settings")
 
 
 def test_the_lines_say_the_command_that_does_what_the_button_does():
@@ -66,8 +66,8 @@ def test_the_lines_say_the_command_that_does_what_the_button_does():
     assert line(Fix("x", {}, "", action="download")) == "ember pull starter"
     assert line(Fix("x", {}, "", action="choose_model")) == "ember models --fits"
     assert line(Fix("x", {}, "", action="show_log")) == "tail -n 50 /tmp/engine.log"
-    assert line(Fix("x", {}, "", action="redownload"), Situation("qwen2.5-0.5b-instruct-q4_k_m")) == \
-        "ember pull qwen2.5-0.5b-instruct-q4_k_m --again"
+    assert line(Fix("x", {}, "", action="redownload"), Situation("llama-3.1-8b-instruct-q4_k_m")) == \
+        "ember pull llama-3.1-8b-instruct-q4_k_m --again"
     assert not actions.cli_line(Fix("x", {}, "", action="redownload"), SITUATION).command  # the starter: no source
     assert line(Fix("x", {}, "", action="edit_endpoint"), Situation(remote="lab", remote_url="http://h:1/v1")) == \
         "ember remote add lab http://h:1/v1 --key-stdin"
@@ -75,6 +75,22 @@ def test_the_lines_say_the_command_that_does_what_the_button_does():
         shlex.join([sys.executable, "-m", "pip", "install", "xllamacpp"])
     serve = Situation("starter", "llamacpp", {}, command="serve")
     assert line(Fix("Raise", {"n_ctx": 2048}, ""), serve) == "ember serve starter --set n_ctx=2048"
+
+
+def test_a_setting_fix_names_the_setting_and_ember_settings_changes_it(fresh_home, capsys):
+    from engines import cli, settings
+    fix = Fix("Wait longer before giving up", {}, "If the model is only slow here, raise stall_timeout_seconds in "
+              "Ember's settings.json (now 300 s).", action="settings")
+    d = Diagnosis(Kind.ENGINE_STALLED, "The engine stopped responding", "", {"timeout": 300.0}, [fix])
+    assert actions.setting_key(actions.step(fix)) == "stall_timeout_seconds"
+    line = actions.cli_line(fix, SITUATION, d)
+    assert line.text == "ember settings stall_timeout_seconds 600"
+    assert cli.main(shlex.split(line.text)[1:]) == 0 and settings.get("stall_timeout_seconds") == 600
+    assert cli.main(["settings", "stall_timeout_seconds", "soon"]) == 1
+    assert "takes int values" in capsys.readouterr().err
+    assert cli.main(["settings", "stall_timeout"]) == 1  # a key Ember does not have
+    with pytest.raises(actions.UnknownAction):
+        actions.step(Fix("x", {}, "", action="settings:no_such_setting"))
 
 
 def test_a_refused_parameter_points_at_the_key_it_means():
