@@ -56,21 +56,24 @@ test: sysdeps-test $(VENV)/.test-installed xinference
 
 # A real Xinference (supervisor + worker) for tests/integration/test_cluster.py, in its own venv:
 # it brings its own transformers/torch stack. torch is constrained, or pip swaps the CPU build for
-# a 6 GB CUDA one (xinference -> timm -> torchvision -> torch 2.14). An install that cannot happen
-# (no registry) leaves install-failed.txt, and the tests skip with its last lines as the reason.
+# a 6 GB CUDA one (xinference -> timm -> torchvision -> torch 2.14). Reinstalled only when the pins
+# change (.installed holds them); made at its real path, since .cache may be a link shared by
+# worktrees. An install that cannot happen (no registry) leaves install-failed.txt, and the cluster
+# tests skip with its last lines as the reason.
 XINF_VENV := .cache/xinference-venv
 XINF_PINS := xinference==4.1.0 xllamacpp==2026.10.11549 torch==2.13.0
-$(XINF_VENV)/.installed: Makefile
-	@rm -rf $(XINF_VENV) && $(PY) -m venv $(XINF_VENV) && echo "torch==2.13.0" > $(XINF_VENV)/constraints.txt
-	@echo "Installing Xinference into $(XINF_VENV) (about 2 minutes the first time)"
-	@if $(XINF_VENV)/bin/pip install -q $(XINF_PINS) -c $(XINF_VENV)/constraints.txt > $(XINF_VENV)/install.log 2>&1; then \
-		touch $@; \
-	else \
-		tail -n 20 $(XINF_VENV)/install.log > $(XINF_VENV)/install-failed.txt; \
-		echo "Xinference could not be installed; the cluster tests will skip:"; cat $(XINF_VENV)/install-failed.txt; \
+xinference:
+	@venv=$$(realpath -m $(XINF_VENV)); \
+	if [ "$$(cat $$venv/.installed 2>/dev/null)" != "$(XINF_PINS)" ]; then \
+		echo "Installing Xinference into $(XINF_VENV) (2-7 minutes the first time)"; \
+		rm -rf "$$venv" && mkdir -p "$$(dirname $$venv)" && $(PY) -m venv "$$venv" && echo "torch==2.13.0" > "$$venv/constraints.txt"; \
+		if "$$venv/bin/pip" install -q $(XINF_PINS) -c "$$venv/constraints.txt" > "$$venv/install.log" 2>&1; then \
+			echo -n "$(XINF_PINS)" > "$$venv/.installed"; \
+		else \
+			grep -v "^WARNING: Location" "$$venv/install.log" | tail -n 20 > "$$venv/install-failed.txt"; \
+			echo "Xinference could not be installed; the cluster tests will skip:"; cat "$$venv/install-failed.txt"; \
+		fi; \
 	fi
-
-xinference: $(XINF_VENV)/.installed
 
 bench: sysdeps-test $(VENV)/.test-installed
 	$(BIN)/python bench/streaming.py
