@@ -170,9 +170,10 @@ def local_spec(model: str) -> ModelSpec | None:
 
 def plan(cluster: str, model: str, client: Client | None = None, info: ClusterInfo | None = None,
          engine: str | None = None, overrides: dict[str, object] | list[str] | None = None, replicas: int = 1,
-         n_gpu: int | str | None = "auto", uid: str | None = None) -> ClusterPlan:
+         n_gpu: int | str | None = "auto", uid: str | None = None, base: dict | None = None) -> ClusterPlan:
     """The launch of ``model`` (one of Ember's local models, or an Xinference name) on ``cluster``.
 
+    ``base``: parameters of an earlier launch that ``overrides`` change (a fix keeps the rest).
     Raises ClusterPlanError, ParamError (a bad ``--set``), ClusterError (the cluster's answers)."""
     if replicas < 1:
         raise ClusterPlanError(cluster, model, "replicas must be 1 or more")
@@ -202,7 +203,7 @@ def plan(cluster: str, model: str, client: Client | None = None, info: ClusterIn
         chosen = engine or next((e for e in PRECEDENCE if e in offered), None) or sorted(offered)[0]
         model_name, trained = model, None
     backend = backends.get(chosen)
-    user = backend.validate(overrides or {})
+    user = {**backend.validate(base or {}), **backend.validate(overrides or {})}
     values = dict(user)
     ctx_key = backend.roles.context
     if ctx_key and ctx_key not in values:

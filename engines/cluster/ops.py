@@ -149,11 +149,18 @@ def plan_of_running(name: str, model: RunningModel) -> ClusterPlan:
 # -- launching and stopping ------------------------------------------------------------------------------
 
 def plan(name: str, model: str, engine: str | None = None, overrides=None, replicas: int = 1,
-         n_gpu: int | str | None = "auto") -> ClusterPlan:
+         n_gpu: int | str | None = "auto", keep: bool = True) -> ClusterPlan:
+    """``keep``: start from the parameters of Ember's last launch of this model there (``--set`` changes
+    them), so applying a fix changes only what the fix names."""
     cluster = store.get(name)
     with session.connect(cluster, admin=True) as client:
         info = client.info()
-        return launching.plan(name, model, client, info, engine, overrides, replicas, n_gpu)
+        record = session.launched(name, launching.uid_for(model)) if keep else None
+        if record and engine not in (None, record.get("engine")):
+            record = None  # another engine: the old keys do not apply
+        base = record.get("params") if record else None
+        engine = engine or (record.get("engine") if record else None)
+        return launching.plan(name, model, client, info, engine, overrides, replicas, n_gpu, base=base)
 
 
 def launch(p: ClusterPlan, on_progress: Callable[[LaunchState], None] | None = None,
