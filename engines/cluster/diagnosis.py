@@ -59,9 +59,10 @@ def diagnose_chat(exc: BaseException, plan: ClusterPlan | None, client: Client |
     where = _where(plan, cluster)
     uid = plan.uid if plan is not None else None
     if isinstance(exc, EngineHTTPError):
-        if exc.status in (401, 403, 404) or (exc.status == 400 and "not found" in exc.error_message.lower()):
-            text = exc.raw or exc.error_message
-            return diagnose_cluster_error(http_error(exc.status, text, uid), plan, cluster)
+        said = http_error(exc.status, exc.raw or exc.error_message, uid)
+        if said.kind in (Failure.AUTH_REQUIRED, Failure.KEY_ONLY, Failure.FORBIDDEN, Failure.UNKNOWN_MODEL,
+                         Failure.WORKER_LOST):
+            return diagnose_cluster_error(said, plan, cluster)
         events = error_events(client, uid, since)
         lines = [e.text for e in events]
         d = diagnose.diagnose_log(lines, plan, phase="run") if lines else None
