@@ -59,7 +59,7 @@ class ClusterPlan:
     params: dict[str, object]      # the engine's own keys, as sent
     user_params: dict[str, object]
     model: ModelSpec | None = None  # Ember's model when it is one of this computer's
-    hardware: HardwareProfile | None = None  # the cluster's largest worker, when the cluster tells
+    hardware: HardwareProfile = field(default_factory=lambda: unknown_machine())  # the largest worker, if told
     replicas: int = 1
     n_gpu: int | str | None = "auto"
     fit: fit.FitEstimate | None = None
@@ -122,9 +122,8 @@ def fit_on(hw: HardwareProfile | None, spec: ModelSpec | None, n_ctx: int | None
     memory = hw.ram_total_bytes + sum(g.memory_total_bytes for g in hw.gpus)
     if est.total_bytes and memory and est.total_bytes > memory:
         return "none", f"needs about {units.gib(est.total_bytes)}; the largest worker has {units.gib(memory)}"
-    words = {"gpu": "fits on the worker's GPUs", "partial": f"{est.gpu_layers}/{est.total_layers} layers on GPUs",
-             "cpu": "runs on the worker's CPU only"}[est.fit]
-    return est.fit, f"{words} (context {n_ctx:,}, about {units.gib(est.total_bytes)})"
+    where = f"{est.gpu_layers} of {est.total_layers} layers on the worker's GPUs \u00b7 " if est.fit == "partial" else ""
+    return est.fit, f"{where}context {n_ctx:,} \u00b7 about {units.gib(est.total_bytes)} on {hw.cpu_name or 'a worker'}"
 
 
 def default_context(spec: ModelSpec | None) -> int:
@@ -181,7 +180,7 @@ def plan(cluster: str, model: str, client: Client | None = None, info: ClusterIn
     hw = profile(info)
     warnings: list[str] = []
     if spec is not None:
-        sel = selection.select(spec, hw or _unknown_machine(), engine, installed=None)
+        sel = selection.select(spec, hw or unknown_machine(), engine, installed=None)
         if sel.engine is None:
             raise ClusterPlanError(cluster, model, sel.reason or "no engine can run it")
         if sel.engine != "llamacpp":
@@ -215,10 +214,10 @@ def plan(cluster: str, model: str, client: Client | None = None, info: ClusterIn
         est = fit.auto_ngl(spec.path, hw, int(values.get(ctx_key) or default_context(spec)),
                            int(values.get("n_parallel") or 1))
     return ClusterPlan(cluster, uid or uid_for(spec.name if spec else model), model_name, chosen, values, user,
-                       spec, hw, replicas, n_gpu, est, warnings)
+                       spec, hw or unknown_machine(), replicas, n_gpu, est, warnings)
 
 
-def _unknown_machine() -> HardwareProfile:
+def unknown_machine() -> HardwareProfile:
     """A cluster that does not tell its devices: judged by the rules alone, with no GPU assumed."""
     return HardwareProfile("linux", "x86_64", 1, 0, 0, [], "unknown", llamacpp_build="unknown")
 

@@ -7,6 +7,7 @@ same :class:`Overview`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -79,7 +80,7 @@ class Overview:
     running: list[RunningModel] = field(default_factory=list)
     launchable: list[Launchable] = field(default_factory=list)
     builtin: list[str] = field(default_factory=list)
-    error: ClusterError | None = None
+    error: ClusterError | store.ClusterConfigError | None = None
     files_reachable: bool = False
 
     @property
@@ -104,10 +105,10 @@ def overview(name: str, with_builtin: bool = True) -> Overview:
     try:
         with session.connect(cluster) as client:
             out.info = client.info()
-            out.running = client.running()
+            out.running = [_as_launched(name, m) for m in client.running()]
             if with_builtin:
                 out.builtin = client.builtin_names()
-    except ClusterError as exc:
+    except (ClusterError, store.ClusterConfigError) as exc:
         out.error = exc
         return out
     out.files_reachable = launching.reaches_files(cluster.url)
@@ -118,6 +119,16 @@ def overview(name: str, with_builtin: bool = True) -> Overview:
                 badge, words = launching.fit_on(hw, spec)
                 out.launchable.append(Launchable(spec.name, "ember", badge, words))
     return out
+
+
+def _as_launched(name: str, m: RunningModel) -> RunningModel:
+    """The running model with the context Ember launched it with (the cluster lists its model's trained one)."""
+    record = session.launched(name, m.uid)
+    if not record:
+        return m
+    key = backends.get(record.get("engine") or "llamacpp").roles.context
+    ctx = (record.get("params") or {}).get(key) if key else None
+    return dataclasses.replace(m, context_length=int(ctx)) if ctx else m
 
 
 def find_running(name: str, model: str) -> RunningModel | None:
@@ -143,7 +154,8 @@ def plan_of_running(name: str, model: RunningModel) -> ClusterPlan:
     if ctx_key and ctx_key not in params and model.context_length:
         params[ctx_key] = model.context_length
     spec = launching.local_spec(record.get("model") or "") if record.get("model") else None
-    return ClusterPlan(name, model.uid, model.model_name, engine, params, dict(params), spec, None, model.replicas)
+    return ClusterPlan(name, model.uid, model.model_name, engine, params, dict(params), spec,
+                       launching.unknown_machine(), model.replicas)
 
 
 # -- launching and stopping ------------------------------------------------------------------------------
