@@ -110,7 +110,7 @@ def test_chat_streams_from_the_cluster(lab):
                 finished = ev
     TIMINGS["first_token_s"] = first
     assert len(pieces) > 1 and "".join(pieces).strip()  # tokens arrived one by one
-    assert finished.finish_reason == "length"
+    assert finished.finish_reason in ("length", "stop")  # 12 tokens, or the model ended its answer sooner
     r = ember("chat", "starter", "--on", "lab", "--max-tokens", "8", "Hello")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip()
