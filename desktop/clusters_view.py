@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QComboBox, QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar,
                                QPushButton, QVBoxLayout, QWidget)
 
@@ -21,7 +21,6 @@ from engines.cluster import ops, store
 from engines.cluster.launching import ClusterPlan
 from engines.cluster.xinference import ClusterError
 from engines.diagnosis.types import Diagnosis
-from engines.running.backends import LABELS
 
 from .bridge import LaunchProgress, run_async
 from .diagnosis_dialog import DiagnosisDialog
