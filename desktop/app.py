@@ -219,11 +219,17 @@ class EmberApp(QObject):
         from .settings_dialog import SettingsDialog
         dialog = SettingsDialog(self.chat if self.chat and self.chat.isVisible() else None)
         dialog.accepted.connect(self.apply_settings)
+        dialog.clusters_changed.connect(self._clusters_changed)
         dialog.open()
         if key:
             dialog.focus_key(key, value)
         self._settings_dialog = dialog
         return dialog
+
+    def _clusters_changed(self) -> None:
+        """Settings added or removed a cluster: the models window shows the new list."""
+        if self.models_window is not None:
+            self.models_window.clusters.reload()
 
     def apply_settings(self) -> None:
         self.values = settings.load()
