@@ -181,6 +181,7 @@ class EmberApp(QObject):
             self.chat.hidden_to_tray.connect(self._hidden_to_tray)
             self.chat.download_requested.connect(self.download_model)
             self.chat.setting_requested.connect(self.show_settings)
+            self.chat.cluster_launch_requested.connect(self.launch_on_cluster)
         return self.chat
 
     def show_chat(self) -> None:
@@ -200,6 +201,19 @@ class EmberApp(QObject):
         """A fix's "Download it": the models window, with the download under way in its downloads panel."""
         self.show_models()
         self.models_window.downloads_view.add(name)
+
+    def launch_on_cluster(self, cluster: str, model: str) -> None:
+        """A fix's "Launch it on the cluster": the models window, the launch under way in the cluster's panel."""
+        self.show_models()
+        clusters = self.models_window.clusters
+        if cluster not in clusters.panels:
+            clusters.reload()  # added since the window was built
+        panel = clusters.panels.get(cluster)
+        if panel is None:
+            self.models_window.show_notice(f"There is no cluster named {cluster}: add it in Settings, Clusters.",
+                                           error=True)
+            return
+        panel.launch(model)
 
     def connect_models_window(self, window: QObject) -> bool:
         """Show the models window's downloads (``download_progress(name, fraction)``) on the tray icon."""

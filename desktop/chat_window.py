@@ -60,6 +60,7 @@ class ChatWindow(QMainWindow):
     hidden_to_tray = Signal()
     download_requested = Signal(str)   # a fix: download this model (the app's downloads panel)
     setting_requested = Signal(str, object)  # a fix: Settings at this key, this value offered
+    cluster_launch_requested = Signal(str, str)  # a fix: launch this model (2nd) on this cluster (1st)
     # progress, for the app and for tests
     reply_finished = Signal(object)    # client.Finished
     reply_ended = Signal(object)       # chat.reply.ReplyEnd: the same ending with its stop reason

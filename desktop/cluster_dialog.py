@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QDialog, QDialogButtonBox, QFormLayout, QLineEdit,
 
 from engines.cluster import diagnosis as cluster_diagnosis
 from engines.cluster import ops
+from engines.cluster import store as cluster_store
 from engines.cluster.store import ClusterConfigError
 from engines.cluster.xinference import ClusterError
 
@@ -58,6 +59,25 @@ class AddClusterDialog(QDialog):
         self.buttons.accepted.connect(self.submit)
         self.buttons.rejected.connect(self.reject)
         layout.addWidget(self.buttons)
+
+    def fill(self, name: str) -> None:
+        """Start from a cluster already added (a diagnosis' "Edit the cluster"): its name, address and user;
+        the secrets are asked again (Add replaces the cluster)."""
+        try:
+            cluster = cluster_store.get(name)
+        except ClusterConfigError:
+            self.name.setText(name)
+            return
+        self.setWindowTitle(f"Edit the cluster {name}")
+        self.name.setText(cluster.name)
+        self.url.setText(cluster.url)
+        self.user.setText(cluster.user or "")
+        if cluster.password.source == "env" and cluster.password.env:
+            self.password_env.setText(cluster.password.env)
+        if cluster.api_key.source == "env" and cluster.api_key.env:
+            self.key_env.setText(cluster.api_key.env)
+        self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Save")
+        self.password.setFocus()
 
     def submit(self) -> None:
         """Ask the cluster (off the GUI thread); accept when it answered, else say why."""

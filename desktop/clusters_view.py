@@ -3,8 +3,8 @@
 For each cluster: what it is (version, workers), the models running there with Stop,
 Ember's models it can launch (with their fit on the cluster's largest worker, or
 "Fit unknown") and its built-in names, each with Launch; a launch shows the
-cluster's progress with Cancel, and a failure opens the diagnosis dialog, whose fix
-relaunches on the cluster. Everything comes from :mod:`engines.cluster.ops`, off the
+cluster's progress with Cancel, and a failure opens the diagnosis dialog, whose fixes
+relaunch on the cluster (with a fix's changes), launch again, or edit the cluster. Everything comes from :mod:`engines.cluster.ops`, off the
 GUI thread.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QComboBox, QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar,
                                QPushButton, QVBoxLayout, QWidget)
 
+from engines import actions
 from engines.cluster import diagnosis as cluster_diagnosis
 from engines.cluster import ops, store
 from engines.cluster.launching import ClusterPlan
@@ -23,6 +24,7 @@ from engines.cluster.xinference import ClusterError
 from engines.diagnosis.types import Diagnosis
 
 from .bridge import LaunchProgress, run_async
+from .cluster_dialog import AddClusterDialog
 from .diagnosis_dialog import DiagnosisDialog
 from .widgets import FitBadge, error_label, muted_label, primary_button, text_label
 
@@ -237,9 +239,26 @@ class ClusterPanel(QFrame):
             return
         self.dialog = DiagnosisDialog(d, self)
         self.dialog.fix_chosen.connect(lambda changes: self.launch(model, changes))
+        self.dialog.fix_action.connect(lambda fix: self._fix(fix, model))
         self.dialog.open()
         self.diagnosis_shown.emit(d)
         self.refresh()
+
+
+    def _fix(self, fix, model: str) -> None:
+        """The dialog's fixes that are not a relaunch with changes (those arrive through fix_chosen)."""
+        try:
+            step = actions.step(fix)
+        except actions.UnknownAction as exc:
+            self._failed(exc)
+            return
+        if step.action in (actions.Action.RETRY, actions.Action.LAUNCH_ON_CLUSTER):
+            self.launch(model)
+        elif step.action is actions.Action.EDIT_CLUSTER:
+            self.edit_dialog = AddClusterDialog(self)
+            self.edit_dialog.fill(self.name)
+            self.edit_dialog.added.connect(lambda _added: self.refresh())
+            self.edit_dialog.open()
 
 
 class ClustersView(QGroupBox):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from engines import model_prefs, settings
+from engines.cluster import store as cluster_store
 from engines.diagnosis.types import Diagnosis, Fix
 from engines.models import downloads
 from engines.running import backends, install, launch
@@ -49,6 +50,8 @@ class Action(str, enum.Enum):
     NEW_CONVERSATION = "new_conversation"  # a new conversation, the last message kept to send
     EDIT_MESSAGE = "edit_message"          # the last message back in the input
     SETTINGS = "settings"                  # one of Ember's settings (argument: its key; else the note names it)
+    EDIT_CLUSTER = "edit_cluster"          # an Xinference cluster's address and login (argument: the cluster)
+    LAUNCH_ON_CLUSTER = "launch_on_cluster"  # launch the model on the cluster (argument: the cluster)
     ADVICE = "advice"                      # (implicit) nothing Ember can do: the note says what to do
 
     def __str__(self) -> str:
@@ -59,7 +62,8 @@ class Action(str, enum.Enum):
 NAMED = tuple(a for a in Action if a not in (Action.CHANGE, Action.ADVICE))
 #: Actions that start the engine again.
 RELAUNCHES = (Action.RELAUNCH, Action.CHANGE, Action.USE_ENGINE)
-_ARGUMENT = {Action.USE_ENGINE: "an engine", Action.EDIT_PARAMETERS: "a parameter", Action.SETTINGS: "a setting"}
+_ARGUMENT = {Action.USE_ENGINE: "an engine", Action.EDIT_PARAMETERS: "a parameter", Action.SETTINGS: "a setting",
+             Action.EDIT_CLUSTER: "a cluster", Action.LAUNCH_ON_CLUSTER: "a cluster"}
 
 
 class UnknownAction(ValueError):
@@ -127,6 +131,20 @@ def setting_key(s: Step) -> str | None:
         return s.argument
     words = f"{s.label} {s.note}"
     return next((k for k in settings.DEFAULTS if re.search(rf"\b{re.escape(k)}\b", words)), None)
+
+
+def cluster_of(s: Step, d: Diagnosis | None = None) -> str | None:
+    """The cluster a cluster fix is about: its argument, else the diagnosis' ``cluster`` fact."""
+    if s.argument:
+        return s.argument
+    cluster = d.facts.get("cluster") if d is not None else None
+    return str(cluster) if cluster else None
+
+
+def model_of(where: "Situation", d: Diagnosis | None = None) -> str | None:
+    """The model a fix is about: the situation's, else the diagnosis' (a cluster's ``uid``, a ``model``)."""
+    facts = d.facts if d is not None else {}
+    return where.model or _text(facts.get("model")) or _text(facts.get("uid"))
 
 
 def suggested_setting(key: str | None, d: Diagnosis | None = None) -> object | None:
@@ -232,6 +250,13 @@ def cli_line(fix: Fix, where: Situation, d: Diagnosis | None = None) -> CliLine:
         key = setting_key(s)
         value = suggested_setting(key, d)
         return CliLine(ember("settings", key or "KEY", str(value) if value is not None else "VALUE"))
+    if a is Action.EDIT_CLUSTER:
+        cluster = cluster_of(s, d)
+        url = _cluster_url(cluster)
+        return CliLine(ember("cluster", "add", cluster or "NAME", url or "URL", "--user", "USER", "--password-env",
+                             "VARIABLE"))
+    if a is Action.LAUNCH_ON_CLUSTER:
+        return CliLine(ember("cluster", "launch", cluster_of(s, d) or "CLUSTER", model_of(where, d) or "MODEL"))
     if a is Action.EDIT_MESSAGE:
         return CliLine("Send the message again, shorter or with the image as PNG or JPEG.", False)
     return CliLine(s.note or s.label, False)  # advice
@@ -341,6 +366,15 @@ def remember(s: Step, new: launch.LaunchPlan, old: launch.LaunchPlan | None) -> 
         model_prefs.remember(new.model.name, new.engine, changes, auto_gpu_layers=manual_layers)
 
 
+def _cluster_url(name: str | None) -> str | None:
+    if not name:
+        return None
+    try:
+        return cluster_store.get(name).url
+    except cluster_store.ClusterConfigError:
+        return None
+
+
 def _value(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -355,4 +389,4 @@ def _indent(text: str, prefix: str) -> str:
     return "\n".join(prefix + l if l else l for l in text.splitlines())
 
 
-__all__ = ["Action", "CliLine", "NAMED", "RELAUNCHES", "Situation", "Step", "UnknownAction", "cli_line", "change_words", "describe", "downloadable", "parameter_key", "relaunch_plan", "setting_key", "suggested_setting", "remember", "render_text", "step", "to_dict"]
+__all__ = ["Action", "CliLine", "NAMED", "RELAUNCHES", "Situation", "Step", "UnknownAction", "cli_line", "change_words", "cluster_of", "describe", "downloadable", "model_of", "parameter_key", "relaunch_plan", "setting_key", "suggested_setting", "remember", "render_text", "step", "to_dict"]

@@ -14,6 +14,8 @@ there); each handler here makes the step happen where the user sees it:
 - edit parameters: the launch dialog, at the parameter the fix is about;
 - show the log, choose a model, a new conversation, edit the message;
 - a setting: the Settings dialog at it, a value offered (:attr:`ChatWindow.setting_requested`, the app's);
+- a cluster: its address and login to edit, or the model launched there (the models window's cluster panel,
+  :attr:`ChatWindow.cluster_launch_requested`, the app's);
 - advice (no action, no change): said in the status line (the dialog shows it as words).
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ from engines.models import downloads, lookup
 from engines.running import install
 
 from ..bridge import run_async
+from ..cluster_dialog import AddClusterDialog
 from ..endpoint_dialog import EndpointDialog
 from ..install_dialog import InstallDialog
 from ..launch_dialog import LaunchDialog
@@ -58,6 +61,7 @@ class FixActions(QObject):
             Action.EDIT_PARAMETERS: self._edit_parameters, Action.SHOW_LOG: self._show_log,
             Action.CHOOSE_MODEL: self._choose_model, Action.NEW_CONVERSATION: self._new_conversation,
             Action.EDIT_MESSAGE: self._edit_message, Action.SETTINGS: self._settings, Action.ADVICE: self._advice,
+            Action.EDIT_CLUSTER: self._edit_cluster, Action.LAUNCH_ON_CLUSTER: self._launch_on_cluster,
         }
 
     @property
@@ -210,6 +214,24 @@ class FixActions(QObject):
     def _settings(self, step: Step) -> None:
         key = actions.setting_key(step)
         self.window.setting_requested.emit(key or "", actions.suggested_setting(key, self.ts.diagnosis))
+
+    def _edit_cluster(self, step: Step) -> None:
+        cluster = actions.cluster_of(step, self.ts.diagnosis)
+        dialog = AddClusterDialog(self.window)
+        if cluster:
+            dialog.fill(cluster)
+        dialog.added.connect(lambda _added: self.window.engine.refresh_remotes())
+        self._show(dialog)
+
+    def _launch_on_cluster(self, step: Step) -> None:
+        d = self.ts.diagnosis
+        cluster = actions.cluster_of(step, d)
+        model = actions.model_of(self.ts.situation(), d)
+        if not cluster or not model:
+            self._choose_model(step)
+            return
+        self.window.cluster_launch_requested.emit(cluster, model)
+        self._say(f"Launching {model} on {cluster}: the Models window shows how far it is.")
 
     def _advice(self, step: Step) -> None:
         self._say(f"{step.label}: {step.note}" if step.note else step.label)

@@ -279,12 +279,42 @@ def check_settings(qtbot, app, fix, screenshot):
     assert settings.get("stall_timeout_seconds") == 600
 
 
+def add_cluster(name: str = "lab-cluster") -> None:
+    from engines.cluster import store as cluster_store
+    cluster_store.save(cluster_store.make(name, "http://127.0.0.1:9", user="admin", password_env="LAB_PASSWORD"))
+
+
+def check_edit_cluster(qtbot, app, fix, screenshot):
+    from desktop.cluster_dialog import AddClusterDialog
+    add_cluster()
+    dialog = opened_by(qtbot, app, fix, facts={"cluster": "lab-cluster"})
+    assert isinstance(dialog, AddClusterDialog) and dialog.windowTitle() == "Edit the cluster lab-cluster"
+    assert (dialog.name.text(), dialog.url.text(), dialog.user.text(), dialog.password_env.text()) == \
+        ("lab-cluster", "http://127.0.0.1:9", "admin", "LAB_PASSWORD")
+    screenshot(dialog, "fix-edit-cluster")
+    dialog.reject()
+
+
+def check_launch_on_cluster(qtbot, app, fix):
+    add_cluster()
+    offer(qtbot, app, fix, facts={"cluster": "lab-cluster", "uid": "qwen2.5-instruct"}, name=None)
+    qtbot.waitUntil(lambda: app.models_window is not None and app.models_window.isVisible(), timeout=10_000)
+    panel = app.models_window.clusters.panels["lab-cluster"]
+    # the launch is under way there: its progress, or (nothing listens on that port) its diagnosis
+    qtbot.waitUntil(lambda: panel.progress_label.isVisible() or (panel.dialog is not None and panel.dialog.isVisible()),
+                    timeout=30_000)
+    assert "Launching qwen2.5-instruct on lab-cluster" in app.chat.status.text()
+    qtbot.waitUntil(lambda: panel.dialog is not None and panel.dialog.isVisible(), timeout=60_000)
+    panel.dialog.reject()
+
+
 CHECKS = {Action.CHOOSE_MODEL: check_choose_model, Action.SHOW_LOG: check_show_log, Action.INSTALL: check_install,
           Action.EDIT_ENDPOINT: check_edit_endpoint, Action.ADVICE: check_advice, Action.DOWNLOAD: check_download,
           Action.REDOWNLOAD: check_redownload, Action.RETRY: check_retry, Action.EDIT_MESSAGE: check_edit_message,
           Action.NEW_CONVERSATION: check_new_conversation, Action.CHANGE: check_relaunch,
           Action.RELAUNCH: check_relaunch, Action.USE_ENGINE: check_relaunch,
-          Action.EDIT_PARAMETERS: check_edit_parameters, Action.SETTINGS: check_settings}
+          Action.EDIT_PARAMETERS: check_edit_parameters, Action.SETTINGS: check_settings,
+          Action.EDIT_CLUSTER: check_edit_cluster, Action.LAUNCH_ON_CLUSTER: check_launch_on_cluster}
 ORDER = list(CHECKS)
 
 

@@ -54,7 +54,7 @@ def test_every_action_has_a_line_for_the_terminal_and_ember_takes_its_commands(f
         words = shlex.split(line.text.split("   (")[0])[1:]
         args, extra = build_parser().parse_known_args(words)
         assert not extra, line.text
-        assert args.command in ("chat", "serve", "pull", "models", "remote", "params", "settings")
+        assert args.command in ("chat", "serve", "pull", "models", "remote", "params", "settings", "cluster")
 
 
 def test_the_lines_say_the_command_that_does_what_the_button_does():
@@ -91,6 +91,16 @@ def test_a_setting_fix_names_the_setting_and_ember_settings_changes_it(fresh_hom
     assert cli.main(["settings", "stall_timeout"]) == 1  # a key Ember does not have
     with pytest.raises(actions.UnknownAction):
         actions.step(Fix("x", {}, "", action="settings:no_such_setting"))
+
+
+def test_cluster_fixes_name_the_cluster_and_the_model():
+    d = Diagnosis(Kind.MODEL_NOT_RUNNING, "qwen is not running on lab", "", {"cluster": "lab", "uid": "qwen"}, [])
+    launch_there = Fix("Launch it on lab", {}, "ember cluster launch lab MODEL", action="launch_on_cluster")
+    assert actions.cli_line(launch_there, Situation(), d).text == "ember cluster launch lab qwen"
+    edit = Fix("Edit the cluster", {}, "", action="edit_cluster")
+    assert actions.cli_line(edit, Situation(), d).text == \
+        "ember cluster add lab URL --user USER --password-env VARIABLE"
+    assert actions.step(Fix("x", {}, "", action="edit_cluster:lab")).argument == "lab"
 
 
 def test_a_refused_parameter_points_at_the_key_it_means():
