@@ -36,9 +36,11 @@ from engines.running.manager import EngineManager
 
 from . import icons
 from .bridge import ManagerBridge, run_async
+from .folder import open_folder
 from .chat.composer import Composer
 from .chat.conversation_list import ConversationList
 from .chat.engine_control import EngineControl
+from .chat.notice import HistoryBanner
 from .chat.reply import ReplyEnd, ReplyStream
 from .chat.transcript import ChatMessage, Transcript
 from .chat.troubleshoot import Troubleshooter, failure_sentence
@@ -80,6 +82,7 @@ class ChatWindow(QMainWindow):
         self.troubleshooter = Troubleshooter(manager, self.engine.plans, self)
         self.reply = ReplyStream(self.transcript, self.store, self)
         self.welcome = Welcome(self.transcript, self)
+        self.history_banner = HistoryBanner()  # a damaged history moved aside, or chats not saved
         self._build()
         self._connect()
         self.refresh_conversations()
@@ -104,7 +107,8 @@ class ChatWindow(QMainWindow):
         self.system_edit.setAccessibleName("System prompt")
         top.addWidget(self.system_edit, 2)
         rv.addLayout(top)
-        for part in (self.engine.note, self.engine.offer, self.engine.busy, self.troubleshooter.banner):
+        for part in (self.history_banner, self.engine.note, self.engine.offer, self.engine.busy,
+                     self.troubleshooter.banner):
             rv.addWidget(part)
         rv.addWidget(self.welcome.stack, 1)  # the transcript, or the welcome card in its place
         rv.addWidget(self.composer)
@@ -156,6 +160,8 @@ class ChatWindow(QMainWindow):
         self.welcome.switched.connect(self._update_buttons)
         self.welcome.checked.connect(self.first_run_checked)
         self.bridge.ready.connect(lambda *_: self.welcome.recheck())  # a downloaded chat model may be running
+        self.history_banner.folder_requested.connect(lambda folder: open_folder(folder, "Chat history", self))
+        self.history_banner.show_notice(self.store.notice)
 
     # -- state ----------------------------------------------------------------------
     @property
