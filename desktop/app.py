@@ -26,6 +26,7 @@ from engines import logfile
 from engines import paths
 from engines import settings
 from engines.gateway.config import GatewayConfig
+from engines.models import store as model_store
 from engines.running.manager import EngineManager
 from engines.running.supervisor import EngineExited
 from engines.version import version
@@ -346,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     if hand_over():  # before any window-system connection: a second start exits at once
         print("Ember is already running: its window is shown.")
         return 0
+    try:
+        model_store.clean_stale_partials()  # half a starter left by a crash or a full disk
+    except OSError as exc:
+        log.info("cannot clean stale partial files: %s", exc)
     qapp = QApplication.instance() or QApplication(["ember", *(argv or [])])
     qapp.setApplicationName("Ember")
     qapp.setDesktopFileName("ember")

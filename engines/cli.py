@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from engines import settings
+from engines import logfile, paths, settings
 from engines.chat import completion_mode, remotes, stop_reason
 from engines.chat.client import ChatStream
 from engines.chat.terminal import TerminalReply
@@ -123,6 +123,12 @@ def _model_line(r: dict) -> str:
 
 def cmd_models(args) -> int:
     hw = _hardware(args)
+    try:
+        store.ensure_starter()
+    except paths.NoSpace as exc:  # the list still shows; the starter is left out, and why is said
+        print(f"ember: warning: the starter model is not listed: {exc.message}", file=sys.stderr)
+    except store.ModelError:
+        pass  # not installed: the list says nothing of it
     rows = model_rows(hw, rules_only=bool(getattr(args, "hardware", None)))
     if getattr(args, "fits", False):
         rows = [r for r in rows if r["fit"] in ("gpu", "partial", "cpu")]
@@ -216,6 +222,25 @@ def _explain(exc: BaseException, args, proc=None, plan=None, extra: dict | None 
         return 1
     msg = getattr(exc, "message", None) or str(exc)
     return _fail(msg)
+
+
+def _unexpected(exc: BaseException, args) -> int:
+    """A failure no command expected: one sentence and where the details are, never a traceback."""
+    where = None
+    try:
+        where = paths.log_dir() / "ember-cli.log"
+        handler = logfile.file_handler(where)
+        if handler is not None:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+            log.addHandler(handler)
+            log.error("ember %s failed", " ".join(sys.argv[1:]), exc_info=exc)
+            log.removeHandler(handler)
+            handler.close()
+    except OSError:
+        where = None
+    detail = f"; the details are in {where}" if where else ""
+    return _fail(f"unexpected error ({type(exc).__name__}: {exc}){detail}. This is a bug in Ember: "
+                 "please report it with that log")
 
 
 def _plan(args) -> tuple[launch.LaunchPlan | None, int]:
@@ -600,11 +625,24 @@ def main(argv: list[str] | None = None) -> int:
         print("\nThe desktop app starts with `ember` alone (or `python -m desktop.launcher`).")
         return 0
     try:
+        store.clean_stale_partials()  # a crash or a full disk may have left half a starter behind
+    except OSError as exc:
+        log.info("cannot clean stale partial files: %s", exc)
+    try:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except paths.NoSpace as exc:
+        return _fail(exc.message)
     except (store.ModelError, P.ParamError, launch.PlanError, ValueError) as exc:
         return _explain(exc, args)
+    except OSError as exc:
+        if paths.is_no_space(exc):
+            folder = Path(exc.filename).parent if exc.filename else paths.data_dir()
+            return _fail(paths.no_space(exc, folder, "what Ember was writing").message)
+        return _unexpected(exc, args)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: a sentence, not a traceback
+        return _unexpected(exc, args)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,15 @@ def _home() -> Path | None:
 
 
 def _ensure(path: Path) -> Path:
-    return private_dir(path)
+    """``path`` made private; when it cannot be created (a full or read-only disk) it is returned anyway:
+    readers then find nothing and writers say why, so Ember still starts."""
+    try:
+        return private_dir(path)
+    except OSError as exc:
+        if f"create:{path}" not in _warned:
+            _warned.add(f"create:{path}")
+            log.warning("cannot create %s: %s", path, exc.strerror or exc)
+        return path
 
 
 def data_dir() -> Path:
