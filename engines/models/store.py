@@ -156,7 +156,7 @@ def ensure_starter() -> Path:
     if _is_verified(target, pkg.EXPECTED_SHA256):
         return target
     paths.private_dir(target.parent)
-    with FileLock(str(target) + ".lock"):
+    with FileLock(str(target) + ".lock", mode=paths.PRIVATE_FILE):
         if _is_verified(target, pkg.EXPECTED_SHA256):
             return target
         partial = target.with_name(target.name + ".partial")
@@ -192,7 +192,8 @@ def clean_stale_partials() -> list[Path]:
     removed = []
     folder = paths.models_dir() / STARTER
     for partial in folder.glob("*.partial") if folder.is_dir() else ():
-        lock = FileLock(str(partial.with_name(partial.name[: -len(".partial")])) + ".lock")
+        target = partial.with_name(partial.name[: -len(".partial")])
+        lock = FileLock(str(target) + ".lock", mode=paths.PRIVATE_FILE)
         try:
             lock.acquire(timeout=0)
         except Timeout:
