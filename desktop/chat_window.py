@@ -24,7 +24,7 @@ from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QMainWindow, QSplitter, QVBoxLayout, QWidget
 
 from engines import settings
-from engines.chat import conversations, special_tokens
+from engines.chat import conversations, reply_limit, special_tokens
 from engines.chat.first_run import FirstRun
 from engines.chat.completion_mode import Mode
 from engines.chat.stop_reason import StopReason
@@ -312,17 +312,30 @@ class ChatWindow(QMainWindow):
         return msgs
 
     def reply_limit(self) -> int:
-        """The most tokens one reply may have: :attr:`max_tokens`, else the ``reply_limit`` setting."""
-        if self.max_tokens:
-            return int(self.max_tokens)
-        value = settings.get("reply_limit")
-        return int(value) if isinstance(value, (int, float)) and value > 0 else int(settings.DEFAULTS["reply_limit"])
+        """The most tokens one reply may have: :attr:`max_tokens`, else the ``reply_limit`` setting; a value
+        below 1 (a reply without end) is never sent: the setting's, else the default, is used instead."""
+        for value in (self.max_tokens, settings.get("reply_limit")):
+            if value is not None:
+                try:
+                    return reply_limit.clamp(value)
+                except reply_limit.ReplyLimitError as exc:
+                    log.warning("reply limit: %s; using the next one", exc.message)
+        return int(settings.DEFAULTS["reply_limit"])
+
+    def request_context(self, ep: Endpoint) -> int | None:
+        """The tokens one request to ``ep`` may use (a local engine's context per slot), when known."""
+        run = self.manager.get(ep.name) if ep.kind == "local" else None
+        if run is None:
+            return None
+        shape = backends.get(run.plan.engine).context(run.plan)
+        return shape.per_slot or shape.total
 
     def _start_stream(self, ep: Endpoint) -> None:
         conv = self.conversation
         messages = self.api_messages()
         completion = self.engine.mode(ep).mode is Mode.COMPLETION
-        limit = self.reply_limit()
+        context = self.request_context(ep)
+        limit = reply_limit.clamp(self.reply_limit(), context)  # no reply is longer than the context
         self.store.set_model(conv.id, ep.name)
         aid = self.store.add_message(conv.id, "assistant", "", complete=False, model=ep.name)
         self.transcript.append(ChatMessage("assistant", "", aid, ep.name, streaming=True))
@@ -332,7 +345,7 @@ class ChatWindow(QMainWindow):
         self.troubleshooter.banner.hide()
         doing = "continuing your text" if completion else "answering"
         self.status.setText(f"{ep.name} is {doing}… (reply limit {limit:,} tokens)")
-        self.reply.start(ep, messages, limit, completion=completion)
+        self.reply.start(ep, messages, limit, completion=completion, context=context)
         self._update_buttons()
 
     def _on_finished(self, end: ReplyEnd) -> None:
