@@ -219,7 +219,7 @@ def list_models(base_url: str, api_key: str | None = None, timeout: float = 5.0)
     try:
         r = httpx.get(url, headers=_headers(api_key), timeout=timeout)
     except httpx.HTTPError as exc:
-        raise StreamBroken(f"cannot connect to {base_url}: {exc or type(exc).__name__}", connect=True) from exc
+        raise StreamBroken(f"cannot connect to {base_url}: {type(exc).__name__}: {exc}", connect=True) from exc
     if r.status_code >= 400:
         raise _parse_error(r, r.text)
     try:
