@@ -32,6 +32,7 @@ from engines.models import store as model_store
 from engines.running import backends
 from engines.running.launch import LaunchPlan
 from engines.chat.endpoint import Endpoint
+from engines.running.stall import StallWatch
 from engines.running.manager import EngineManager
 
 from . import icons
@@ -345,8 +346,16 @@ class ChatWindow(QMainWindow):
         self.troubleshooter.banner.hide()
         doing = "continuing your text" if completion else "answering"
         self.status.setText(f"{ep.name} is {doing}… (reply limit {limit:,} tokens)")
-        self.reply.start(ep, messages, limit, completion=completion, context=context)
+        self.reply.start(ep, messages, limit, completion=completion, stall=self._stall_watch(ep), context=context)
         self._update_buttons()
+
+    def _stall_watch(self, ep: Endpoint):
+        """For a local engine: the watchdog that stops it when it goes silent mid-reply (through the
+        manager, so every window hears that it stopped)."""
+        run = self.manager.get(ep.name) if ep.kind == "local" else None
+        if run is None or not run.proc.running:
+            return None
+        return lambda stream: StallWatch(stream, run.proc, on_stall=lambda: self.manager.stop(ep.name, "stalled"))
 
     def _on_finished(self, end: ReplyEnd) -> None:
         fin = end.finished

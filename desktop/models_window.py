@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGridL
 from engines import settings, units
 from engines.chat import completion_mode
 from engines.machine import hardware as H
-from engines.models import catalog, hub, lookup, recommend, store
+from engines.models import catalog, hub, listings, lookup, recommend, store
 from engines.models import downloads as D
 from engines.running import launch
 from engines.running.backends import LABELS
@@ -53,6 +53,8 @@ BUILD_CHUNK = 12  # rows built per event-loop turn
 SORTS = {"Best fit first": "fit", "Name": "name", "Size": "size"}
 SAVE_FILTERS_MS = 400  # the search box is saved this long after the last key
 ENDED = ("ready", "failed", "cancelled")
+#: Changed catalog entries listed in the notice after a Refresh; the rest are counted.
+MAX_CHANGE_LINES = 6
 
 
 def load_rows(hw: H.HardwareProfile) -> tuple[list[dict], bool]:
@@ -85,7 +87,8 @@ def _numbers_line(row: dict) -> str:
     detail = reason[len(why_engine):].lstrip("; ") if why_engine and reason.startswith(why_engine) else ""
     if row.get("fit") == "partial" and not detail:
         detail = f"{row.get('gpu_layers')} of {row.get('total_layers')} layers on the GPU"
-    size = units.size(row.get("size_bytes")) if row.get("size_bytes") else ""
+    size = ((f"{units.size(row['size_bytes'])} download" if row.get("size_exact")
+             else f"about {units.size(row['size_bytes'])} download (estimated)") if row.get("size_bytes") else "")
     tps = row.get("expected_tokens_per_second")
     speed = f"about {tps:,.0f} tokens/s here (estimate)" if tps and row.get("fit") in RUNS_HERE else ""
     if row.get("engine") is None:
@@ -255,6 +258,7 @@ class ModelsWindow(QWidget):
     download_requested = Signal(str)       # a catalog model's name (the downloads panel queues it)
     download_progress = Signal(str, float)  # model name, 0..1 (-1.0: the download ended or failed): the tray
     models_loaded = Signal()               # the list is on screen (tests and the app may wait for it)
+    relisted = Signal(listings.RefreshResult)  # Refresh listed the catalog on the Hub: what changed, what failed
 
     def __init__(self, manager: EngineManager, parent: QWidget | None = None,
                  hardware: H.HardwareProfile | None = None, bridge: ManagerBridge | None = None,
@@ -265,6 +269,7 @@ class ModelsWindow(QWidget):
         self._injected_hw = hardware
         self.hw: H.HardwareProfile | None = hardware
         self.rows: list[dict] = []
+        self.last_relist: listings.RefreshResult | None = None
         self._order: dict[str, int] = {}
         self._build_queue: list[dict] = []
         self._layout_order: list[str] = []
@@ -359,8 +364,9 @@ class ModelsWindow(QWidget):
         heading.setFont(f)
         self.count_label = muted_label(wrap=False)
         self.refresh_button = QPushButton("Refresh")
-        self.refresh_button.setToolTip("Check free memory again and re-read the model list")
-        self.refresh_button.clicked.connect(lambda: self.refresh())
+        self.refresh_button.setToolTip("List the catalog's files and sizes on the Hugging Face Hub again, "
+                                       "check free memory again and re-read the model list")
+        self.refresh_button.clicked.connect(self.relist)
         self.add_file_button = QPushButton("Add model file\u2026")
         self.add_file_button.setToolTip("Add a GGUF file you already have; it is checked first and never moved")
         self.add_file_button.clicked.connect(self.add_model_file)
@@ -488,6 +494,32 @@ class ModelsWindow(QWidget):
         hw_now = self.hw if not redetect else None
         run_async(lambda: injected or hw_now or H.detect(), self._hardware_ready, self._load_failed,
                   name="detect-hardware", owner=self)
+
+    def relist(self) -> None:
+        """Refresh: list the catalog's repositories on the Hub again (off the GUI thread), then re-read the list."""
+        self.refresh_button.setEnabled(False)
+        self.hw_busy.show()
+        self.hw_status.setText("Listing the catalog's files on the Hugging Face Hub\u2026")
+        self.hw_status.show()
+        run_async(catalog.refresh, self._relisted, self._relist_failed, name="hub-relist", owner=self)
+
+    def _relisted(self, result: listings.RefreshResult) -> None:
+        """Say what the Hub lists differently now (each changed entry, one line), then show the new list."""
+        self.refresh_button.setEnabled(True)
+        self.last_relist = result
+        lines = [result.summary() + "."]
+        lines += [f"{display_name(c.variant)}: {c.detail}" for c in result.changes[:MAX_CHANGE_LINES]]
+        if len(result.changes) > MAX_CHANGE_LINES:
+            lines.append(f"\u2026 and {len(result.changes) - MAX_CHANGE_LINES} more (ember models --refresh lists all)")
+        self.show_notice("\n".join(lines), error=bool(result.failed) and not result.listed)
+        self.relisted.emit(result)
+        self.refresh()
+
+    def _relist_failed(self, exc: BaseException) -> None:
+        self.refresh_button.setEnabled(True)
+        self.show_notice(f"Ember could not list the catalog on the Hub: {exc}; the model list is unchanged",
+                         error=True)
+        self.refresh()
 
     def _launch_failed(self, name: str, exc: BaseException) -> None:
         problem = getattr(exc, "message", None) or getattr(exc, "problem", None) or str(exc)

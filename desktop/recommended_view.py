@@ -67,8 +67,10 @@ class RecommendedRow(QFrame):
         head.setSpacing(10)
         self.title = _bold(QLabel(f"{row.get('recommended_rank')}. {title}"))
         self.title.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        size = row.get("size_bytes") or row.get("weights_bytes")
-        self.size_label = muted_label(f"about {units.size(size)} to download" if size else "", wrap=False)
+        exact = row.get("size_bytes") if row.get("size_exact") else None
+        size = exact or row.get("size_bytes") or row.get("weights_bytes")
+        words = f"{units.size(size)} to download" if exact else f"about {units.size(size)} to download (estimated)"
+        self.size_label = muted_label(words if size else "", wrap=False)
         head.addWidget(self.title)
         head.addWidget(self.size_label)
         head.addStretch(1)

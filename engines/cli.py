@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -29,13 +31,12 @@ from engines.running import params as P
 from engines.running import backends
 from engines.running.backends import ENGINES, LABELS, availability
 from engines.running.manager import EngineCrashed, EngineManager
+from engines.running.stall import StallWatch
 from engines.units import MIB, gib
 from engines.version import version
 
 log = logging.getLogger(__name__)
 
-CUDA_INSTALL = ("pip install --force-reinstall xllamacpp "
-                "--index-url https://xorbitsai.github.io/xllamacpp/whl/cu128")
 
 
 def _hardware(args) -> hardware.HardwareProfile:
@@ -59,7 +60,7 @@ def doctor_report(hw: hardware.HardwareProfile) -> dict:
         note = None
         if not g.usable_by_llamacpp:
             note = (f"the installed llama.cpp build ({hw.llamacpp_build}) cannot use this GPU"
-                    + (f"; install the CUDA build: {CUDA_INSTALL}" if g.backend == "cuda" else ""))
+                    + (f"; install the CUDA build: {backends.get('llamacpp').gpu_install}" if g.backend == "cuda" else ""))
         gpus.append({"name": g.name, "llamacpp_can_use": g.usable_by_llamacpp, "note": note})
     return {"version": version(), "hardware": hw.to_dict(), "engines": engines, "gpus": gpus}
 
@@ -121,7 +122,27 @@ def _model_line(r: dict) -> str:
     return line
 
 
+def _print_refresh(result, out=None) -> None:
+    """What `ember models --refresh` found: a line per changed entry, then the summary; failures on stderr."""
+    out = out or sys.stdout
+    for c in result.changes:
+        print(f"changed: {c.variant}: {c.detail}", file=out)
+    for repo, why in result.failed.items():
+        print(f"ember: could not list {repo}: {why}", file=sys.stderr)
+    if result.offline:
+        print(f"ember: the Hub was not asked ({result.offline_reason}): using the listings saved earlier",
+              file=sys.stderr)
+    print(result.summary() + ".", file=out)
+
+
 def cmd_models(args) -> int:
+    if getattr(args, "refresh", False):
+        result = catalog.refresh()
+        _print_refresh(result, sys.stderr if args.json else sys.stdout)
+        if not args.json:
+            print()
+        if result.failed and not (result.listed or result.reused):
+            return 1  # online, and not one repository could be listed: say so by the exit status too
     hw = _hardware(args)
     try:
         store.ensure_starter()
@@ -363,7 +384,8 @@ def _stream_reply(stream: ChatStream, args, proc=None, plan=None) -> tuple[str |
     """Stream one reply, then name why it ended (stderr); (the reply as shown, exit code)."""
     reply = TerminalReply(stream, as_json=bool(getattr(args, "json", False)))
     try:
-        reply.run()
+        with StallWatch(stream, proc) if proc is not None else contextlib.nullcontext():
+            reply.run()
     except Exception as exc:  # client errors go through diagnosis
         reason = stop_reason.from_error(exc)
         if not getattr(args, "json", False):
@@ -580,6 +602,17 @@ def _remote_parser(sub) -> None:
         sp.set_defaults(func=cmd_remote)
 
 
+def _temperature(text: str) -> float:
+    """``--temperature``: a finite number from 0 to 2 (NaN cannot even be sent as JSON)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number from 0 to 2, got {text!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= 2:
+        raise argparse.ArgumentTypeError(f"expects a number from 0 to 2, got {text}")
+    return value
+
+
 def _whole(low: int, high: int | None = None, what: str = "a whole number"):
     """An argparse type: a whole number from ``low`` (to ``high``), refused in words otherwise."""
     def parse(text: str) -> int:
@@ -592,16 +625,6 @@ def _whole(low: int, high: int | None = None, what: str = "a whole number"):
             raise argparse.ArgumentTypeError(f"must be {what} {span}, not {value:,}")
         return value
     return parse
-
-
-def _temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
-    if not 0.0 <= value <= 100.0:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 100 (0: always the likeliest word), not {text}")
-    return value
 
 
 TOKENS = _whole(1, None, "a number of tokens")
@@ -625,6 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="models with the engine and fit on this computer")
     m.add_argument("--json", action="store_true")
     m.add_argument("--fits", action="store_true", help="only models that can run here")
+    m.add_argument("--refresh", action="store_true",
+                   help="list the catalog's files and sizes on the Hub again (saved; used offline) and "
+                        "say which entries changed")
     hw_opt(m)
     m.set_defaults(func=cmd_models)
 
@@ -652,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--system", help="system prompt")
     c.add_argument("--max-tokens", type=TOKENS, default=None,
                    help="reply limit in tokens (default: the reply_limit setting, 1,024)")
-    c.add_argument("--temperature", type=_temperature, default=None)
+    c.add_argument("--temperature", type=_temperature, default=None, help="0 (always the likeliest word) to 2")
     c.set_defaults(func=cmd_chat)
 
     dg = sub.add_parser("diagnose", help="explain an engine log's failure, with fixes (Ember's or any other)")

@@ -20,6 +20,7 @@ DEFAULTS: dict[str, object] = {
     "start_at_login": False,
     "default_n_ctx": units.DEFAULT_N_CTX,
     "reply_limit": 1024,   # tokens per reply in the chat window and `ember chat`; the raw API is left alone
+    "stall_timeout_seconds": 300,    # an engine silent this long mid-reply (no token, no log line) is stopped
     "tray_notice_shown": False,      # "Ember keeps running in the tray" said once
     "last_model": None,
     "models_only_runnable": False,   # the models window's filters, as the user left them

@@ -18,7 +18,8 @@ UNUSED = [
     "pyarrow", "scipy", "sklearn", "sympy", "networkx", "tkinter", "_tkinter", "PIL", "jinja2",
     "jsonschema", "setuptools", "pkg_resources", "pip", "wheel",
     # requests' optional pyOpenSSL support and httpx's command line: 15 MB Ember never calls
-    "cryptography", "OpenSSL", "click", "pygments", "rich",
+    # (click stays: uvicorn, under the local API, imports it)
+    "cryptography", "OpenSSL", "pygments", "rich",
 ]
 
 #: Reached only through imports Ember never runs, 52 MB of the bundle together. ``gguf`` is imported by

@@ -10,9 +10,11 @@ conversation as one text to continue (completion mode).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
@@ -22,6 +24,7 @@ from engines.chat.completion_mode import completion_request
 from engines.chat.endpoint import Endpoint
 from engines.chat.guard import Repetition, ReplyWatch
 from engines.chat.stop_reason import StopReason
+from engines.running.stall import StallWatch
 
 from .transcript import ChatMessage, Transcript
 
@@ -54,12 +57,18 @@ class StreamThread(QThread):
     ended = Signal(object)         # ReplyEnd
     failed = Signal(object)        # exception (EngineHTTPError, StreamBroken, ...)
 
-    def __init__(self, stream: ChatStream, parent: QObject | None = None):
+    def __init__(self, stream: ChatStream, parent: QObject | None = None,
+                 stall: Callable[[ChatStream], StallWatch] | None = None):
         super().__init__(parent)
         self.stream = stream
         self.watch = ReplyWatch()
+        self.stall = stall  # makes the watchdog for a local engine (None: a remote server)
 
     def run(self) -> None:
+        with self.stall(self.stream) if self.stall is not None else contextlib.nullcontext():
+            self._run()
+
+    def _run(self) -> None:
         try:
             for item in self.stream:
                 if isinstance(item, Delta):
@@ -111,16 +120,17 @@ class ReplyStream(QObject):
         return self._thread is not None
 
     def start(self, ep: Endpoint, messages: list[dict], max_tokens: int | None, completion: bool = False,
-              context: int | None = None) -> None:
+              stall: Callable[[ChatStream], StallWatch] | None = None, context: int | None = None) -> None:
         """Ask ``ep`` to answer ``messages``; the text goes to the transcript's last message.
 
         ``completion``: the model has no chat template; it continues the conversation as one text.
+        ``stall``: the watchdog for a local engine's silence (see :mod:`engines.running.stall`).
         ``context``: the tokens one request may use (the reply limit is clamped to it), when known.
         """
         request = completion_request(messages) if completion else None
         stream = ChatStream(ep.base_url, messages, ep.api_key, ep.model_id, max_tokens=max_tokens,
                             completion=request, context=context)
-        self._thread = StreamThread(stream, self)
+        self._thread = StreamThread(stream, self, stall)
         self.endpoint, self.completion = ep, completion
         self._thread.delta.connect(self._on_delta)
         self._thread.ended.connect(self.ended)

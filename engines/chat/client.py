@@ -67,6 +67,16 @@ class EngineHTTPError(ClientError):
         return err if isinstance(err, dict) else {}
 
 
+class EngineStalled(ClientError):
+    """The engine went silent mid-reply: no token and no log line for ``seconds`` (``paused``: its
+    process is stopped, as by SIGSTOP). Ember stopped it; see :mod:`engines.running.stall`."""
+
+    def __init__(self, seconds: float, paused: bool, timeout: float, received_text: str = ""):
+        self.seconds, self.paused, self.timeout, self.received_text = seconds, paused, timeout, received_text
+        super().__init__(f"no token and no log line for {seconds:.0f} s" + (" (its process is paused)" if paused
+                                                                            else ""))
+
+
 class StreamBroken(ClientError):
     """The connection failed or dropped before the answer was complete."""
 
@@ -104,7 +114,9 @@ class ChatStream:
         self._client = client
         self._cancel = threading.Event()
         self._response: httpx.Response | None = None
+        self._broken_off: ClientError | None = None
         self.text = ""
+        self.last_activity = time.monotonic()  # the last time anything came from the engine
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -114,6 +126,12 @@ class ChatStream:
                 resp.close()  # unblocks a read waiting for the next chunk
             except Exception:
                 pass
+
+    def break_off(self, error: ClientError) -> None:
+        """End the stream from outside with ``error`` (a watchdog saw the engine stall): the reader
+        gets it raised instead of a cancelled ending."""
+        self._broken_off = error
+        self.cancel()
 
     @property
     def cancelled(self) -> bool:
@@ -149,6 +167,7 @@ class ChatStream:
                     if resp.status_code >= 400:
                         raise _parse_error(resp, resp.read().decode("utf-8", errors="replace"))
                     for line in resp.iter_lines():
+                        self.last_activity = time.monotonic()
                         if self._cancel.is_set():
                             break
                         if not line.startswith("data:"):
@@ -199,6 +218,9 @@ class ChatStream:
             self._response = None
             if own:
                 client.close()
+        if self._broken_off is not None:
+            self._broken_off.received_text = self.text
+            raise self._broken_off
         tps = None
         n_out = usage.completion_tokens or n_chunks
         if first_token_at is not None and n_out > 1:

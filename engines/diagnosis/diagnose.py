@@ -123,6 +123,15 @@ def diagnose_exception(exc: BaseException, proc=None, plan=None, log_offset: int
             return _in_ember_terms(_from_start_error(exc, case), case)
         if isinstance(exc, client.EngineHTTPError):
             return _in_ember_terms(_from_http(exc, proc, case, log_offset), case)
+        if isinstance(exc, supervisor.EngineExited):  # a ready engine died (its watcher saw it)
+            d = failures.crashed(case, exc.status, list(exc.log_tail), "")
+            d.log_path, d.log_tail = str(exc.log_path), tail(list(exc.log_tail))
+            return d
+        if isinstance(exc, client.EngineStalled):
+            d = failures.stalled(exc.seconds, exc.paused, exc.timeout)
+            if proc is not None:
+                d.log_path, d.log_tail = str(proc.log_path), tail(proc.log_lines(log_offset))
+            return d
         if isinstance(exc, client.StreamBroken):
             return _in_ember_terms(_from_broken(exc, proc, case, log_offset), case)
         if isinstance(exc, launch.PlanError):

@@ -2,8 +2,12 @@
 a taken port, a refused parameter or API key, a GPU the engine cannot use, a feature switched off."""
 from __future__ import annotations
 
+import re
 import signal
 
+import psutil
+
+from engines import units
 from engines.diagnosis.case import Case
 from engines.diagnosis.evidence import best_match
 from engines.diagnosis.types import Diagnosis, Fix, Kind
@@ -61,8 +65,17 @@ def invalid_model(problem: str, facts: dict, path: str | None = None, detail: st
     return Diagnosis(Kind.INVALID_MODEL, "This is not a usable model file", text, facts, fixes)
 
 
+#: Ember's worker says which signal stopped it (it exits 0 after SIGTERM, so the status cannot tell).
+_WORKER_SIGNAL = re.compile(r"ember-worker: received (SIG[A-Z]+)")
+#: Below this share of RAM free right after a SIGKILL, running out of memory is a likely cause.
+LOW_MEMORY_SHARE = 0.10
+
+
 def crashed(case: Case, status, lines: list[str], during: str) -> Diagnosis:
-    """``during``: "while starting", "while answering", or "" when the log cannot tell."""
+    """``during``: "while starting", "while answering", or "" when the log cannot tell.
+
+    A signal from outside (a ``kill``, a shutdown) is said as such, not as a crash; memory is
+    offered as the cause only when the log says so, or memory is short now after a SIGKILL."""
     facts: dict[str, object] = {}
     text = "The engine stopped unexpectedly" + (f" {during}" if during else "")
     if status is not None:
@@ -73,21 +86,41 @@ def crashed(case: Case, status, lines: list[str], during: str) -> Diagnosis:
                 facts["signal_name"] = signal.Signals(status.signal).name
             except ValueError:
                 pass
+    told = next((m.group(1) for line in reversed(lines) if (m := _WORKER_SIGNAL.search(line))), None)
+    if told and not (status is not None and status.signal):  # the worker stopped cleanly on a signal
+        facts["signal_name"] = told
+        return _stopped_from_outside(told, during, facts)
     m = best_match(lines, getattr(case.plan, "engine", None) or (case.engine.name if case.engine else None),
                    {"engine_crashed", "oom_load"})
     text += "."
     killed = (status is not None and status.signal == 9) or (m is not None and str(m.facts.get("signal")) == "9")
+    memory_in_log = m is not None and m.kind == Kind.OOM_LOAD
+    free = psutil.virtual_memory()
+    memory_short = killed and free.available < free.total * LOW_MEMORY_SHARE
     if killed:
-        text += ("\nIf you did not stop it yourself, the system may have run out of memory "
-                 "(the kernel's out-of-memory killer sends SIGKILL).")
+        facts["ram_available_bytes"] = free.available
+        text += ("\nIt was killed with SIGKILL: by you or another program, or by the system when memory ran out "
+                 f"(the kernel's out-of-memory killer). {units.size(free.available)} of memory is free now")
+        text += (", so memory is the likely cause." if memory_short else
+                 ", so memory does not look like the cause.")
     if m:
         text += f"\nLast error in the log: {m.line}"
         facts.update(m.facts)
     fixes = [Fix("Restart the engine", {}, "Relaunch with the same settings and send the message again.",
                  action="relaunch")]
-    out_of_memory = killed or (m is not None and m.kind == Kind.OOM_LOAD)
+    out_of_memory = memory_in_log or memory_short
     fixes += case.fixes(Kind.ENGINE_CRASHED, dict(facts, out_of_memory=out_of_memory))
-    return Diagnosis(Kind.ENGINE_CRASHED, "The engine crashed", text, facts, fixes)
+    title = "The engine was killed" if killed and not m else "The engine crashed"
+    return Diagnosis(Kind.ENGINE_CRASHED, title + (f" {during}" if during else ""), text, facts, fixes)
+
+
+def _stopped_from_outside(name: str, during: str, facts: dict) -> Diagnosis:
+    text = (f"The engine received {name} {during or 'while running'} and stopped: something outside Ember sent it "
+            "(a `kill` command, a task manager, or the system shutting down). Nothing is wrong with the model "
+            "or its settings.")
+    return Diagnosis(Kind.ENGINE_CRASHED, "The engine was stopped from outside Ember", text, facts,
+                     [Fix("Start it again", {}, "Relaunch with the same settings and send the message again.",
+                          action="relaunch")])
 
 
 def startup_failed(status, line: str | None, timed_out: bool = False, reason: str | None = None) -> Diagnosis:
@@ -201,3 +234,21 @@ def feature_off(case: Case, facts: dict, message: str) -> Diagnosis:
     return Diagnosis(Kind.NOT_SUPPORTED, f"The engine was started without {what}",
                      f"The request needs {what}, which {case.label} only serves when it is switched on at launch."
                      f"\nThe engine said: {message}", dict(facts, message=message), fixes)
+
+
+def stalled(seconds: float, paused: bool, timeout: float) -> Diagnosis:
+    """The engine went silent mid-reply (:class:`~engines.chat.client.EngineStalled`); Ember stopped it."""
+    if paused:
+        text = (f"The engine's process was paused (stopped by a signal such as SIGSTOP, or held by a debugger): "
+                f"no token and no log line for {seconds:.0f} s. Ember stopped it so it does not hold the memory.")
+    else:
+        text = (f"No token and no log line came from the engine for {seconds:.0f} s, longer than Ember waits "
+                f"({timeout:.0f} s, the stall_timeout_seconds setting). Ember stopped it so it does not hold "
+                "the memory.")
+    fixes = [Fix("Restart the engine", {}, "Relaunch with the same settings and send the message again.",
+                 action="relaunch")]
+    if not paused:
+        fixes.append(Fix("Wait longer before giving up", {}, f"If the model is only slow here, raise "
+                         f"stall_timeout_seconds in Ember's settings.json (now {timeout:.0f} s).", action="settings"))
+    return Diagnosis(Kind.ENGINE_STALLED, "The engine stopped responding",
+                     text, {"silent_seconds": round(seconds, 1), "paused": paused, "timeout": timeout}, fixes)

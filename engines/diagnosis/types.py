@@ -23,6 +23,7 @@ class Kind(str, enum.Enum):
     INVALID_MODEL = "invalid_model"
     MODEL_NOT_DOWNLOADED = "model_not_downloaded"
     ENGINE_CRASHED = "engine_crashed"
+    ENGINE_STALLED = "engine_stalled"
     ENGINE_MISSING = "engine_missing"
     NOT_SUPPORTED = "not_supported"
     PORT_IN_USE = "port_in_use"

@@ -50,6 +50,11 @@ PASSED_HEADERS = ("anthropic-version", "anthropic-beta", "accept")
 REPLY_LIMIT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
+def _no_constant(name: str):
+    """NaN and Infinity are not JSON (Python's parser takes them; engines then fail on them)."""
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def _json_error(err: GatewayError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
 
@@ -154,7 +159,7 @@ class GatewayApp:
         self._check_key(request)
         raw = await request.body()
         try:
-            body = json.loads(raw or b"{}")
+            body = json.loads(raw or b"{}", parse_constant=_no_constant)
         except ValueError as exc:
             raise errors.bad_request(f"The request body is not JSON ({exc}).", "invalid_json") from None
         if not isinstance(body, dict):

@@ -19,6 +19,10 @@ JSON form (``HardwareProfile.to_dict``)::
 
 ``llamacpp_device`` is the name under which the installed llama.cpp build
 sees the GPU; ``null`` means the GPU exists but this build cannot use it.
+A profile written by hand may leave the key out: such a GPU is taken as
+usable by a llama.cpp build for its backend, named as llama.cpp names it
+(``CUDA0``, ``CUDA1``, ... in order; ``Metal``), so "what would run on that
+machine?" has an answer. ``ember doctor --json`` always writes the key.
 """
 from __future__ import annotations
 
@@ -100,7 +104,10 @@ class HardwareProfile:
         gpus = data.get("gpus", [])
         if not isinstance(gpus, list):
             raise ProfileError(source, "gpus", f"must be a list of GPUs, not {_json_kind(gpus)}")
-        values["gpus"] = [_gpu(source, f"gpus[{i}]", g) for i, g in enumerate(gpus)]
+        for i, g in enumerate(gpus):
+            if not isinstance(g, dict):
+                raise ProfileError(source, f"gpus[{i}]", f"must be an object describing a GPU, not {_json_kind(g)}")
+        values["gpus"] = [_gpu(source, f"gpus[{i}]", g) for i, g in enumerate(_with_devices(gpus))]
         return cls(**values)
 
     @classmethod
@@ -206,6 +213,31 @@ def _gpu(source: str, where: str, g: object) -> GPU:
     if device is not None and not isinstance(device, str):
         raise ProfileError(source, f"{where}.llamacpp_device", f"must be text or null, not {_json_kind(device)}")
     return GPU(name, vendor, backend, total, free, device)
+
+
+#: How llama.cpp names the devices of each backend (ggml's backend registry).
+DEVICE_PREFIX = {"cuda": "CUDA", "rocm": "ROCm", "vulkan": "Vulkan", "metal": "Metal"}
+
+
+def _with_devices(gpus: list[dict]) -> list[dict]:
+    """GPU dicts with ``llamacpp_device`` filled in where a hand-written profile left it out.
+
+    Counted per backend in file order, as llama.cpp enumerates them (``CUDA0``,
+    ``CUDA1``; Metal has one device, ``Metal``). An explicit null stays null.
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for g in gpus:
+        if not isinstance(g, dict):
+            raise TypeError(f"a GPU must be an object, not {g!r}")
+        backend = str(g.get("backend", ""))
+        index = seen.get(backend, 0)
+        seen[backend] = index + 1
+        if "llamacpp_device" not in g and backend in DEVICE_PREFIX:
+            prefix = DEVICE_PREFIX[backend]
+            g = {**g, "llamacpp_device": prefix if backend == "metal" else f"{prefix}{index}"}
+        out.append(g)
+    return out
 
 
 def _os_name() -> str:

@@ -8,9 +8,12 @@ The fit of a GGUF is the same estimate auto-NGL uses at launch
 (:func:`engines.machine.fit.estimate`, i.e. xllamacpp's): for a local file on its real
 header; for a catalog variant on a header read remotely (``remote_gguf``, when
 cached) or else on a synthetic header built from the catalog's facts, whose
-tensor sizes add up to the file size. Where the file size is not known it is
-estimated from the parameter count and llama.cpp's own published size of the
-quantization type, and the row says so. Other formats: parameters x bytes per
+tensor sizes add up to the file size. Every GGUF variant carries the exact
+size of each file as a public listing of its repository records it
+(``resources/hub_listings.json``), or as the Hub listed it at the last
+refresh (:func:`refresh`); only a file whose size is not known is estimated
+from the parameter count and llama.cpp's own published size of the
+quantization type, and the row says "estimated". Other formats: parameters x bytes per
 weight, KV cache from the attention shape. A missing fact gives ``unknown``,
 never a silent guess.
 
@@ -24,6 +27,7 @@ import copy
 import functools
 import json
 import logging
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -32,7 +36,7 @@ from engines.units import DEFAULT_N_CTX, GIB, MIB, size
 from engines.machine import fit as F
 from engines.machine import gguf_info
 from engines.machine.hardware import HardwareProfile
-from engines.models import records, remote_gguf, store
+from engines.models import listings, records, remote_gguf, store
 from engines.running import selection
 from engines.running.backends import LABELS, availability, installed_engines
 
@@ -44,6 +48,8 @@ BADGES = {"gpu": "Fits on your GPU", "partial": "Partly on the GPU", "cpu": "Run
           "none": "Does not fit in memory", "unavailable": "No engine for it here",
           "unknown": "Fit unknown"}
 AUTO = "auto"
+#: How a row names a size the Hub listed (an estimate always says "estimated").
+EXACT = "exact size from the Hub's listing"
 
 #: llama.cpp's own table (tools/quantize/quantize.cpp): file size in GiB of Llama-3-8B
 #: (8,030,261,248 parameters) in each quantization type. Gives bits per weight for an estimate.
@@ -69,13 +75,119 @@ class Entry:
 
 @functools.lru_cache(maxsize=1)
 def _data() -> dict:
+    """The catalog as shipped (``resources/models.json``), before any refreshed listing."""
     return json.loads(resources.files("resources").joinpath("models.json").read_text(encoding="utf-8"))
+
+
+def file_names(variant: dict) -> list[str]:
+    """The variant's file names, in download order (a GGUF lists objects with sizes, others plain names)."""
+    return [f["name"] if isinstance(f, dict) else f for f in variant.get("files") or []]
+
+
+def _model_facts(m: dict) -> dict:
+    """The model as the estimate should see it: no sliding window that is not smaller than the context."""
+    att = m.get("attention") or {}
+    sw, ctx = att.get("sliding_window"), m.get("context_length")
+    if sw and ctx and sw >= ctx:  # a window as long as the context is full attention (Phi-3.5's 262,144)
+        m = {**m, "attention": {**att, "sliding_window": None}}
+    return m
 
 
 @functools.lru_cache(maxsize=1)
 def entries() -> dict[str, Entry]:
-    """variant id -> (model, variant) for every catalog variant, in file order."""
-    return {v["id"]: Entry(m, v) for m in _data()["models"] for v in m["variants"]}
+    """variant id -> (model, variant) for every catalog variant, in file order, with the refreshed listings applied."""
+    saved = listings.load_cache()
+    out = {}
+    for m in _data()["models"]:
+        m = _model_facts(m)
+        for v in m["variants"]:
+            if v["format"] == "gguf" and v["repo"] in saved:
+                v, _ = apply_listing(v, saved[v["repo"]])
+            out[v["id"]] = Entry(m, v)
+    return out
+
+
+def reload() -> None:
+    """Forget the catalog read so far (after a refresh): the next call applies the saved listings anew."""
+    entries.cache_clear()
+    clear_cache()
+
+
+# -- the Hub's listing, now ---------------------------------------------------------------------------
+
+_SPLIT = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
+
+
+def _stem(name: str) -> str:
+    """``X-Q8_0-00001-of-00002.gguf`` and ``X-Q8_0.gguf`` -> ``x-q8_0`` (the file's name without split or folder)."""
+    base = name.rsplit("/", 1)[-1]
+    return _SPLIT.sub("", base).removesuffix(".gguf").removesuffix(".GGUF").lower()
+
+
+def _same_quant(listing: listings.RepoListing, names: list[str]) -> list[str]:
+    """The files the Hub lists now for the quantization ``names`` were: renamed (case) or split differently."""
+    stem = _stem(names[0])
+    found = sorted(n for n in listing.files if n.lower().endswith(".gguf") and _stem(n) == stem)
+    return found
+
+
+def apply_listing(variant: dict, listing: listings.RepoListing) -> tuple[dict, list[listings.Change]]:
+    """The variant as the Hub lists its repository now, and what differs from the shipped catalog.
+
+    Sizes and sha256 come from the listing; a file the Hub now spells or splits
+    differently is replaced by what it lists; a file it no longer has is kept
+    (the download will say so) and reported as missing.
+    """
+    vid, names = variant["id"], file_names(variant)
+    recorded = {f["name"]: f for f in variant.get("files") or [] if isinstance(f, dict)}
+    changes: list[listings.Change] = []
+    if not all(n in listing.files for n in names):
+        now = _same_quant(listing, names)
+        if now:
+            changes.append(listings.Change(vid, "renamed", f"the Hub lists {', '.join(now)} instead of "
+                                                           f"{', '.join(names)}", names, now))
+            names = now
+        else:
+            missing = [n for n in names if n not in listing.files]
+            changes.append(listings.Change(vid, "missing", f"{', '.join(missing)} is no longer in {listing.repo}",
+                                           missing, None))
+            return {**variant, "hub_missing": missing}, changes
+    files = []
+    for n in names:
+        f = listing.files[n]
+        old = recorded.get(n, {})
+        if old.get("size_bytes") is not None and f.size_bytes is not None and old["size_bytes"] != f.size_bytes:
+            changes.append(listings.Change(vid, "size", f"{n}: {old['size_bytes']:,} bytes -> {f.size_bytes:,}",
+                                           old["size_bytes"], f.size_bytes))
+        if old.get("sha256") and f.sha256 and old["sha256"] != f.sha256:
+            changes.append(listings.Change(vid, "sha256", f"{n}: the file was replaced (new sha256)",
+                                           old["sha256"], f.sha256))
+        files.append({"name": n, "size_bytes": f.size_bytes, **({"sha256": f.sha256} if f.sha256 else {})})
+    sizes = [f["size_bytes"] for f in files]
+    out = {**variant, "files": files, "hub_revision": listing.revision, "hub_listed_at": listing.listed_at}
+    if all(s is not None for s in sizes):
+        out["size_bytes"] = sum(sizes)
+    return out, changes
+
+
+def gguf_repos() -> list[str]:
+    """The repositories of the catalog's GGUF variants (what a refresh lists)."""
+    return sorted({v["repo"] for m in _data()["models"] for v in m["variants"] if v["format"] == "gguf"})
+
+
+def refresh(max_age: float | None = None, lister=listings.list_repo) -> listings.RefreshResult:
+    """Re-list the catalog's GGUF repositories on the Hub, save the result, and say which entries changed.
+
+    ``max_age``: reuse listings saved less than this many seconds ago (None: list
+    all again). A repository that cannot be listed keeps what it had.
+    """
+    saved, result = listings.refresh(gguf_repos(), max_age=max_age, lister=lister)
+    for m in _data()["models"]:
+        for v in m["variants"]:
+            if v["format"] == "gguf" and v["repo"] in saved:
+                result.changes += apply_listing(v, saved[v["repo"]])[1]
+    reload()
+    return result
 
 
 def _quant_label(v: dict) -> str:
@@ -92,7 +204,7 @@ def spec_of(entry: Entry, with_path: bool = True) -> store.ModelSpec:
         size_bytes=v.get("size_bytes"), parameters=m.get("parameters"), block_count=m.get("block_count"),
         context_length=m.get("context_length"), attention={k: x for k, x in (m.get("attention") or {}).items()
                                                           if x is not None},
-        repo=v["repo"], files=list(v.get("files") or []), description=m.get("description", ""),
+        repo=v["repo"], files=file_names(v), description=m.get("description", ""),
         has_vision="vision" in (m.get("tags") or []),
     )
     if with_path:
@@ -130,9 +242,9 @@ def _vocab(name: str) -> int | None:
 
 
 def estimated_gguf_size(spec: store.ModelSpec) -> tuple[int | None, str]:
-    """File size of a catalog GGUF: exact from the catalog, else parameters x llama.cpp's bits per weight."""
+    """File size of a catalog GGUF: exact from the Hub's listing, else parameters x llama.cpp's bits per weight."""
     if spec.size_bytes:
-        return spec.size_bytes, "catalog"
+        return spec.size_bytes, EXACT
     bpw = GGUF_BITS_PER_WEIGHT.get(spec.quantization.upper())
     if not spec.parameters:
         return None, "the parameter count is not in the catalog"
@@ -226,6 +338,7 @@ def _base_row(spec: store.ModelSpec, sel: selection.Selection, hw: HardwareProfi
             "fit": "unavailable", "badge": "", "gpu_layers": 0,
             "total_layers": (spec.block_count or 0) + 1 if spec.block_count else None,
             "reason": sel.reason, "reasons": sel.reasons, "size_bytes": spec.size_bytes,
+            "size_exact": spec.size_bytes is not None,
             "local": spec.is_local, "source": spec.source, "repo": spec.repo, "files": list(spec.files),
             "description": spec.description,
             "n_ctx": n_ctx, "weights_bytes": None, "weights_source": None, "kv_cache_bytes": None,
@@ -385,9 +498,19 @@ def catalog_rows(hw: HardwareProfile, installed: dict[str, bool] | None | str = 
         if hit is None or hit[0] != path:
             spec = spec_of(e, with_path=False)
             spec.path = path
-            hit = (path, row(spec, hw, installed, n_ctx))
+            hit = (path, {**row(spec, hw, installed, n_ctx), **_listing_fields(e)})
             cached[vid] = hit
         out.append(copy.copy(hit[1]))
+    return out
+
+
+def _listing_fields(e: Entry) -> dict:
+    """Where a catalog row's files and sizes come from: the listings it cites, or the Hub at the last refresh."""
+    v = e.variant
+    out = {"listings": list(v.get("listings") or []), "hub_missing": list(v.get("hub_missing") or [])}
+    if v.get("hub_listed_at"):
+        out["hub_listed_at"] = v["hub_listed_at"]
+        out["hub_revision"] = v.get("hub_revision")
     return out
 
 

@@ -92,7 +92,7 @@ def _starter_package():
 def _starter_missing() -> str:
     if getattr(sys, "frozen", False):  # an installed app: no pip; offer a small catalog model instead
         return ("the starter model is not installed; download a small model from the Models window, "
-                "or run: ember pull qwen2.5-0.5b-instruct-q4_k_m")
+                "or run: ember pull qwen3-0.6b-q4_k_m")
     return "the starter model package is not installed; install it with: pip install 'ember[starter]'"
 
 

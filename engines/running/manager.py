@@ -310,6 +310,8 @@ class EngineManager:
             if run is not None and run.proc.running:
                 self.touch(name)
                 return run
+            if run is not None:  # died a moment ago, before its watcher said so: start it as it was
+                plan = plan or run.plan
             plan = self.make_room(name, lambda: plan or make_plan())
             return self.launch(plan, timeout)
 

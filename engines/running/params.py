@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import math
 import functools
 import logging
 from dataclasses import dataclass
@@ -22,7 +23,14 @@ EMBER_OWNED = {
     "hostnames": "engines listen on 127.0.0.1 only",
     "api_keys": "Ember creates a fresh API key for each launch",
     "model_alias": "the served model id is the model's name in Ember (what `ember serve` prints)",
+    "api_prefix": "Ember reaches the engine at /v1 and asks /health whether it is ready; a prefix would hide both",
+    "ssl_file_key": "the engine listens on 127.0.0.1 only and Ember talks to it over plain HTTP",
+    "ssl_file_cert": "the engine listens on 127.0.0.1 only and Ember talks to it over plain HTTP",
+    "reuse_port": "Ember picks a free port that no other program shares",
 }
+
+#: A C ``int`` (llama.cpp's fields): a bigger value wraps around inside the engine and crashes it.
+INT32 = (-2**31, 2**31 - 1)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -219,22 +227,34 @@ def parse_assignment(text: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Bounds:
-    """The valid range of a whole-number parameter, and why values outside it are refused."""
+    """The valid range of a whole-number parameter, and why values outside it are refused.
+
+    ``gap``: values strictly between ``low`` and ``gap`` are refused too (a context of 0 means the
+    model's own, while 1 crashes llama.cpp); their nearest valid value is ``gap``."""
 
     low: int
     high: int | None
     expects: str            # the valid values in words
     below: str = ""         # why a value under ``low`` would break the engine
     above: str = ""
+    gap: int | None = None
+    in_gap: str = ""
+    over: int | None = None  # the value offered for one above ``high``, when not ``high`` itself
 
     def problem(self, value: int) -> str | None:
         if value < self.low:
             return f"must be {self.expects}, got {value}{self.below}"
         if self.high is not None and value > self.high:
-            return f"must be {self.expects}, got {value}{self.above}"
+            return f"must be {self.expects}, got {value:,}{self.above}"
+        if self.gap is not None and self.low < value < self.gap:
+            return f"must be {self.expects}, got {value}{self.in_gap}"
         return None
 
     def nearest(self, value: int) -> int:
+        if self.gap is not None and self.low < value < self.gap:
+            return self.gap
+        if self.over is not None and self.high is not None and value > self.high:
+            return self.over
         return max(self.low, value) if self.high is None else min(self.high, max(self.low, value))
 
 
@@ -243,18 +263,35 @@ class Bounds:
 RANGES = {
     "n_parallel": Bounds(1, 256, "between 1 and 256", " (with no slots every request would wait forever)",
                          " (llama.cpp allows at most 256 sequences)"),
-    "n_ctx": Bounds(0, None, "0 (the model's own context) or a positive number"),
-    "n_gpu_layers": Bounds(-1, None, "-1 (auto) or a number of layers"),
+    "n_ctx": Bounds(0, INT32[1], f"0 (the model's own context) or from 256 to {INT32[1]:,}", "",
+                    " (a larger number wraps around inside llama.cpp and crashes it)", gap=256,
+                    in_gap=" (llama.cpp rounds a context up to 256 tokens, and one smaller than its batch "
+                           "crashes it)", over=0),
+    "n_gpu_layers": Bounds(-1, INT32[1], "-1 (auto) or a number of layers"),
 }
+#: Any other whole number llama.cpp takes is a C int.
+ANY_INT = Bounds(INT32[0], INT32[1], f"between {INT32[0]:,} and {INT32[1]:,}", "",
+                 " (it does not fit llama.cpp's whole numbers and would wrap around)")
+
+
+def require_finite(key: str, value) -> None:
+    """A float (or each float of a list) is a number: never NaN or infinity, for any engine."""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ParamError(key, f"must be a finite number, got {v}", v)
 
 
 def _range_checks(key: str, value) -> None:
-    bounds = RANGES.get(key)
-    if bounds is None or not isinstance(value, int) or isinstance(value, bool):
-        return
-    problem = bounds.problem(value)
-    if problem:
-        raise ParamError(key, problem, value, nearest=bounds.nearest(value))
+    """Whole numbers within their range (a C int at most); floats finite (NaN reaches the engine as
+    text JSON cannot carry, and a NaN temperature samples garbage)."""
+    require_finite(key, value)
+    for v in value if isinstance(value, list) else [value]:
+        if not isinstance(v, int) or isinstance(v, bool):
+            continue
+        bounds = RANGES.get(key, ANY_INT)
+        problem = bounds.problem(v)
+        if problem:
+            raise ParamError(key, problem, v, nearest=bounds.nearest(v))
 
 
 def validate(pairs: dict[str, object] | list[str], schema: dict[str, ParamSpec] | None = None) -> dict[str, object]:

@@ -59,9 +59,15 @@ def _die_with_parent(stop: threading.Event) -> None:
 
 
 def _on_signals(stop: threading.Event) -> None:
+    """Stop on SIGTERM/SIGINT/SIGHUP, saying which in the log: when it was not Ember that sent it
+    (a ``kill``, a shutdown), the diagnosis names the signal instead of "exited with status 0"."""
+    def stopping(signum, frame) -> None:
+        print(f"ember-worker: received {signal.Signals(signum).name}; stopping", file=sys.stderr, flush=True)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):
         if sig is not None:
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, stopping)
 
 
 def _let_engine_log_drain(quiet: float = 0.25, limit: float = 2.0) -> None:

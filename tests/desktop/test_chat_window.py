@@ -366,6 +366,21 @@ def test_a_remote_endpoint_is_listed_and_chats(qtbot, manager, tmp_path, monkeyp
     assert w.history[-1].model == ep.name
 
 
+def long_reply_streaming(qtbot, w: ChatWindow) -> None:
+    """Ask for a long story until a reply is streaming (a sampled reply may end, or loop and be
+    stopped, early: then ask again in a new chat)."""
+    w.max_tokens = 900
+    for _ in range(5):
+        w.send("Write a very long story about a lighthouse keeper.")
+        started = time.monotonic()
+        qtbot.waitUntil(lambda: not w.streaming or (len(w.history[-1].content) > 20
+                                                    and time.monotonic() - started > 1.5), timeout=120_000)
+        if w.streaming:
+            return
+        w.new_chat()
+    assert w.streaming, w.status.text()
+
+
 def test_engine_crash_mid_reply_keeps_the_partial_reply_and_explains(qtbot, store, starter_spec, hw):
     """kill -9 of the engine while it answers: the text so far is in SQLite, the failure is shown."""
     from engines.running import launch
@@ -375,16 +390,7 @@ def test_engine_crash_mid_reply_keeps_the_partial_reply_and_explains(qtbot, stor
     qtbot.addWidget(w)
     w.show()
     try:
-        w.max_tokens = 900
-        for _ in range(5):  # the reply is sampled: it may end, or loop and be stopped, early; ask again
-            w.send("Write a very long story about a lighthouse keeper.")
-            started = time.monotonic()
-            qtbot.waitUntil(lambda: not w.streaming or (len(w.history[-1].content) > 20
-                                                        and time.monotonic() - started > 1.5), timeout=120_000)
-            if w.streaming:
-                break
-            w.new_chat()
-        assert w.streaming, w.status.text()
+        long_reply_streaming(qtbot, w)
         qtbot.waitUntil(lambda: (db_rows(store, w.conversation.id)[-1][1] or "") != "", timeout=5_000)
         row = db_rows(store, w.conversation.id)[-1]
         assert row[0] == "assistant" and row[2] == 0 and w.history[-1].content.startswith(row[1])  # saved while streaming
@@ -399,6 +405,35 @@ def test_engine_crash_mid_reply_keeps_the_partial_reply_and_explains(qtbot, stor
         # the status line speaks in sentences: the diagnosis title; the raw error only under Details
         assert status.startswith(dialog.diagnosis.title) and "kept" in status
         assert "peer closed" not in status and "incomplete" not in status and "HTTP" not in status
+        dialog.close()
+    finally:
+        w.shutdown()
+        m.stop_all()
+
+
+def test_a_paused_engine_mid_reply_is_found_stopped_and_explained_in_seconds(qtbot, store, starter_spec, hw):
+    """SIGSTOP of the engine while it answers (issue 12): the window does not wait in silence; the
+    watchdog stops the engine through the manager, the partial reply is kept, the dialog says why."""
+    import os
+    import signal
+    from engines.running import launch
+    m = EngineManager(idle_timeout=None)
+    m.launch(launch.plan(starter_spec, hw, overrides={"n_ctx": 1024}))
+    w = ChatWindow(m, store=store)
+    qtbot.addWidget(w)
+    w.show()
+    try:
+        long_reply_streaming(qtbot, w)
+        proc = m.get("starter").proc
+        paused_at = time.monotonic()
+        with qtbot.waitSignal(w.failure_shown, timeout=60_000) as shown:
+            os.kill(proc.pid, signal.SIGSTOP)
+        took = time.monotonic() - paused_at
+        dialog = shown.args[0]
+        assert dialog.diagnosis.kind == "engine_stalled" and "paused" in dialog.diagnosis.explanation
+        assert took < 20, took
+        assert w.history[-1].content and w.status.text().startswith("The engine stopped responding")
+        qtbot.waitUntil(lambda: not proc.running and m.get("starter") is None, timeout=20_000)
         dialog.close()
     finally:
         w.shutdown()

@@ -71,15 +71,15 @@ def test_embedded_in_the_models_window_with_a_download_action(qtbot, hub):
     with qtbot.waitSignal(w.models_loaded, timeout=60_000):
         w.show()
     view = w.downloads_view
-    row = w.row_widget("qwen3-8b-q4_k_m")
+    row = w.row_widget("deepseek-r1-0528-qwen3-8b-q4_k_m")
     assert row is not None and row.download_button.isVisible()
     # the fake hub does not have that repository: the queue shows the typed error, the GUI stays alive
     row.download_button.click()
-    qtbot.waitUntil(lambda: "qwen3-8b-q4_k_m" in view.rows
-                    and view.rows["qwen3-8b-q4_k_m"].state.text() == "Failed", timeout=30_000)
-    assert "was not found on " + hub.url in view.rows["qwen3-8b-q4_k_m"].error.text()
+    qtbot.waitUntil(lambda: "deepseek-r1-0528-qwen3-8b-q4_k_m" in view.rows
+                    and view.rows["deepseek-r1-0528-qwen3-8b-q4_k_m"].state.text() == "Failed", timeout=30_000)
+    assert "was not found on " + hub.url in view.rows["deepseek-r1-0528-qwen3-8b-q4_k_m"].error.text()
     w.resize(900, 900)
-    qtbot.waitUntil(lambda: view.rows["qwen3-8b-q4_k_m"].isVisible(), timeout=5_000)
+    qtbot.waitUntil(lambda: view.rows["deepseek-r1-0528-qwen3-8b-q4_k_m"].isVisible(), timeout=5_000)
     qtbot.wait(100)  # let the layout settle before the picture
     SHOTS.mkdir(exist_ok=True)
     w.grab().save(str(SHOTS / "models_window_with_downloads.png"))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication
 
@@ -84,7 +85,8 @@ def test_first_run_recommends_chat_models_that_fit_with_why(qtbot, hub, mgr, scr
         row = w.row_widget(name).row
         assert row["fit"] in ("gpu", "partial", "cpu") and row["recommended_rank"] == rank
         assert "tokens/s on this computer" in r.because.text() and "estimate" in r.because.text()
-        assert r.size_label.text().startswith("about ") and r.size_label.text().endswith("to download")
+        # the checked catalog knows each file's exact size, so the size is not called an estimate
+        assert r.size_label.text().endswith(" to download") and "about" not in r.size_label.text()
     w.resize(900, 900)
     qtbot.wait(100)
     screenshot(w, "models_recommended")
@@ -237,7 +239,7 @@ def test_best_fit_first_ranks_by_expected_speed_on_a_two_core_cpu_machine(qtbot,
     known = [s for s in speeds if s is not None]
     assert known == sorted(known, reverse=True), "fastest on this computer first"
     assert order.index(big) > 20, f"a 16 GB model ranks {order.index(big) + 1}th on 2 cores"
-    assert order[0] == "starter"
+    assert "starter" in order[:3]  # among the fastest (the catalog's 241 MB Gemma 3 270M may edge it out)
     assert "tokens/s here (estimate)" in w.row_widget("starter").numbers.text()
 
 
@@ -294,3 +296,29 @@ def test_open_folder_with_a_file_manager_opens_it(qtbot, hub, mgr):
         assert fm.opened == [str(H.cache())] and not w.downloads_view.path_note.isVisible()
     finally:
         QDesktopServices.unsetUrlHandler("file")
+
+
+# -- Refresh lists the catalog on the Hub again ----------------------------------------------------------
+
+def test_refresh_lists_the_hub_again_and_says_which_entries_changed(qtbot, hub, mgr, tmp_path):
+    from engines.models import catalog
+    changed = "llama-3.1-8b-instruct-q4_k_m"
+    spec = catalog.resolve(changed)
+    blob = tmp_path / "new.gguf"
+    blob.write_bytes(b"GGUF" + b"\0" * 2044)
+    hub.add(spec.repo, spec.files[0], blob)  # re-published with other bytes; every other repository: 404
+    w = open_window(qtbot, mgr, hardware.HardwareProfile.load(LAPTOP))
+    assert "Hugging Face Hub" in w.refresh_button.toolTip()
+    try:
+        with qtbot.waitSignal(w.relisted, timeout=120_000) as got:
+            qtbot.mouseClick(w.refresh_button, Qt.LeftButton)
+        result = got.args[0]
+        assert changed in {c.variant for c in result.changes} and result.failed
+        qtbot.waitUntil(lambda: w.notice.isVisible() and "entry changed" in w.notice_label.text(), timeout=10_000)
+        text = w.notice_label.text()
+        assert "could not list" in text and "bytes -> 2,048" in text
+        qtbot.waitUntil(lambda: not w._loading and w.row_widget(changed) is not None, timeout=60_000)
+        assert w.row_widget(changed).row["size_bytes"] == 2048  # the list now rests on what the Hub has
+        assert w.refresh_button.isEnabled()
+    finally:
+        catalog.reload()

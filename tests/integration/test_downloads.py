@@ -259,17 +259,17 @@ def test_remote_header_is_read_with_range_requests(env, hub, blobs):
 
 
 def test_catalog_fit_uses_the_remote_header_where_the_catalog_lacks_facts(env, hub, blobs):
-    """Gemma 3 has no parameter count in the catalog: its fit is unknown until the header is read.
+    """Qwen3.5's shape is not in the catalog yet: its fit is unknown until the header is read.
     (The FAKE hub serves the starter's bytes under that catalog file name: a real header, another model's.)"""
     from engines.models import catalog
     from engines.machine import hardware
     from engines.models import remote_gguf
-    spec = catalog.resolve("gemma-3-1b-it-q4_k_m")
+    spec = catalog.resolve("qwen3.5-2b-q4_k_m")
     hub.add(spec.repo, spec.files[0], blobs["starter"])
     hw = hardware.HardwareProfile.load(Path(__file__).parents[1] / "fixtures" / "hardware" / "nvidia_24gb.json")
-    before = {r["name"]: r for r in catalog.catalog_rows(hw, installed=None)}["gemma-3-1b-it-q4_k_m"]
+    before = {r["name"]: r for r in catalog.catalog_rows(hw, installed=None)}["qwen3.5-2b-q4_k_m"]
     assert before["fit"] == "unknown"
     remote_gguf.read(spec.repo, spec.files[0])
-    after = {r["name"]: r for r in catalog.catalog_rows(hw, installed=None)}["gemma-3-1b-it-q4_k_m"]
+    after = {r["name"]: r for r in catalog.catalog_rows(hw, installed=None)}["qwen3.5-2b-q4_k_m"]
     assert after["fit"] == "gpu" and after["weights_source"] == "remote header"
     assert after["total_layers"] == 19  # the header's 18 blocks + output

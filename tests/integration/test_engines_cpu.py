@@ -76,12 +76,11 @@ def test_two_requests_at_once_both_answer(engine):
 
 
 def test_wrong_key_is_refused_and_diagnosed(engine):
-    plan, proc = engine
-    if plan.engine == "mlx":
-        pytest.skip("mlx_lm.server has no API key (it listens on 127.0.0.1 only)")
+    plan, proc = engine  # mlx_lm.server has no key of its own: Ember's bootstrap adds the check
     with pytest.raises(EngineHTTPError) as err:
         list(ChatStream(proc.base_url, [{"role": "user", "content": "hi"}], "wrong-key", max_tokens=2))
     assert err.value.status == 401
+    assert httpx.get(proc.base_url + "/models", timeout=10).status_code == 401  # no key: nothing answered
     from engines.diagnosis import diagnose
     assert diagnose.diagnose_exception(err.value, proc, plan).kind == "auth_failed"
 

@@ -113,6 +113,9 @@ def test_errors_are_openai_shaped_and_say_what_to_do(home):
                            headers=headers, timeout=30)
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         assert httpx.get(info["base_url"] + "/models", timeout=30).status_code == 401
+        nan = httpx.post(info["base_url"] + "/completions", content=b'{"model": "starter", "temperature": NaN}',
+                         headers={"Authorization": f"Bearer {info['api_key']}"}, timeout=30)
+        assert nan.status_code == 400 and nan.json()["error"]["code"] == "invalid_json" and "NaN" in nan.text
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=info["base_url"], api_key="wrong", max_retries=0).models.list()
 
@@ -238,3 +241,36 @@ def test_the_least_recently_used_model_makes_room(two_models):
             state = running(info)
             assert state[name] and sum(state.values()) == 1, state  # the other one was unloaded first
             assert len(engines_of(proc)) == 1
+
+
+def test_messages_responses_and_embeddings_pass_through_with_the_engines_answer(home):
+    with ember_serve() as (proc, info):
+        h = {"Authorization": f"Bearer {info['api_key']}", "anthropic-version": "2023-06-01"}
+        messages = httpx.post(info["base_url"] + "/messages", headers=h, timeout=240, json={
+            "model": "starter", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+        assert messages.status_code == 200 and messages.json()["type"] == "message"
+        assert messages.json()["model"] == "starter"
+        responses = httpx.post(info["base_url"] + "/responses", headers=h, timeout=240,
+                               json={"model": "starter", "input": "Hi", "max_output_tokens": 4})
+        assert responses.status_code == 200 and responses.json()["object"] == "response"
+        # the starter runs without embeddings: the engine's 501, said in Ember's terms
+        embeddings = httpx.post(info["base_url"] + "/embeddings", headers=h, timeout=60,
+                                json={"model": "starter", "input": "Hi"})
+        err = embeddings.json()["error"]
+        assert embeddings.status_code == 501 and "--set embedding=true" in err["message"]
+        assert "--embeddings`" not in err["message"]  # llama-server's own flag, which Ember does not take
+
+
+def test_serve_model_says_why_its_engine_died_and_the_next_request_starts_it_again(home):
+    with ember_serve("starter", "--set", "n_ctx=1024") as (proc, info):
+        assert info["model"] == "starter" and info["mode"] == "completion"
+        engine = psutil.Process(info["pid"])
+        h = {"Authorization": f"Bearer {info['api_key']}"}
+        ask = {"prompt": "Hello", "max_tokens": 2}  # no model: a one-model server takes its own
+        assert httpx.post(info["base_url"] + "/completions", headers=h, json=ask, timeout=120).status_code == 200
+        engine.kill()
+        again = httpx.post(info["base_url"] + "/completions", headers=h, json=ask, timeout=120)
+        assert again.status_code == 200 and again.json()["model"] == "starter"
+        assert [e.pid for e in engines_of(proc)] != [engine.pid] and len(engines_of(proc)) == 1
+    err = proc.stderr.read()
+    assert "The engine was killed" in err and "the next request starts it again" in err

@@ -173,3 +173,29 @@ def test_exec_mode_programs_do_not_inherit_the_bundles_libraries(exe, user_home)
     child_env = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
     assert "PATH" in child_env, r.stdout + r.stderr  # the program ran
     assert str(exe.parent) not in child_env.get("LD_LIBRARY_PATH", "")
+
+
+def test_the_frozen_app_serves_the_local_api(exe, user_home):
+    """uvicorn and starlette import modules by name (and uvicorn needs click): the bundle must hold
+    them, or the desktop's local API would be off in every installed copy."""
+    import socket
+    import httpx
+    from tests.packaging.conftest import clean_env
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(exe), "serve", "--port", str(port)], env=clean_env(user_home), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=user_home.parent)
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.poll() is not None else "no line"
+        info = json.loads(line)
+        h = {"Authorization": f"Bearer {info['api_key']}"}
+        assert "starter" in [m["id"] for m in httpx.get(info["base_url"] + "/models", headers=h, timeout=30)
+                             .json()["data"]]
+        r = httpx.post(info["base_url"] + "/completions", headers=h, timeout=180,
+                       json={"model": "starter", "prompt": "The capital of France is", "max_tokens": 4})
+        assert r.status_code == 200 and r.json()["model"] == "starter"
+    finally:
+        proc.terminate()
+        proc.wait(30)

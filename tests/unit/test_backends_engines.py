@@ -164,7 +164,8 @@ def test_transformers_command_uses_our_server_with_key_in_environment(tmp_path):
 
 def test_mlx_command_has_a_bootstrap_that_waits_for_the_model(tmp_path):
     spec = ModelSpec(name="tiny", format="mlx", quantization="4bit", path=str(tmp_path))
-    cmd = mlx.command(spec, mlx.validate(["max_tokens=32", "temperature=0.5"]), "127.0.0.1", 9001, "unused")
+    cmd = mlx.command(spec, mlx.validate(["max_tokens=32", "temperature=0.5"]), "127.0.0.1", 9001, "k-mlx")
+    assert cmd.env["EMBER_API_KEY"] == "k-mlx" and "k-mlx" not in " ".join(cmd.argv) and "KEY" in engine_program(cmd)[2]
     program = engine_program(cmd)
     assert program[1] == "-c" and "mlx_lm.server" in program[2]
     assert program[3:] == ["--model", str(tmp_path), "--served-model-name", "tiny", "--host", "127.0.0.1",

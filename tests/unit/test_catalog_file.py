@@ -40,7 +40,7 @@ def test_validates_against_schema(catalog: dict, schema: dict) -> None:
     try:
         import jsonschema
     except ImportError:  # small structural fallback
-        assert catalog["schema_version"] == 1
+        assert catalog["schema_version"] == 2
         for model in catalog["models"]:
             for key in ("id", "display_name", "architecture", "variants"):
                 assert key in model, (model.get("id"), key)
@@ -56,7 +56,7 @@ def test_validates_against_schema(catalog: dict, schema: dict) -> None:
 
 def test_schema_rejects_a_broken_entry(schema: dict) -> None:
     jsonschema = pytest.importorskip("jsonschema")
-    bad = {"schema_version": 1, "models": [{"id": "x", "display_name": "X", "architecture": "A",
+    bad = {"schema_version": 2, "models": [{"id": "x", "display_name": "X", "architecture": "A",
            "variants": [{"id": "x-awq", "format": "awq", "quantization": "Int8", "repo": "a/b"}]}]}
     assert list(jsonschema.validators.validator_for(schema)(schema).iter_errors(bad))
 
@@ -86,8 +86,8 @@ def test_variant_formats_allowed(models: list[dict]) -> None:
 def test_gguf_variants_list_gguf_files(models: list[dict]) -> None:
     for model, variant in _variants(models):
         if variant["format"] == "gguf":
-            files = variant.get("files") or []
-            assert any(f.endswith(".gguf") for f in files), (model["id"], variant["id"])
+            files = [f["name"] for f in variant.get("files") or []]
+            assert files and all(f.endswith(".gguf") for f in files), (model["id"], variant["id"])
 
 
 def test_quantization_matches_format(models: list[dict]) -> None:

@@ -201,8 +201,8 @@ def test_remote_add_asks_before_replacing_a_remote_of_the_same_name(home, capsys
 @pytest.mark.parametrize("argv,message", [
     (["chat", "starter", "--max-tokens", "-1", "hi"], "argument --max-tokens: must be a number of tokens 1 or more, not -1"),
     (["chat", "starter", "--max-tokens", "0", "hi"], "argument --max-tokens: must be a number of tokens 1 or more, not 0"),
-    (["chat", "starter", "--temperature", "nan", "hi"], "argument --temperature: must be a number from 0 to 100"),
-    (["chat", "starter", "--temperature", "-1", "hi"], "argument --temperature: must be a number from 0 to 100"),
+    (["chat", "starter", "--temperature", "nan", "hi"], "argument --temperature: expects a number from 0 to 2, got nan"),
+    (["chat", "starter", "--temperature", "-1", "hi"], "argument --temperature: expects a number from 0 to 2, got -1"),
     (["serve", "--port", "99999"], "argument --port: must be a port from 0 to 65,535, not 99,999"),
     (["remote", "chat", "lab", "--max-tokens", "-3", "hi"], "argument --max-tokens: must be a number of tokens"),
 ])

@@ -81,7 +81,7 @@ def test_a_model_folder_is_a_chat_model_only_with_a_template(tmp_path, files, mo
 
 
 def test_catalog_models_not_downloaded_are_chat_models():
-    spec = catalog.resolve("qwen2.5-0.5b-instruct-q4_k_m")
+    spec = catalog.resolve("qwen3-0.6b-q4_k_m")
     spec.path = None
     assert cm.mode_of(spec).mode is cm.Mode.CHAT
 
@@ -121,7 +121,7 @@ def test_a_chat_model_on_disk_is_found_and_the_starter_is_not_one(tmp_path, star
     chat = _spec(_gguf(tmp_path / "chat.gguf", CHATML))
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF")
-    not_downloaded = catalog.resolve("qwen2.5-0.5b-instruct-q4_k_m")
+    not_downloaded = catalog.resolve("qwen3-0.6b-q4_k_m")
     not_downloaded.path = None
     assert cm.has_chat_model([starter_spec, _spec(broken), not_downloaded]) is False
     assert cm.has_chat_model([starter_spec, chat]) is True

@@ -12,7 +12,7 @@ import pytest
 
 from engines.models import catalog, lookup, records, store
 
-VARIANT = "qwen2.5-0.5b-instruct-q4_k_m"
+VARIANT = "qwen3-0.6b-q4_k_m"
 
 
 def test_a_local_name_comes_from_the_store(fresh_home, starter_path, tmp_path):

@@ -10,6 +10,7 @@ real Starlette app).
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from types import SimpleNamespace
 
@@ -79,7 +80,8 @@ def test_ember_chat_sends_at_most_the_context(fresh_home, monkeypatch, capsys):
 
     def fake_start(plan, *a, **kw):
         started.append(plan)
-        return SimpleNamespace(base_url="http://engine/v1", api_key="k", stop=lambda: None)
+        return SimpleNamespace(base_url="http://engine/v1", api_key="k", stop=lambda: None, model=plan.model.name,
+                               pid=os.getpid(), log_size=lambda: 0, log_path="engine.log", running=True)
 
     monkeypatch.setattr(launch, "start", fake_start)
     code = cli.main(["chat", "starter", "--set", "n_ctx=2048", "--set", "n_parallel=1",

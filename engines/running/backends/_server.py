@@ -146,6 +146,7 @@ def validate(engine: str, pairs, table: dict[str, Arg]) -> dict[str, object]:
         if a is None:
             raise P.ParamError(key, f"is not a {LABELS[engine]} parameter", raw, P.suggest(key, tuple(table)))
         value = P.coerce(a.spec, raw)
+        P.require_finite(key, value)
         if a.check is not None and (problem := a.check(value)):
             raise P.ParamError(key, problem, value)
         out[key] = value

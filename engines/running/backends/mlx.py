@@ -17,7 +17,9 @@ unknown name makes it try the Hub) and lists the Hub cache at ``/v1/models``.
 The bootstrap makes the served name (``--served-model-name``, what ``ember
 serve`` prints) the model's only id: ``/v1/models`` lists it alone, responses
 carry it, a request without a name gets the loaded model, and one naming
-another model gets 404 listing the served one, before mlx_lm sees it.
+another model gets 404 listing the served one, before mlx_lm sees it. It also
+checks Ember's API key (``EMBER_API_KEY`` in its environment), which mlx_lm has
+no option for: only Ember and its gateway reach the engine.
 """
 from __future__ import annotations
 
@@ -109,6 +111,28 @@ if SERVED and MP is not None and all(hasattr(H, n) for n in ("do_POST", "validat
     H.validate_model_parameters = validate
     H.handle_models_request = lambda self: send_json(self, 200, {"object": "list", "data": [
         {"id": SERVED, "object": "model", "created": self.created, "owned_by": "ember"}]})
+import os, hmac
+KEY = os.environ.pop("EMBER_API_KEY", "")
+if KEY and H is not None:
+    def keyed(method):
+        def check(self):
+            sent = self.headers.get("Authorization", "")
+            if self.path.split("?")[0] != "/health" and not hmac.compare_digest(sent.encode(), f"Bearer {KEY}".encode()):
+                data = b'{"error": {"message": "Invalid API key", "type": "authentication_error", "code": 401}}'
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(data)
+                self.close_connection = True
+                return None
+            return method(self)
+        return check
+    for name in ("do_GET", "do_POST", "do_DELETE", "do_PUT"):
+        if hasattr(H, name):
+            setattr(H, name, keyed(getattr(H, name)))
+    print("ember-mlx: API key required", file=sys.stderr, flush=True)
 sys.argv = ["mlx_lm.server"] + sys.argv[1:]
 s.main()
 """
@@ -182,8 +206,9 @@ class MLX(S.ServerEngine):
         python = S.interpreter(NAME)
         program = [python, "-c", BOOTSTRAP, "--model", str(spec.path), "--served-model-name", spec.name,
                    "--host", host, "--port", str(port), *S.flags(values, TABLE)]
-        # mlx_lm.server has no API key: the key is unused; the server listens on loopback only.
-        return S.exec_command(NAME, program, health_path="/health")
+        # mlx_lm.server has no API key of its own: the bootstrap checks Ember's (from the environment,
+        # never the command line) on every route but /health, so only Ember and its gateway reach it.
+        return S.exec_command(NAME, program, {"EMBER_API_KEY": api_key}, health_path="/health")
 
     def fixes_for(self, kind: Kind, facts: Mapping[str, object], plan: PlanView | None) -> list[Fix]:
         if kind not in (Kind.OOM_LOAD, Kind.KV_CACHE_FULL) or plan_param(plan, "kv_bits"):
