@@ -201,11 +201,24 @@ def test_remote_add_asks_before_replacing_a_remote_of_the_same_name(home, capsys
 @pytest.mark.parametrize("argv,message", [
     (["chat", "starter", "--max-tokens", "-1", "hi"], "argument --max-tokens: must be a number of tokens 1 or more, not -1"),
     (["chat", "starter", "--max-tokens", "0", "hi"], "argument --max-tokens: must be a number of tokens 1 or more, not 0"),
-    (["chat", "starter", "--temperature", "nan", "hi"], "argument --temperature: expects a number from 0 to 2, got nan"),
-    (["chat", "starter", "--temperature", "-1", "hi"], "argument --temperature: expects a number from 0 to 2, got -1"),
     (["serve", "--port", "99999"], "argument --port: must be a port from 0 to 65,535, not 99,999"),
     (["remote", "chat", "lab", "--max-tokens", "-3", "hi"], "argument --max-tokens: must be a number of tokens"),
 ])
 def test_negative_or_impossible_numbers_are_refused_before_anything_starts(home, capsys, no_engine, argv, message):
     code, out, err = _run(capsys, *argv)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_an_error_no_command_expected_is_a_sentence_and_a_log_not_a_traceback(home, capsys, monkeypatch):
+    """The last line of defence: a bug (here a doctor that raises) is named, and its traceback goes to a log."""
+    def broken(args):
+        raise RuntimeError("a bug no test has found yet")
+
+    monkeypatch.setattr(cli, "cmd_doctor", broken)  # the parser is built at each call, with this one
+    code, out, err = _run(capsys, "doctor")
+    log = home / "logs" / "ember-cli.log"
+    assert code == 1
+    assert err == (f"ember: unexpected error (RuntimeError: a bug no test has found yet); the details are in {log}. "
+                   "This is a bug in Ember: please report it with that log\n")
+    assert "Traceback" in log.read_text() and "a bug no test has found yet" in log.read_text()
+
