@@ -3,6 +3,7 @@
 #   make test   - install the test extras and system packages, run the whole suite
 #   make bench  - speed ratios against the raw engine
 #   make package - the PyInstaller bundle and Linux packages
+#   make xinference - the real Xinference cluster the cluster tests start (own venv under .cache)
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -19,7 +20,7 @@ APT_RUN := libxcb-cursor0 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysym
 APT_TEST := $(APT_RUN) xvfb trayer x11-utils xdotool imagemagick desktop-file-utils binutils squashfs-tools \
 	libwayland-client0 libwayland-cursor0 libwayland-egl1
 
-.PHONY: run test bench package sysdeps-run sysdeps-test clean
+.PHONY: run test bench package sysdeps-run sysdeps-test clean xinference
 
 define apt_install
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
@@ -50,8 +51,29 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 run: sysdeps-run $(VENV)/.run-installed
 	$(BIN)/ember
 
-test: sysdeps-test $(VENV)/.test-installed
+test: sysdeps-test $(VENV)/.test-installed xinference
 	$(BIN)/python -m pytest
+
+# A real Xinference (supervisor + worker) for tests/integration/test_cluster.py, in its own venv:
+# it brings its own transformers/torch stack. torch is constrained, or pip swaps the CPU build for
+# a 6 GB CUDA one (xinference -> timm -> torchvision -> torch 2.14). Reinstalled only when the pins
+# change (.installed holds them); made at its real path, since .cache may be a link shared by
+# worktrees. An install that cannot happen (no registry) leaves install-failed.txt, and the cluster
+# tests skip with its last lines as the reason.
+XINF_VENV := .cache/xinference-venv
+XINF_PINS := xinference==4.1.0 xllamacpp==2026.10.11549 torch==2.13.0
+xinference:
+	@venv=$$(realpath -m $(XINF_VENV)); \
+	if [ "$$(cat $$venv/.installed 2>/dev/null)" != "$(XINF_PINS)" ]; then \
+		echo "Installing Xinference into $(XINF_VENV) (2-7 minutes the first time)"; \
+		rm -rf "$$venv" && mkdir -p "$$(dirname $$venv)" && $(PY) -m venv "$$venv" && echo "torch==2.13.0" > "$$venv/constraints.txt"; \
+		if "$$venv/bin/pip" install -q $(XINF_PINS) -c "$$venv/constraints.txt" > "$$venv/install.log" 2>&1; then \
+			echo -n "$(XINF_PINS)" > "$$venv/.installed"; \
+		else \
+			grep -v "^WARNING: Location" "$$venv/install.log" | tail -n 20 > "$$venv/install-failed.txt"; \
+			echo "Xinference could not be installed; the cluster tests will skip:"; cat "$$venv/install-failed.txt"; \
+		fi; \
+	fi
 
 bench: sysdeps-test $(VENV)/.test-installed
 	$(BIN)/python bench/streaming.py

@@ -222,8 +222,14 @@ class EmberApp(QObject):
         from .settings_dialog import SettingsDialog
         dialog = SettingsDialog(self.chat if self.chat and self.chat.isVisible() else None)
         dialog.accepted.connect(self.apply_settings)
+        dialog.clusters_changed.connect(self._clusters_changed)
         dialog.open()
         self._settings_dialog = dialog
+
+    def _clusters_changed(self) -> None:
+        """Settings added or removed a cluster: the models window shows the new list."""
+        if self.models_window is not None:
+            self.models_window.clusters.reload()
 
     def apply_settings(self) -> None:
         self.values = settings.load()

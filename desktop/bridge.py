@@ -17,6 +17,7 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
 
+from engines.cluster.xinference import LaunchState
 from engines.models.downloads import DownloadManager, Job
 from engines.running.launch import LaunchPlan
 from engines.running.manager import (EngineEvent, EngineFailed, EngineLoading, EngineManager, EngineReady,
@@ -91,6 +92,29 @@ class ManagerBridge(QObject):
         else:
             log.debug("unknown engine event %r", event)
         self.changed.emit()
+
+
+class LaunchProgress(QObject):
+    """A cluster launch's progress, reported by the worker thread that waits for it (:meth:`report`,
+    any thread) and delivered as :attr:`changed` on the GUI thread."""
+
+    changed = Signal(str, float, str)    # uid, 0..1 (-1.0: not told), what the cluster says it does
+    _state = Signal(LaunchState)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._state.connect(self._deliver, Qt.QueuedConnection)
+
+    def report(self, state: LaunchState) -> None:
+        try:
+            self._state.emit(state)
+        except RuntimeError:  # the view that owned it is gone
+            pass
+
+    @Slot(LaunchState)
+    def _deliver(self, state: LaunchState) -> None:
+        self.changed.emit(state.uid, -1.0 if state.progress is None else float(state.progress),
+                          state.stage or state.status.capitalize())
 
 
 # -- off the GUI thread ---------------------------------------------------------------------

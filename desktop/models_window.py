@@ -40,6 +40,7 @@ from engines.running.launch import LaunchPlan
 from engines.running.manager import EngineManager
 
 from .bridge import ManagerBridge, run_async
+from .clusters_view import ClustersView
 from .downloads_view import attach as attach_downloads
 from .downloads_view import display_name
 from .launch_dialog import LaunchDialog
@@ -427,6 +428,8 @@ class ModelsWindow(QWidget):
         layout.setSpacing(10)
         layout.addWidget(self._build_recommended())
         layout.addWidget(self._build_hardware_box())
+        self.clusters = ClustersView()  # the other places to run: Xinference clusters the user added
+        layout.addWidget(self.clusters)
         layout.addLayout(self._build_actions())
         layout.addLayout(self._build_filters())
         layout.addWidget(self._build_list(), 1)

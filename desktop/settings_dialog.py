@@ -1,5 +1,5 @@
-"""Preferences: idle unload, start at login, default context size, reply limit, the local API, engine
-interpreters.
+"""Preferences: idle unload, start at login, default context size, reply limit, the local API, clusters,
+engine interpreters.
 
 Reads and writes :mod:`engines.settings`; the app applies the result (manager
 idle timeout, autostart entry) when the dialog is accepted.
@@ -9,14 +9,20 @@ from __future__ import annotations
 import logging
 import re
 
+from PySide6.QtCore import Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QGroupBox, QHBoxLayout,
                                QLabel, QLineEdit, QMessageBox, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from engines import settings
 from engines import units
+from engines.cluster import ops as cluster_ops
+from engines.cluster import store as cluster_store
 from engines.gateway import keys as gateway_keys
 from engines.running.backends import ENGINES, LABELS
+
+from .cluster_dialog import AddClusterDialog
+from .widgets import muted_label
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +31,10 @@ ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
 
 
 class SettingsDialog(QDialog):
-    """The preferences; Save writes them with :func:`engines.settings.update` (the app applies them)."""
+    """The preferences; Save writes them with :func:`engines.settings.update` (the app applies them).
+    Clusters are added and removed at once (``clusters_changed``), not on Save."""
+
+    clusters_changed = Signal()
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -67,6 +76,7 @@ class SettingsDialog(QDialog):
         layout.addWidget(general)
 
         layout.addWidget(self._local_api_box(values))
+        layout.addWidget(self._clusters_box())
 
         engines_box = QGroupBox("Engine interpreters")
         eform = QFormLayout(engines_box)
@@ -126,6 +136,57 @@ class SettingsDialog(QDialog):
         self.api_lan.toggled.connect(self.lan_warning.setVisible)
         form.addRow("", self.lan_warning)
         return box
+
+    def _clusters_box(self) -> QGroupBox:
+        """The Xinference clusters Ember can launch models on: each with Remove, and Add cluster."""
+        box = QGroupBox("Clusters (Xinference)")
+        self.clusters_layout = QVBoxLayout(box)
+        self.cluster_rows = QVBoxLayout()
+        self.clusters_layout.addLayout(self.cluster_rows)
+        self.add_cluster_button = QPushButton("Add cluster\u2026")
+        self.add_cluster_button.clicked.connect(self.add_cluster)
+        row = QHBoxLayout()
+        row.addWidget(muted_label("Run models on a team's GPU servers; they show in the models window."), 1)
+        row.addWidget(self.add_cluster_button)
+        self.clusters_layout.addLayout(row)
+        self.show_clusters()
+        return box
+
+    def show_clusters(self) -> None:
+        while self.cluster_rows.count():
+            item = self.cluster_rows.takeAt(0)
+            if item.layout() is not None:
+                while item.layout().count():
+                    w = item.layout().takeAt(0).widget()
+                    if w is not None:
+                        w.deleteLater()
+        for c in cluster_store.list_clusters():
+            row = QHBoxLayout()
+            who = f"admin {c.user}" if c.can_admin else "API key (chat only)"
+            row.addWidget(QLabel(f"{c.name} \u2014 {c.url} \u00b7 {who}"), 1)
+            remove = QPushButton("Remove")
+            remove.setAccessibleName(f"Remove cluster {c.name}")
+            remove.clicked.connect(lambda _=False, name=c.name: self.remove_cluster(name))
+            row.addWidget(remove)
+            self.cluster_rows.addLayout(row)
+
+    def add_cluster(self) -> AddClusterDialog:
+        dialog = AddClusterDialog(self)
+        dialog.added.connect(self._cluster_added)
+        dialog.open()
+        self.cluster_dialog = dialog
+        return dialog
+
+    def _cluster_added(self, added: cluster_ops.Added) -> None:
+        self.show_clusters()
+        self.clusters_changed.emit()
+        if added.warning:
+            QMessageBox.warning(self, f"Cluster {added.cluster.name}", added.warning)
+
+    def remove_cluster(self, name: str) -> None:
+        cluster_ops.remove(name)
+        self.show_clusters()
+        self.clusters_changed.emit()
 
     def regenerate_key(self) -> None:
         """A new key at once (after a confirmation): tools with the old key get 401 from now on."""

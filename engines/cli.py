@@ -14,12 +14,20 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 from engines import logfile, paths, settings
 from engines.chat import completion_mode, remotes, reply_limit, stop_reason
 from engines.chat.client import ChatStream, ClientError
 from engines.chat.terminal import TerminalReply
+from engines.cluster import diagnosis as cluster_diagnosis
+from engines.cluster import ops as cluster_ops
+from engines.cluster import session as cluster_session
+from engines.cluster import store as cluster_store
+from engines.cluster.launching import ClusterPlan, ClusterPlanError
+from engines.cluster.xinference import ClusterError, LaunchState
 from engines.diagnosis import diagnose
 from engines.gateway import keys as gateway_keys
 from engines.gateway.config import GatewayConfig
@@ -408,6 +416,8 @@ def _chat_once(proc, plan, messages, args, mode: completion_mode.ModeDecision) -
 
 
 def cmd_chat(args) -> int:
+    if getattr(args, "on", None):
+        return cmd_cluster_chat(args)
     plan, code = _plan(args)
     if plan is None:
         return code
@@ -602,6 +612,266 @@ def _remote_parser(sub) -> None:
         sp.set_defaults(func=cmd_remote)
 
 
+# -- clusters (Xinference) ------------------------------------------------------
+
+def _cluster_fail(exc: BaseException, args, plan: ClusterPlan | None = None, cluster: str | None = None) -> int:
+    """A cluster failure as a diagnosis (the same words and fixes as a local one)."""
+    if isinstance(exc, (ClusterError, cluster_store.ClusterConfigError)):
+        d = cluster_diagnosis.diagnose_cluster_error(exc, plan, cluster)
+    else:
+        d = cluster_diagnosis.diagnose_chat(exc, plan, None, cluster=cluster)
+    if d is None:
+        return _fail(getattr(exc, "message", None) or str(exc))
+    if getattr(args, "json", False):
+        print(json.dumps(d.to_dict(), indent=2), file=sys.stderr)
+    else:
+        print(d.render_text(), file=sys.stderr)
+    return 1
+
+
+def _progress_printer(uid: str) -> Callable[[LaunchState], None]:
+    """Launch progress on stderr, one line per change of stage or tenth."""
+    last = {"line": None}
+
+    def show(st: LaunchState) -> None:
+        pct = f" {int((st.progress or 0) * 100)}%" if st.progress is not None else ""
+        line = f"ember: {uid}: {st.stage or st.status.lower()}{pct}"
+        if line != last["line"]:
+            last["line"] = line
+            print(line, file=sys.stderr, flush=True)
+    return show
+
+
+def _cluster_launch(args, name: str, model: str):
+    """Plan and launch on a cluster with progress; (plan, running model) or (None, exit code)."""
+    try:
+        plan = cluster_ops.plan(name, model, getattr(args, "engine", None), args.set or [],
+                                getattr(args, "replicas", 1) or 1, _gpus(getattr(args, "gpus", None)))
+    except (ClusterPlanError, P.ParamError) as exc:
+        return None, _fail(exc.message)
+    except (ClusterError, cluster_store.ClusterConfigError) as exc:
+        return None, _cluster_fail(exc, args, cluster=name)
+    for w in plan.warnings:
+        print(f"ember: warning: {w}", file=sys.stderr)
+    print(f"ember: launching {plan.uid} on {name} with {LABELS[plan.engine]} "
+          f"({', '.join(f'{k} {v}' for k, v in plan.params.items())})", file=sys.stderr)
+    try:
+        running = cluster_ops.launch(plan, _progress_printer(plan.uid), replace=True)
+    except (ClusterError, cluster_store.ClusterConfigError) as exc:
+        return None, _cluster_fail(exc, args, plan)
+    return (plan, running), 0
+
+
+def _gpus(value: str | None):
+    if value in (None, "auto"):
+        return "auto"
+    return int(value)
+
+
+def cmd_cluster(args) -> int:
+    action = args.cluster_action
+    try:
+        if action == "add":
+            return _cluster_add(args)
+        if action == "list":
+            return _cluster_list(args)
+        if action == "remove":
+            if not cluster_ops.remove(args.name):
+                return _fail(f"no cluster named {args.name}")
+            print(f"Removed {args.name}")
+            return 0
+        if action == "models":
+            return _cluster_models(args)
+        if action == "launch":
+            launched, code = _cluster_launch(args, args.name, args.model)
+            if launched is None:
+                return code
+            plan, running = launched
+            print(f"{running.uid} is running on {args.name} ({LABELS[plan.engine]}). Chat: ember chat {running.uid} "
+                  f"--on {args.name}; API: {cluster_store.get(args.name).openai_url}, model {running.uid}")
+            return 0
+        if action == "stop":
+            if not cluster_ops.stop(args.name, args.model):
+                return _fail(f"{args.model} is not running on {args.name}")
+            print(f"Stopped {args.model} on {args.name}")
+            return 0
+    except cluster_store.ClusterConfigError as exc:
+        if exc.kind == "unknown":
+            return _fail(exc.message)
+        return _cluster_fail(exc, args, cluster=getattr(args, "name", None))
+    except ClusterError as exc:
+        return _cluster_fail(exc, args, cluster=getattr(args, "name", None))
+    return 0
+
+
+def _cluster_add(args) -> int:
+    password = sys.stdin.readline().strip() if args.password_stdin else None
+    key = sys.stdin.readline().strip() if args.key_stdin else None
+    added = cluster_ops.add(args.name, args.url, args.user, password or None, args.password_env, key or None,
+                            args.key_env)
+    c, info = added.cluster, added.info
+    auth = ("admin login " + c.user + f" (password {c.password.describe()})" if c.can_admin
+            else f"API key {c.api_key.describe()}" if c.api_key.source != "none" else "no credentials")
+    print(f"Added {c.name}: Xinference {info.version or '(version not told to an API key)'} at {c.url}; {auth}")
+    workers = cluster_ops.Overview(c, info).devices_line
+    print(f"  workers: {workers}")
+    if added.warning:
+        print(f"ember: warning: {added.warning}", file=sys.stderr)
+    return 0
+
+
+def _cluster_list(args) -> int:
+    rows = []
+    for c in cluster_store.list_clusters():
+        try:
+            with cluster_session.connect(c) as client:
+                running = [m.uid for m in client.running()]
+            state = ", ".join(running) or "no model running"
+        except (ClusterError, cluster_store.ClusterConfigError) as exc:
+            state = f"not answering ({exc.message})"
+        rows.append({"name": c.name, "url": c.url, "user": c.user, "admin": c.can_admin,
+                     "api_key": c.api_key.describe(), "running": state})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        who = f"admin {r['user']}" if r["admin"] else f"API key {r['api_key']}"
+        print(f"{r['name']:<16} {r['url']:<32} {who:<24} {r['running']}")
+    return 0
+
+
+def _cluster_models(args) -> int:
+    ov = cluster_ops.overview(args.name)
+    if ov.error is not None:
+        return _cluster_fail(ov.error, args, cluster=args.name)
+    if args.json:
+        print(json.dumps({"cluster": ov.cluster.name, "version": ov.info.version, "workers": ov.devices_line,
+                          "running": [m.__dict__ for m in ov.running],
+                          "launchable": [l.__dict__ for l in ov.launchable], "builtin": ov.builtin}, indent=2,
+                         default=list))
+        return 0
+    print(f"{ov.cluster.name}: Xinference {ov.info.version or '?'} — {ov.devices_line}")
+    print("Running:" if ov.running else "Running: none")
+    for m in ov.running:
+        ctx = f", context {m.context_length:,}" if m.context_length else ""
+        print(f"  {m.uid:<30} {m.engine or '?'}{ctx}, {m.replicas} replica{'s' if m.replicas > 1 else ''}")
+    if ov.launchable:
+        print("Ember's models (registered on first launch):")
+        for l in ov.launchable:
+            print(f"  {l.name:<30} {BADGE.get(l.fit, l.fit)}: {l.fit_words}")
+    elif not ov.files_reachable:
+        print("Ember's models: the cluster runs on another computer and cannot read this one's files")
+    shown = ov.builtin if args.all else ov.builtin[:12]
+    print(f"Xinference's built-in chat models ({len(ov.builtin)}): {', '.join(shown)}"
+          + ("" if args.all or len(ov.builtin) <= 12 else ", ... (--all lists them)"))
+    return 0
+
+
+def cmd_cluster_chat(args) -> int:
+    """``ember chat MODEL --on CLUSTER``: the running model there (launched first when it is not, or when
+    ``--set`` asks for other parameters: how a diagnosis fix is applied)."""
+    name = args.on
+    try:
+        cluster = cluster_store.get(name)
+        running = None if args.set else cluster_ops.find_running(name, args.model)
+    except cluster_store.ClusterConfigError as exc:
+        return _fail(exc.message)
+    except ClusterError as exc:
+        return _cluster_fail(exc, args, cluster=name)
+    if running is None:
+        launched, code = _cluster_launch(args, name, args.model)
+        if launched is None:
+            return code
+        plan, running = launched
+        print(f"ember: {running.uid} keeps running on {name}; stop it with `ember cluster stop {name} "
+              f"{running.uid}`", file=sys.stderr)
+    else:
+        plan = cluster_ops.plan_of_running(name, running)
+    try:
+        client = cluster_session.connect(cluster)
+    except (ClusterError, cluster_store.ClusterConfigError) as exc:
+        return _cluster_fail(exc, args, plan)
+    try:
+        messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+        if args.prompt:
+            messages.append({"role": "user", "content": " ".join(args.prompt)})
+            return _cluster_reply(client, plan, messages, args)[1]
+        print(f"Chatting with {running.uid} on {name}. Empty line or Ctrl-D to quit.", file=sys.stderr)
+        while True:
+            try:
+                line = input("> ")
+            except (EOFError, KeyboardInterrupt):
+                print(file=sys.stderr)
+                return 0
+            if not line.strip():
+                return 0
+            messages.append({"role": "user", "content": line})
+            reply, code = _cluster_reply(client, plan, messages, args)
+            if reply is None:
+                return code
+            messages.append({"role": "assistant", "content": reply})
+    finally:
+        client.close()
+
+
+def _cluster_reply(client, plan: ClusterPlan, messages: list[dict], args) -> tuple[str | None, int]:
+    """One streamed reply from the cluster; a failure is diagnosed from the model's events."""
+    since = time.time()  # the request's start: only its events are read
+    stream = ChatStream(cluster_store.get(plan.cluster).openai_url, messages, client.inference_key, model=plan.uid,
+                        max_tokens=_reply_limit(args), temperature=args.temperature)
+    reply = TerminalReply(stream, as_json=bool(getattr(args, "json", False)))
+    try:
+        reply.run()
+    except Exception as exc:
+        reason = stop_reason.from_error(exc)
+        d = cluster_diagnosis.diagnose_chat(exc, plan, client, since)
+        if getattr(args, "json", False):
+            print(json.dumps({"stop_reason": reason.value, **(d.to_dict() if d else {"error": str(exc)})}, indent=2),
+                  file=sys.stderr)
+        else:
+            print(f"ember: {reason.sentence()}", file=sys.stderr)
+            print(d.render_text() if d else f"ember: {exc}", file=sys.stderr)
+        return None, 1
+    reply.print_report()
+    return reply.watch.text, 0
+
+
+def _cluster_parser(sub) -> None:
+    cl = sub.add_parser("cluster", help="Xinference clusters: add one, see its models, launch and stop them there")
+    cs = cl.add_subparsers(dest="cluster_action", required=True)
+    ca = cs.add_parser("add", help="add a cluster: Ember asks it what it is, and keeps where its secrets are")
+    ca.add_argument("name")
+    ca.add_argument("url", help="the supervisor's address, e.g. http://gpu-box:9997")
+    ca.add_argument("--user", help="an admin user (launching and stopping models needs one)")
+    pw = ca.add_mutually_exclusive_group()
+    pw.add_argument("--password-env", metavar="VAR", help="read the user's password from this environment variable")
+    pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin; kept in the keyring")
+    key = ca.add_mutually_exclusive_group()
+    key.add_argument("--key-env", metavar="VAR", help="an API key (list and chat only) from this variable")
+    key.add_argument("--key-stdin", action="store_true", help="read an API key from stdin; kept in the keyring")
+    cli = cs.add_parser("list", help="the clusters and what runs on each")
+    cli.add_argument("--json", action="store_true")
+    cr = cs.add_parser("remove", help="forget a cluster (and its secrets in the keyring)")
+    cr.add_argument("name")
+    cm = cs.add_parser("models", help="a cluster's workers, running models and what it can launch")
+    cm.add_argument("name")
+    cm.add_argument("--all", action="store_true", help="every built-in model name")
+    cm.add_argument("--json", action="store_true")
+    cla = cs.add_parser("launch", help="launch a model there (Ember's engine choice and parameters)")
+    cla.add_argument("name")
+    cla.add_argument("model", help="one of Ember's models (registered there first) or an Xinference model name")
+    cla.add_argument("--engine", choices=ENGINES, help="override the engine Ember's rules choose")
+    cla.add_argument("--set", action="append", metavar="KEY=VALUE", help="engine parameter (as for a local launch)")
+    cla.add_argument("--replicas", type=int, default=1, help="copies of the model across workers (default 1)")
+    cla.add_argument("--gpus", default="auto", help="GPUs per replica (default: auto)")
+    cla.add_argument("--json", action="store_true", help="print a failure's diagnosis as JSON")
+    cst = cs.add_parser("stop", help="stop a model there")
+    cst.add_argument("name")
+    cst.add_argument("model")
+    for sp in (ca, cli, cr, cm, cla, cst):
+        sp.set_defaults(func=cmd_cluster)
+
+
 def _temperature(text: str) -> float:
     """``--temperature``: a finite number from 0 to 2 (NaN cannot even be sent as JSON)."""
     try:
@@ -679,6 +949,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-tokens", type=TOKENS, default=None,
                    help="reply limit in tokens (default: the reply_limit setting, 1,024)")
     c.add_argument("--temperature", type=_temperature, default=None, help="0 (always the likeliest word) to 2")
+    c.add_argument("--on", metavar="CLUSTER", help="chat with MODEL on a cluster (launched there if not running)")
+    c.add_argument("--replicas", type=int, default=1, help=argparse.SUPPRESS)
+    c.add_argument("--gpus", default="auto", help=argparse.SUPPRESS)
     c.set_defaults(func=cmd_chat)
 
     dg = sub.add_parser("diagnose", help="explain an engine log's failure, with fixes (Ember's or any other)")
@@ -704,6 +977,7 @@ def build_parser() -> argparse.ArgumentParser:
     ep.set_defaults(func=cmd_engine_python)
 
     _remote_parser(sub)
+    _cluster_parser(sub)
     sub.add_parser("gui", help="start the desktop app (the default when `ember` has no arguments)")
     return p
 

@@ -20,6 +20,9 @@ UNUSED = [
     # requests' optional pyOpenSSL support and httpx's command line: 15 MB Ember never calls
     # (click stays: uvicorn, under the local API, imports it)
     "cryptography", "OpenSSL", "pygments", "rich",
+    # uvicorn's optional extras: uvloop (13 MB; the bundle's local API runs on asyncio, with httptools)
+    # and PyYAML (log configuration files, which Ember never passes)
+    "uvloop", "yaml",
 ]
 
 #: Reached only through imports Ember never runs, 52 MB of the bundle together. ``gguf`` is imported by

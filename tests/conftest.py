@@ -77,3 +77,17 @@ def starter_engine():
 
 def ember_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "engines.cli", *args]
+
+
+@pytest.fixture(scope="session")
+def xinference_cluster(tmp_path_factory):
+    """A real Xinference supervisor + worker on loopback (auth on), once per test session; stopped cleanly.
+
+    Skipped only when Xinference cannot be installed here (``make xinference`` says why)."""
+    from tests import xinference_cluster as xc
+    try:
+        cluster = xc.start(tmp_path_factory.mktemp("xinference"))
+    except xc.Unavailable as exc:
+        pytest.skip(str(exc))
+    yield cluster
+    xc.stop(cluster)

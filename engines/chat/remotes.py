@@ -25,13 +25,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from engines import paths
+from engines import paths, secrets
 from engines.chat.client import list_models
 from engines.chat.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
-SERVICE = "ember"
+SERVICE = secrets.SERVICE
 LIST_TTL = 30.0  # seconds a server's model list is reused
 
 
@@ -105,14 +105,7 @@ def _save(remotes: dict[str, Remote]) -> None:
     paths.atomic_write_text(_file(), json.dumps({"remotes": [asdict(r) for r in remotes.values()]}, indent=2))
 
 
-def keyring_available() -> bool:
-    """True when the OS has a keyring backend that stores secrets (not the 'fail' backend)."""
-    try:
-        import keyring  # optional: a keyring backend may be missing or broken on this computer
-        kr = keyring.get_keyring()
-    except Exception:
-        return False
-    return getattr(kr, "priority", 0) > 0 and type(kr).__module__ != "keyring.backends.fail"
+keyring_available = secrets.keyring_available
 
 
 def _account(name: str) -> str:
@@ -133,7 +126,7 @@ def check_new(name: str, url: str, key: str | None = None, key_env: str | None =
     if key and key_env:
         raise RemoteError(name, "give the key or the name of a variable holding it, not both", "bad_key")
     if key_env is not None:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
+        if not secrets.valid_env_name(key_env):
             raise RemoteError(name, f"{key_env!r} is not an environment variable name", "bad_key")
         if not os.environ.get(key_env):
             raise RemoteError(name, f"the variable {key_env} is not set here: set it to the API key "
@@ -149,8 +142,8 @@ def check_new(name: str, url: str, key: str | None = None, key_env: str | None =
 def probe(remote: Remote, key: str | None = None, timeout: float = 5.0) -> list[str]:
     """Ask a remote (not saved yet) for its models with ``key``: the check before :func:`add` keeps it.
     Raises the client's errors (``StreamBroken`` when nothing answers), which the diagnosis reads."""
-    if key is None and remote.key_source == "env" and remote.key_env:
-        key = os.environ.get(remote.key_env)
+    if key is None and remote.key_source == "env":
+        key = secrets.from_env(remote.key_env)
     return [m.get("id") for m in list_models(remote.url, key, timeout) if m.get("id")]
 
 
@@ -160,12 +153,12 @@ def add(name: str, url: str, key: str | None = None, key_env: str | None = None,
     check_new(name, url, key, key_env, replace)
     name, url = name.strip(), normalize_url(url)
     if key:
-        if not keyring_available():
+        try:
+            secrets.store(_account(name), key)
+        except secrets.NoKeyring:
             raise RemoteError(name, "there is no keyring on this computer to keep the API key in; put the key in "
                                     "an environment variable and add the remote with --key-env VARIABLE",
-                              "no_keyring")
-        import keyring
-        keyring.set_password(SERVICE, _account(name), key)
+                              "no_keyring") from None
         remote = Remote(name, url, "keyring")
     elif key_env:
         remote = Remote(name, url, "env", key_env)
@@ -188,12 +181,8 @@ def remove(name: str) -> bool:
             return False
         _save(remotes)
         _models_cache.pop(name, None)
-    if remote.key_source == "keyring" and keyring_available():
-        import keyring
-        try:
-            keyring.delete_password(SERVICE, _account(name))
-        except Exception as exc:  # already gone: nothing to remove
-            log.info("no keyring entry to delete for %s: %s", name, exc)
+    if remote.key_source == "keyring":
+        secrets.forget(_account(name))
     return True
 
 
@@ -211,12 +200,9 @@ def get(name: str) -> Remote:
 def api_key(remote: Remote) -> str | None:
     """The key from where the remote says it lives; None when it needs none or it is missing."""
     if remote.key_source == "keyring":
-        if not keyring_available():
-            return None
-        import keyring
-        return keyring.get_password(SERVICE, _account(remote.name))
-    if remote.key_source == "env" and remote.key_env:
-        return os.environ.get(remote.key_env) or None
+        return secrets.read(_account(remote.name))
+    if remote.key_source == "env":
+        return secrets.from_env(remote.key_env)
     return None
 
 

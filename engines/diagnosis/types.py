@@ -22,6 +22,7 @@ class Kind(str, enum.Enum):
     REPLY_CUT_SHORT = "reply_cut_short"
     INVALID_MODEL = "invalid_model"
     MODEL_NOT_DOWNLOADED = "model_not_downloaded"
+    MODEL_NOT_RUNNING = "model_not_running"   # a server (a cluster) has no running model of that name
     ENGINE_CRASHED = "engine_crashed"
     ENGINE_STALLED = "engine_stalled"
     ENGINE_MISSING = "engine_missing"

@@ -153,6 +153,9 @@ class GatewayApp:
         rows += [{"id": n, "object": "model", "created": 0, "owned_by": "remote",
                   "ember": {"where": "remote", "base_url": t.base_url}}
                  for n, t in self.router.remote_targets().items()]
+        rows += [{"id": n, "object": "model", "created": 0, "owned_by": "cluster",
+                  "ember": {"where": "cluster", "base_url": t.base_url}}
+                 for n, t in self.router.cluster_targets().items() if n not in self.router.remote_targets()]
         return rows
 
     async def proxy(self, request: Request) -> Response:

@@ -1,7 +1,9 @@
 """Which model names the gateway serves, and how a name becomes an engine to talk to.
 
 The names are those of ``ember models``: the starter, models the user added or
-downloaded, and the models of remote servers (``lab/qwen2.5``). A local model
+downloaded, the models of remote servers (``lab/qwen2.5``) and the models running
+on the clusters the user added (``gpu-lab/starter``, Xinference's uid after the
+cluster's name). A local model
 that is not running is started on demand through the shared
 :class:`~engines.running.manager.EngineManager` (its :meth:`serve` makes room
 first and starts one engine however many requests ask at once). Blocking
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from engines.chat import remotes
+from engines.cluster import ops as clusters
 from engines.models import catalog, records, store
 from engines.running import launch
 from engines.running.manager import EngineManager, Running
@@ -98,9 +101,21 @@ class Router:
             ep.name: Target(ep.name, ep.base_url, ep.api_key, ep.model_id or ep.name, False)
             for ep in remotes.endpoints(self.remote_timeout)})
 
+    def cluster_targets(self, fresh: bool = False) -> dict[str, Target]:
+        """The models running on the user's clusters, as ``CLUSTER/uid``."""
+        if self.pinned:
+            return {}
+        return self._cached("cluster", fresh=fresh, make=lambda: {
+            ep.name: Target(ep.name, ep.base_url, ep.api_key, ep.model_id or ep.name, False)
+            for ep in clusters.endpoints(self.remote_timeout)})
+
+    def elsewhere(self, fresh: bool = False) -> dict[str, Target]:
+        """Remote servers' models and clusters' running models (a remote's name wins a clash)."""
+        return {**self.cluster_targets(fresh), **self.remote_targets(fresh)}
+
     def names(self) -> list[str]:
         """Every name a request may use, local first (what ``/v1/models`` lists)."""
-        return self.local_names() + list(self.remote_targets())
+        return self.local_names() + list(self.elsewhere())
 
     def choose(self, requested: str | None) -> str:
         """The served name for a request's ``model``: pinned servers take a missing name as theirs.
@@ -113,7 +128,7 @@ class Router:
             local = self.local_names(fresh)
             if requested in local:
                 return requested
-            if requested is not None and not self.pinned and requested in self.remote_targets(fresh):
+            if requested is not None and not self.pinned and requested in self.elsewhere(fresh):
                 return requested
         if requested is not None and not self.pinned:
             # never a path: a request must not make Ember open a file the user did not add
@@ -124,7 +139,7 @@ class Router:
         """The engine for a chosen name, started (after making room) when it is not running.
         Raises what starting raises: PlanError, ParamError, ModelError, EngineStartError, DoesNotFit."""
         local = name in self._running_names() or name in self.local_names()
-        remote = None if local else self.remote_targets().get(name)
+        remote = None if local else self.elsewhere().get(name)
         if remote is not None:
             return remote
         run: Running = self.manager.serve(name, lambda: self.make_plan(name), timeout)

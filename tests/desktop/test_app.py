@@ -335,7 +335,7 @@ def test_an_engine_killed_by_sigkill_shows_everywhere_within_two_seconds(qtbot, 
         killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)
     dialog = shown.args[0]  # the reply it broke is diagnosed as the crash it was, not a broken connection
-    assert dialog.diagnosis.title == "The engine crashed", dialog.diagnosis.title
+    assert dialog.diagnosis.title == "The engine was killed while answering", dialog.diagnosis.title
     assert "was killed by SIGKILL" in dialog.diagnosis.explanation
     assert dialog.fix_buttons[0].text() == "Restart the engine"
     dialog.close()

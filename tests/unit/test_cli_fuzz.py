@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engines import cli, paths
+from engines import cli, paths, secrets
 from engines.chat import client, remotes
 from engines.running import launch, supervisor
 from engines.running import params as P
@@ -64,7 +64,7 @@ def ember(fresh_home, monkeypatch, capsys):
         raise client.StreamBroken("cannot connect (the fuzz test asks no server)", connect=True)
 
     monkeypatch.setattr(remotes, "list_models", no_server)
-    monkeypatch.setattr(remotes, "keyring_available", lambda: False)  # never a fuzzed secret in the real keyring
+    monkeypatch.setattr(secrets, "keyring_available", lambda: False)  # never a fuzzed secret in the real keyring
     monkeypatch.setattr("sys.stdin", io.StringIO("sk-a-key-on-stdin\n"))  # --key-stdin reads it; not a terminal
 
     def run(argv: list[str]):
