@@ -123,7 +123,11 @@ OPTION_VALUES = {
     "--engine": st.sampled_from(["llamacpp", "vllm", "sglang", "mlx", "transformers", "nope"]),
     "--key-env": st.sampled_from(["EMBER_TEST_KEY", "1BAD", "PATH", ""]) | st.text(max_size=6),
     "--model": NAMES,
+    "--user": NAMES, "--password-env": st.sampled_from(["EMBER_TEST_KEY", "1BAD", ""]),
+    "--replicas": NUMBERS, "--gpus": mostly(["auto", "0", "-1", "2", "x"], st.text(max_size=4)),
 }
+CLUSTER_URLS = mostly(["http://127.0.0.1:9", "http://127.0.0.1:99999", "ftp://x", "http://", "127.0.0.1:9"],
+                      st.text(max_size=10))
 #: Each command's positional arguments and options, as its parser has them.
 GRAMMAR = {
     "chat": ([NAMES, TOKEN], ["--hardware", "--set", "--max-tokens", "--temperature", "--engine", "--system",
@@ -138,6 +142,12 @@ GRAMMAR = {
     "engine-python": ([st.sampled_from(["vllm", "sglang", "mlx", "transformers", "llamacpp"]), FILES], ["--reset"]),
     "diagnose": ([FILES], ["--engine", "--json"]),
     "params": ([], ["--engine", "--json"]),
+    "cluster add": ([NAMES, CLUSTER_URLS], ["--user", "--password-env", "--key-env", "--key-stdin"]),
+    "cluster list": ([], ["--json"]),
+    "cluster remove": ([NAMES], []),
+    "cluster models": ([NAMES], ["--json"]),
+    "cluster launch": ([NAMES, NAMES], ["--engine", "--set", "--replicas", "--gpus", "--json"]),
+    "cluster stop": ([NAMES, NAMES], []),
 }
 
 
