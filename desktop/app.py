@@ -22,9 +22,11 @@ from PySide6.QtNetwork import QLocalServer, QLocalSocket
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
 
 from engines import autostart
+from engines import logfile
 from engines import paths
 from engines import settings
 from engines.gateway.config import GatewayConfig
+from engines.models import store as model_store
 from engines.running.manager import EngineManager
 from engines.running.supervisor import EngineExited
 from engines.version import version
@@ -43,21 +45,27 @@ OK = b"ok\n"
 
 
 def server_name() -> str:
-    """The single-instance socket: one per EMBER_HOME / user, so test homes never collide."""
+    """The single-instance socket: one per EMBER_HOME / user, so test homes never collide.
+
+    On Unix it lives in a private folder of this user whose owner and mode are checked
+    (:func:`engines.paths.socket_path`): another user cannot squat it and answer for Ember."""
     if os.name == "nt":
         digest = hashlib.sha1(str(paths.runtime_dir()).encode()).hexdigest()[:16]
         return f"ember-{digest}"
-    path = str(paths.runtime_dir() / "ember-app.sock")
-    if len(path) > 100:  # AF_UNIX path limit
-        digest = hashlib.sha1(path.encode()).hexdigest()[:16]
-        return f"ember-{digest}"
-    return path
+    try:
+        return str(paths.socket_path("ember-app"))
+    except OSError as exc:  # no private folder at all: Ember runs without the single-instance check
+        ipc_log.warning("no private folder for the single-instance socket: %s", exc)
+        return ""
 
 
 def hand_over(name: str | None = None, timeout_ms: int = 2000) -> bool:
     """Ask a running Ember to show its window; True if one answered."""
+    name = name or server_name()
+    if not name:
+        return False
     sock = QLocalSocket()
-    sock.connectToServer(name or server_name())
+    sock.connectToServer(name)
     if not sock.waitForConnected(timeout_ms):
         return False
     sock.write(SHOW)
@@ -80,7 +88,10 @@ class SingleInstance(QObject):
         self.server.newConnection.connect(self._connection)
 
     def listen(self) -> bool:
+        if not self.name:
+            return False
         QLocalServer.removeServer(self.name)  # a stale socket left by a crashed instance
+        self.server.setSocketOptions(QLocalServer.SocketOption.UserAccessOption)  # 0700: this user only
         ok = self.server.listen(self.name)
         if not ok:
             ipc_log.warning("cannot listen on %s: %s", self.name, self.server.errorString())
@@ -351,8 +362,10 @@ def _setup_logging() -> None:
             root.addHandler(h)
         root.setLevel(logging.INFO)
     try:
-        fh = logging.FileHandler(paths.log_dir() / "ember.log", encoding="utf-8")
+        fh = logfile.file_handler(paths.log_dir() / "ember.log")  # 0600; a full disk stops it quietly
     except OSError:
+        return
+    if fh is None:
         return
     fh.setLevel(logging.INFO)
     fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -365,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     if hand_over():  # before any window-system connection: a second start exits at once
         print("Ember is already running: its window is shown.")
         return 0
+    try:
+        model_store.clean_stale_partials()  # half a starter left by a crash or a full disk
+    except OSError as exc:
+        log.info("cannot clean stale partial files: %s", exc)
     qapp = QApplication.instance() or QApplication(["ember", *(argv or [])])
     qapp.setApplicationName("Ember")
     qapp.setDesktopFileName("ember")

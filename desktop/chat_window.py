@@ -24,7 +24,7 @@ from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QMainWindow, QSplitter, QVBoxLayout, QWidget
 
 from engines import settings
-from engines.chat import conversations, special_tokens
+from engines.chat import conversations, reply_limit, special_tokens
 from engines.chat.first_run import FirstRun
 from engines.chat.completion_mode import Mode
 from engines.chat.stop_reason import StopReason
@@ -38,10 +38,12 @@ from engines.running.manager import EngineManager
 
 from . import icons
 from .bridge import ManagerBridge, run_async
+from .folder import open_folder
 from .chat.composer import Composer
 from .chat.conversation_list import ConversationList
 from .chat.engine_control import EngineControl
 from .chat.fixes import FixActions
+from .chat.notice import HistoryBanner
 from .chat.reply import ReplyEnd, ReplyStream
 from .chat.transcript import ChatMessage, Transcript
 from .chat.troubleshoot import Troubleshooter, failure_sentence
@@ -87,6 +89,7 @@ class ChatWindow(QMainWindow):
         self.fixes = FixActions(self)
         self.reply = ReplyStream(self.transcript, self.store, self)
         self.welcome = Welcome(self.transcript, self)
+        self.history_banner = HistoryBanner()  # a damaged history moved aside, or chats not saved
         self._build()
         self._connect()
         self.refresh_conversations()
@@ -111,7 +114,8 @@ class ChatWindow(QMainWindow):
         self.system_edit.setAccessibleName("System prompt")
         top.addWidget(self.system_edit, 2)
         rv.addLayout(top)
-        for part in (self.engine.note, self.engine.offer, self.engine.busy, self.troubleshooter.banner):
+        for part in (self.history_banner, self.engine.note, self.engine.offer, self.engine.busy,
+                     self.troubleshooter.banner):
             rv.addWidget(part)
         rv.addWidget(self.welcome.stack, 1)  # the transcript, or the welcome card in its place
         rv.addWidget(self.composer)
@@ -162,6 +166,8 @@ class ChatWindow(QMainWindow):
         self.welcome.switched.connect(self._update_buttons)
         self.welcome.checked.connect(self.first_run_checked)
         self.bridge.ready.connect(lambda *_: self.welcome.recheck())  # a downloaded chat model may be running
+        self.history_banner.folder_requested.connect(lambda folder: open_folder(folder, "Chat history", self))
+        self.history_banner.show_notice(self.store.notice)
 
     # -- state ----------------------------------------------------------------------
     @property
@@ -312,17 +318,30 @@ class ChatWindow(QMainWindow):
         return msgs
 
     def reply_limit(self) -> int:
-        """The most tokens one reply may have: :attr:`max_tokens`, else the ``reply_limit`` setting."""
-        if self.max_tokens:
-            return int(self.max_tokens)
-        value = settings.get("reply_limit")
-        return int(value) if isinstance(value, (int, float)) and value > 0 else int(settings.DEFAULTS["reply_limit"])
+        """The most tokens one reply may have: :attr:`max_tokens`, else the ``reply_limit`` setting; a value
+        below 1 (a reply without end) is never sent: the setting's, else the default, is used instead."""
+        for value in (self.max_tokens, settings.get("reply_limit")):
+            if value is not None:
+                try:
+                    return reply_limit.clamp(value)
+                except reply_limit.ReplyLimitError as exc:
+                    log.warning("reply limit: %s; using the next one", exc.message)
+        return int(settings.DEFAULTS["reply_limit"])
+
+    def request_context(self, ep: Endpoint) -> int | None:
+        """The tokens one request to ``ep`` may use (a local engine's context per slot), when known."""
+        run = self.manager.get(ep.name) if ep.kind == "local" else None
+        if run is None:
+            return None
+        shape = backends.get(run.plan.engine).context(run.plan)
+        return shape.per_slot or shape.total
 
     def _start_stream(self, ep: Endpoint) -> None:
         conv = self.conversation
         messages = self.api_messages()
         completion = self.engine.mode(ep).mode is Mode.COMPLETION
-        limit = self.reply_limit()
+        context = self.request_context(ep)
+        limit = reply_limit.clamp(self.reply_limit(), context)  # no reply is longer than the context
         self.store.set_model(conv.id, ep.name)
         aid = self.store.add_message(conv.id, "assistant", "", complete=False, model=ep.name)
         self.transcript.append(ChatMessage("assistant", "", aid, ep.name, streaming=True))
@@ -332,7 +351,7 @@ class ChatWindow(QMainWindow):
         self.troubleshooter.banner.hide()
         doing = "continuing your text" if completion else "answering"
         self.status.setText(f"{ep.name} is {doing}… (reply limit {limit:,} tokens)")
-        self.reply.start(ep, messages, limit, completion=completion, stall=self._stall_watch(ep))
+        self.reply.start(ep, messages, limit, completion=completion, stall=self._stall_watch(ep), context=context)
         self._update_buttons()
 
     def _stall_watch(self, ep: Endpoint):

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from engines import actions, settings
-from engines.chat import completion_mode, remotes, stop_reason
-from engines.chat.client import ChatStream
+from engines import actions, logfile, paths, settings
+from engines.chat import completion_mode, remotes, reply_limit, stop_reason
+from engines.chat.client import ChatStream, ClientError
 from engines.chat.terminal import TerminalReply
 from engines.cluster import diagnosis as cluster_diagnosis
 from engines.cluster import ops as cluster_ops
@@ -152,6 +152,12 @@ def cmd_models(args) -> int:
         if result.failed and not (result.listed or result.reused):
             return 1  # online, and not one repository could be listed: say so by the exit status too
     hw = _hardware(args)
+    try:
+        store.ensure_starter()
+    except paths.NoSpace as exc:  # the list still shows; the starter is left out, and why is said
+        print(f"ember: warning: the starter model is not listed: {exc.message}", file=sys.stderr)
+    except store.ModelError:
+        pass  # not installed: the list says nothing of it
     rows = model_rows(hw, rules_only=bool(getattr(args, "hardware", None)))
     if getattr(args, "fits", False):
         rows = [r for r in rows if r["fit"] in ("gpu", "partial", "cpu")]
@@ -269,6 +275,25 @@ def _explain(exc: BaseException, args, proc=None, plan=None, extra: dict | None 
     return _fail(msg)
 
 
+def _unexpected(exc: BaseException, args) -> int:
+    """A failure no command expected: one sentence and where the details are, never a traceback."""
+    where = None
+    try:
+        where = paths.log_dir() / "ember-cli.log"
+        handler = logfile.file_handler(where)
+        if handler is not None:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+            log.addHandler(handler)
+            log.error("ember %s failed", " ".join(sys.argv[1:]), exc_info=exc)
+            log.removeHandler(handler)
+            handler.close()
+    except OSError:
+        where = None
+    detail = f"; the details are in {where}" if where else ""
+    return _fail(f"unexpected error ({type(exc).__name__}: {exc}){detail}. This is a bug in Ember: "
+                 "please report it with that log")
+
+
 def _plan(args) -> tuple[launch.LaunchPlan | None, int]:
     try:
         plan = _plan_from_args(args)
@@ -354,10 +379,19 @@ def _say_crash(event, args) -> None:
 
 
 def _reply_limit(args) -> int:
-    """``--max-tokens``, else the ``reply_limit`` setting (the chat window's too)."""
+    """``--max-tokens``, else the ``reply_limit`` setting (the chat window's too; a broken value: the default)."""
     if getattr(args, "max_tokens", None):
         return int(args.max_tokens)
-    return int(settings.get("reply_limit") or settings.DEFAULTS["reply_limit"])
+    try:
+        return reply_limit.clamp(settings.get("reply_limit"))
+    except reply_limit.ReplyLimitError:
+        return int(settings.DEFAULTS["reply_limit"])
+
+
+def _request_context(plan: launch.LaunchPlan) -> int | None:
+    """The tokens one request may use with this plan (a reply cannot be longer)."""
+    shape = backends.get(plan.engine).context(plan)
+    return shape.per_slot or shape.total
 
 
 def _mode(spec: store.ModelSpec) -> completion_mode.ModeDecision:
@@ -398,7 +432,7 @@ def _stream_reply(stream: ChatStream, args, proc=None, plan=None) -> tuple[str |
 def _chat_once(proc, plan, messages, args, mode: completion_mode.ModeDecision) -> tuple[str | None, int]:
     completion = (completion_mode.completion_request(messages)
                   if mode.mode is completion_mode.Mode.COMPLETION else None)
-    stream = ChatStream(proc.base_url, messages, proc.api_key, model=plan.model.name,
+    stream = ChatStream(proc.base_url, messages, proc.api_key, model=plan.model.name, context=_request_context(plan),
                         max_tokens=_reply_limit(args), temperature=args.temperature, completion=completion)
     return _stream_reply(stream, args, proc, plan)
 
@@ -540,20 +574,53 @@ def cmd_engine_python(args) -> int:
 
 # -- remote endpoints -----------------------------------------------------------
 
+def _confirm(question: str, args) -> bool:
+    """Ask on a terminal (y/N); elsewhere (a script, a key on stdin) the answer is no."""
+    if getattr(args, "yes", False):
+        return True
+    if getattr(args, "key_stdin", False) or not sys.stdin.isatty():
+        return False
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def _remote_add(args) -> int:
+    """Check the name, URL, port and key, then ask the server for its models; keep the entry only when it
+    answered (or the user says to keep it anyway), and never overwrite one without asking."""
+    key = (sys.stdin.readline().strip() or None) if args.key_stdin else None
+    replace = args.replace
+    try:
+        r = remotes.check_new(args.name, args.url, key, args.key_env, replace)
+    except remotes.RemoteError as exc:
+        if exc.kind != "exists" or not _confirm(f"A remote named {args.name} exists. Replace it?", args):
+            return _fail(exc.message)
+        replace = True
+        r = remotes.check_new(args.name, args.url, key, args.key_env, replace)
+    ids = None
+    if not args.no_check:
+        try:
+            ids = remotes.probe(r, key)
+        except ClientError as exc:
+            _explain(exc, args)
+            if not _confirm(f"{r.url} did not answer as an OpenAI-compatible server. Add {r.name} anyway?", args):
+                return _fail(f"{r.name} was not added. Check the address and the key, or add it without asking "
+                             "the server with --no-check")
+    r = remotes.add(r.name, r.url, key=key, key_env=args.key_env, replace=replace)
+    where = {"keyring": "the API key is in the system keyring",
+             "env": f"the API key is read from ${r.key_env}", "none": "no API key"}[r.key_source]
+    print(f"{'Replaced' if replace else 'Added'} {r.name}: {r.url} ({where})")
+    if ids is not None:
+        print(f"  models: {', '.join(ids) if ids else 'none listed'}")
+    return 0
+
+
 def cmd_remote(args) -> int:
     action = args.remote_action
     try:
         if action == "add":
-            key = sys.stdin.readline().strip() if args.key_stdin else None
-            r = remotes.add(args.name, args.url, key=key or None, key_env=args.key_env)
-            where = {"keyring": "the API key is in the system keyring",
-                     "env": f"the API key is read from ${r.key_env}", "none": "no API key"}[r.key_source]
-            print(f"Added {r.name}: {r.url} ({where})")
-            try:
-                ids = remotes.models(r, use_cache=False)
-                print(f"  models: {', '.join(ids) if ids else 'none listed'}")
-            except Exception as exc:
-                return _explain(exc, args)
+            return _remote_add(args)
         elif action == "list":
             rows = []
             for r in remotes.list_remotes():
@@ -575,6 +642,8 @@ def cmd_remote(args) -> int:
             return _remote_chat(args)
     except remotes.RemoteError as exc:
         return _fail(exc.message)
+    except ClientError as exc:  # the server did not answer, or refused: the diagnosis says which
+        return _explain(exc, args)
     return 0
 
 
@@ -594,6 +663,9 @@ def _remote_parser(sub) -> None:
     key = ra.add_mutually_exclusive_group()
     key.add_argument("--key-env", metavar="VAR", help="read the API key from this environment variable")
     key.add_argument("--key-stdin", action="store_true", help="read the API key from stdin; kept in the keyring")
+    ra.add_argument("--replace", action="store_true", help="replace a remote of the same name without asking")
+    ra.add_argument("--no-check", action="store_true",
+                    help="add it without asking the server for its models (a server that is down now)")
     rl = rs.add_parser("list", help="the servers and the models each lists")
     rl.add_argument("--json", action="store_true")
     rr = rs.add_parser("remove")
@@ -602,7 +674,7 @@ def _remote_parser(sub) -> None:
     rc.add_argument("name")
     rc.add_argument("prompt", nargs="+")
     rc.add_argument("--model", help="the model id (default: the first the server lists)")
-    rc.add_argument("--max-tokens", type=int, default=None,
+    rc.add_argument("--max-tokens", type=TOKENS, default=None,
                     help="reply limit in tokens (default: the reply_limit setting, 1,024)")
     rc.add_argument("--json", action="store_true", help="print the stop reason and a failure's diagnosis as JSON")
     for sp in (ra, rl, rr, rc):
@@ -880,6 +952,24 @@ def _temperature(text: str) -> float:
     return value
 
 
+def _whole(low: int, high: int | None = None, what: str = "a whole number"):
+    """An argparse type: a whole number from ``low`` (to ``high``), refused in words otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f"from {low:,} to {high:,}" if high is not None else f"{low:,} or more"
+            raise argparse.ArgumentTypeError(f"must be {what} {span}, not {value:,}")
+        return value
+    return parse
+
+
+TOKENS = _whole(1, None, "a number of tokens")
+PORT = _whole(0, 65535, "a port")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ember", description="Run large language models on this computer.")
     p.add_argument("--version", action="version", version=f"ember {version()}")
@@ -917,7 +1007,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="the local OpenAI-compatible API (every model, on demand) until Ctrl-C; "
                                      "with MODEL, that model only")
     launch_opts(s, optional_model=True)
-    s.add_argument("--port", type=int, default=None,
+    s.add_argument("--port", type=PORT, default=None,
                    help="the port (default: the gateway_port setting, 5731; with MODEL, any free port; 0: any)")
     s.set_defaults(func=cmd_serve)
 
@@ -925,7 +1015,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch_opts(c)
     c.add_argument("prompt", nargs="*", help="a single prompt; without it, an interactive session")
     c.add_argument("--system", help="system prompt")
-    c.add_argument("--max-tokens", type=int, default=None,
+    c.add_argument("--max-tokens", type=TOKENS, default=None,
                    help="reply limit in tokens (default: the reply_limit setting, 1,024)")
     c.add_argument("--temperature", type=_temperature, default=None, help="0 (always the likeliest word) to 2")
     c.add_argument("--on", metavar="CLUSTER", help="chat with MODEL on a cluster (launched there if not running)")
@@ -985,11 +1075,24 @@ def main(argv: list[str] | None = None) -> int:
         print("\nThe desktop app starts with `ember` alone (or `python -m desktop.launcher`).")
         return 0
     try:
+        store.clean_stale_partials()  # a crash or a full disk may have left half a starter behind
+    except OSError as exc:
+        log.info("cannot clean stale partial files: %s", exc)
+    try:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except paths.NoSpace as exc:
+        return _fail(exc.message)
     except (store.ModelError, P.ParamError, launch.PlanError, ValueError) as exc:
         return _explain(exc, args)
+    except OSError as exc:
+        if paths.is_no_space(exc):
+            folder = Path(exc.filename).parent if exc.filename else paths.data_dir()
+            return _fail(paths.no_space(exc, folder, "what Ember was writing").message)
+        return _unexpected(exc, args)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: a sentence, not a traceback
+        return _unexpected(exc, args)
 
 
 if __name__ == "__main__":

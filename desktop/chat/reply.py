@@ -120,15 +120,16 @@ class ReplyStream(QObject):
         return self._thread is not None
 
     def start(self, ep: Endpoint, messages: list[dict], max_tokens: int | None, completion: bool = False,
-              stall: Callable[[ChatStream], StallWatch] | None = None) -> None:
+              stall: Callable[[ChatStream], StallWatch] | None = None, context: int | None = None) -> None:
         """Ask ``ep`` to answer ``messages``; the text goes to the transcript's last message.
 
         ``completion``: the model has no chat template; it continues the conversation as one text.
         ``stall``: the watchdog for a local engine's silence (see :mod:`engines.running.stall`).
+        ``context``: the tokens one request may use (the reply limit is clamped to it), when known.
         """
         request = completion_request(messages) if completion else None
         stream = ChatStream(ep.base_url, messages, ep.api_key, ep.model_id, max_tokens=max_tokens,
-                            completion=request)
+                            completion=request, context=context)
         self._thread = StreamThread(stream, self, stall)
         self.endpoint, self.completion = ep, completion
         self._thread.delta.connect(self._on_delta)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Iterator
 
 import httpx
 
+from engines.chat import reply_limit
+
 if TYPE_CHECKING:  # only for the annotation: completion_mode imports this module
     from engines.chat.completion_mode import CompletionRequest
 
@@ -101,9 +103,13 @@ class ChatStream:
 
     def __init__(self, base_url: str, messages: list[dict], api_key: str | None = None, model: str | None = None,
                  timeout: float = 600.0, client: httpx.Client | None = None,
-                 completion: "CompletionRequest | None" = None, **options):
+                 completion: "CompletionRequest | None" = None, context: int | None = None, **options):
         """``completion``: a text-completion model (no chat template): the conversation goes to
-        ``/completions`` as one text to continue, never through another model family's template."""
+        ``/completions`` as one text to continue, never through another model family's template.
+        ``context``: the tokens one request may use, when known; ``max_tokens`` is clamped to it, and one
+        below 1 raises :class:`~engines.chat.reply_limit.ReplyLimitError` (it would never end)."""
+        if options.get("max_tokens") is not None:
+            options["max_tokens"] = reply_limit.clamp(options["max_tokens"], context)
         self.base_url, self.messages, self.api_key, self.model = base_url.rstrip("/"), messages, api_key, model
         self.options, self.timeout, self.completion = options, timeout, completion
         self._client = client
@@ -236,7 +242,17 @@ def stream_chat(base_url: str, messages: list[dict], api_key: str | None = None,
 
 
 def list_models(base_url: str, api_key: str | None = None, timeout: float = 5.0) -> list[dict]:
-    r = httpx.get(base_url.rstrip("/") + "/models", headers=_headers(api_key), timeout=timeout)
+    """The server's ``/models``; a server that cannot be reached raises :class:`StreamBroken` (``connect``),
+    an error answer :class:`EngineHTTPError`, so both reach the diagnosis."""
+    url = base_url.rstrip("/") + "/models"
+    try:
+        r = httpx.get(url, headers=_headers(api_key), timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise StreamBroken(f"cannot connect to {base_url}: {type(exc).__name__}: {exc}", connect=True) from exc
     if r.status_code >= 400:
         raise _parse_error(r, r.text)
-    return r.json().get("data", [])
+    try:
+        data = r.json().get("data", [])
+    except (ValueError, AttributeError):
+        raise EngineHTTPError(r.status_code, {}, f"{url} did not answer with an OpenAI model list") from None
+    return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []

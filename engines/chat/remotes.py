@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -70,6 +71,12 @@ def normalize_url(url: str) -> str:
     parts = urlsplit(url)
     if not parts.hostname:
         raise RemoteError("", f"{url!r} has no host", "bad_url")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise RemoteError("", f"{url!r} has no valid port: a port is a number from 1 to 65535", "bad_url")
     path = parts.path.rstrip("/")
     if not path:
         path = "/v1"
@@ -105,8 +112,10 @@ def _account(name: str) -> str:
     return f"remote:{name}"
 
 
-def add(name: str, url: str, key: str | None = None, key_env: str | None = None) -> Remote:
-    """Add (or replace) a remote. ``key`` goes to the keyring; without one, use ``key_env``."""
+def check_new(name: str, url: str, key: str | None = None, key_env: str | None = None,
+              replace: bool = False) -> Remote:
+    """The remote :func:`add` would save, checked first, with no side effect; :class:`RemoteError` says
+    what is wrong (kind "exists" for a name already taken, unless ``replace``)."""
     name = name.strip()
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
         raise RemoteError(name, "names use letters, digits, '.', '_' and '-' (at most 64)", "bad_name")
@@ -116,6 +125,33 @@ def add(name: str, url: str, key: str | None = None, key_env: str | None = None)
         raise RemoteError(name, exc.problem, exc.kind) from None
     if key and key_env:
         raise RemoteError(name, "give the key or the name of a variable holding it, not both", "bad_key")
+    if key_env is not None:
+        if not secrets.valid_env_name(key_env):
+            raise RemoteError(name, f"{key_env!r} is not an environment variable name", "bad_key")
+        if not os.environ.get(key_env):
+            raise RemoteError(name, f"the variable {key_env} is not set here: set it to the API key "
+                                    f"(export {key_env}=...) and add the remote again", "key_env_unset")
+    existing = _load().get(name)
+    if existing is not None and not replace:
+        raise RemoteError(name, f"already exists ({existing.url}); remove it first, or replace it "
+                                "with --replace", "exists")
+    source = "keyring" if key else "env" if key_env else "none"
+    return Remote(name, url, source, key_env if key_env else None)
+
+
+def probe(remote: Remote, key: str | None = None, timeout: float = 5.0) -> list[str]:
+    """Ask a remote (not saved yet) for its models with ``key``: the check before :func:`add` keeps it.
+    Raises the client's errors (``StreamBroken`` when nothing answers), which the diagnosis reads."""
+    if key is None and remote.key_source == "env":
+        key = secrets.from_env(remote.key_env)
+    return [m.get("id") for m in list_models(remote.url, key, timeout) if m.get("id")]
+
+
+def add(name: str, url: str, key: str | None = None, key_env: str | None = None, replace: bool = False) -> Remote:
+    """Add a remote (``replace``: one of the same name too). ``key`` goes to the keyring; without one,
+    use ``key_env``. Checked by :func:`check_new` first."""
+    check_new(name, url, key, key_env, replace)
+    name, url = name.strip(), normalize_url(url)
     if key:
         try:
             secrets.store(_account(name), key)
@@ -125,8 +161,6 @@ def add(name: str, url: str, key: str | None = None, key_env: str | None = None)
                               "no_keyring") from None
         remote = Remote(name, url, "keyring")
     elif key_env:
-        if not secrets.valid_env_name(key_env):
-            raise RemoteError(name, f"{key_env!r} is not an environment variable name", "bad_key")
         remote = Remote(name, url, "env", key_env)
     else:
         remote = Remote(name, url, "none")

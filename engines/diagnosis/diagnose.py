@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 
+from engines import paths
 from engines.chat import client
 from engines.diagnosis import context, failures, memory
 from engines.diagnosis.case import Case
@@ -139,7 +140,8 @@ def diagnose_exception(exc: BaseException, proc=None, plan=None, log_offset: int
             return _from_param_error(exc)
         if isinstance(exc, store.ModelError):
             return _from_model_error(exc)
-        if isinstance(exc, (ConnectionError, OSError)) and not isinstance(exc, FileNotFoundError):
+        if isinstance(exc, (ConnectionError, OSError)) and not isinstance(exc, FileNotFoundError) \
+                and not paths.is_no_space(exc):  # a full disk says so itself (paths.NoSpace.message)
             return Diagnosis(Kind.UNREACHABLE, "Cannot reach the server", str(exc), {},
                              [Fix("Try again", {}, "", action="retry")])
     except Exception:  # a diagnosis must never hide the original error

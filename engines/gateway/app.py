@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from engines.chat import reply_limit
 from engines.chat.client import EngineHTTPError, StreamBroken
 from engines.diagnosis import diagnose
 from engines.gateway import errors
@@ -36,7 +37,7 @@ from engines.gateway.config import LOOPBACK_NAMES, GatewayConfig
 from engines.gateway.errors import GatewayError
 from engines.gateway.routing import ModelNotServed, Router, Target
 from engines.models import store
-from engines.running import launch, params, supervisor
+from engines.running import backends, launch, params, supervisor
 from engines.running.manager import DoesNotFit
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 PROXIED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages", "/v1/responses")
 #: Request headers an engine may need besides the body (Anthropic-style clients send these).
 PASSED_HEADERS = ("anthropic-version", "anthropic-beta", "accept")
+#: Request fields that limit a reply's length (OpenAI chat and completions, Anthropic, Responses).
+REPLY_LIMIT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
 def _no_constant(name: str):
@@ -54,6 +57,19 @@ def _no_constant(name: str):
 
 def _json_error(err: GatewayError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
+
+
+def _reply_limits(body: dict, context: int | None) -> dict:
+    """``body`` with its reply limits (``max_tokens`` and kin) clamped to ``context``; a 400 for one below 1,
+    which llama.cpp reads as "no limit" (issue 14)."""
+    out = dict(body)
+    for key in REPLY_LIMIT_KEYS:
+        if out.get(key) is not None:
+            try:
+                out[key] = reply_limit.clamp(out[key], context, key)
+            except reply_limit.ReplyLimitError as exc:
+                raise errors.bad_request(exc.message + ".", "invalid_max_tokens", param=key) from None
+    return out
 
 
 class GatewayApp:
@@ -154,8 +170,18 @@ class GatewayApp:
         requested = body.get("model")
         if requested is not None and not isinstance(requested, str):
             raise errors.bad_request("'model' must be a string naming a model.", param="model")
+        _reply_limits(body, None)  # refused before any engine starts
         target = await anyio.to_thread.run_sync(self._target, requested)
+        body = _reply_limits(body, self._context(target))
         return await self._forward(request, target, dict(body, model=target.upstream_model))
+
+    def _context(self, target: Target) -> int | None:
+        """The tokens one request may use on a local engine (a reply limit beyond it is clamped)."""
+        run = self.router.manager.get(target.name) if target.local else None
+        if run is None:
+            return None
+        shape = backends.get(run.plan.engine).context(run.plan)
+        return shape.per_slot or shape.total
 
     def _target(self, requested: str | None) -> Target:
         """Choose and, when needed, start the engine (blocking: a worker thread)."""

@@ -26,10 +26,16 @@ def _write(key: str) -> None:
     p = path()
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(key + "\n")
-    os.replace(tmp, p)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(key + "\n")
+        os.replace(tmp, p)
+    except OSError as exc:  # a full disk: nothing half-written is left, and the error says where
+        tmp.unlink(missing_ok=True)
+        if paths.is_no_space(exc):
+            raise paths.no_space(exc, p.parent, "the local API's key") from exc
+        raise
 
 
 def get() -> str:

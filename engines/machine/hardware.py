@@ -86,37 +86,133 @@ class HardwareProfile:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "HardwareProfile":
-        try:
-            gpus = [GPU(**g) for g in _with_devices(data.get("gpus", []))]
-            known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "gpus"}
-            profile = cls(gpus=gpus, **known)
-        except TypeError as exc:
-            raise ValueError(f"not a hardware profile: {exc}") from exc
-        profile._check()
-        return profile
+    def from_dict(cls, data: object, source: str = "") -> "HardwareProfile":
+        """A profile from its JSON form, every field checked; :class:`ProfileError` names the field at fault."""
+        if not isinstance(data, dict):
+            raise ProfileError(source, "", f"must be a JSON object like `ember doctor --json` writes, not "
+                                           f"{_json_kind(data)}")
+        for key in REQUIRED:
+            if key not in data:
+                raise ProfileError(source, key, "is missing")
+        values = {}
+        for key, check in FIELDS.items():
+            if key in data:
+                values[key] = check(source, key, data[key])
+        if values["ram_available_bytes"] > values["ram_total_bytes"]:
+            raise ProfileError(source, "ram_available_bytes", f"({values['ram_available_bytes']:,}) cannot be more "
+                                                              f"than ram_total_bytes ({values['ram_total_bytes']:,})")
+        gpus = data.get("gpus", [])
+        if not isinstance(gpus, list):
+            raise ProfileError(source, "gpus", f"must be a list of GPUs, not {_json_kind(gpus)}")
+        for i, g in enumerate(gpus):
+            if not isinstance(g, dict):
+                raise ProfileError(source, f"gpus[{i}]", f"must be an object describing a GPU, not {_json_kind(g)}")
+        values["gpus"] = [_gpu(source, f"gpus[{i}]", g) for i, g in enumerate(_with_devices(gpus))]
+        return cls(**values)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "HardwareProfile":
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read hardware file {path}: {exc}") from exc
-        if "hardware" in data and isinstance(data["hardware"], dict):
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ProfileError(str(path), "", f"cannot be read: {getattr(exc, 'strerror', None) or exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise ProfileError(str(path), "", f"is not JSON: {exc}") from exc
+        if isinstance(data, dict) and isinstance(data.get("hardware"), dict):
             data = data["hardware"]  # accept `ember doctor --json` output as is
-        return cls.from_dict(data)
+        return cls.from_dict(data, str(path))
 
-    def _check(self) -> None:
-        if self.os not in ("linux", "darwin", "windows"):
-            raise ValueError(f"os must be linux, darwin or windows, not {self.os!r}")
-        if self.arch not in ("x86_64", "arm64"):
-            raise ValueError(f"arch must be x86_64 or arm64, not {self.arch!r}")
-        for g in self.gpus:
-            if g.vendor not in VENDORS:
-                raise ValueError(f"gpu vendor must be one of {', '.join(VENDORS)}, not {g.vendor!r}")
-            if g.backend not in BACKENDS:
-                raise ValueError(f"gpu backend must be one of {', '.join(BACKENDS)}, not {g.backend!r}")
+
+class ProfileError(ValueError):
+    """A hardware profile Ember cannot use: the file, the field at fault and what is wrong with it."""
+
+    def __init__(self, source: str, field: str, problem: str):
+        self.source, self.field, self.problem = source, field, problem
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        where = f"hardware profile {self.source}" if self.source else "hardware profile"
+        return f"{where}: {self.field + ' ' if self.field else ''}{self.problem}"
+
+
+#: The most a profile may claim (1 EiB of memory, a million cores): beyond is a typo, not a machine.
+MAX_BYTES = 2 ** 60
+MAX_CORES = 1_000_000
+BUILDS = ("cpu", "cuda", "metal", "vulkan", "rocm", "unknown")
+REQUIRED = ("os", "arch", "cpu_cores", "ram_total_bytes", "ram_available_bytes")
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in words (with the value itself when it is short: text or a number)."""
+    kind = {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+    shown = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    return f"{kind} ({json.dumps(value)[:40]})" if shown else kind
+
+
+def _choice(*allowed: str):
+    def check(source: str, key: str, value: object) -> str:
+        if value not in allowed:
+            raise ProfileError(source, key, f"must be {', '.join(allowed[:-1])} or {allowed[-1]}, not "
+                                            f"{json.dumps(value)[:40]}")
+        return value
+    return check
+
+
+def _whole(low: int, high: int, what: str):
+    def check(source: str, key: str, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProfileError(source, key, f"must be a whole number of {what}, not {_json_kind(value)}")
+        if value < low or value > high:
+            raise ProfileError(source, key, f"must be between {low:,} and {high:,} {what}, not {value:,}")
+        return value
+    return check
+
+
+def _text(source: str, key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ProfileError(source, key, f"must be text, not {_json_kind(value)}")
+    return value
+
+
+def _flag(source: str, key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ProfileError(source, key, f"must be true or false, not {_json_kind(value)}")
+    return value
+
+
+FIELDS = {
+    "os": _choice("linux", "darwin", "windows"),
+    "arch": _choice("x86_64", "arm64"),
+    "cpu_cores": _whole(1, MAX_CORES, "cores"),
+    "ram_total_bytes": _whole(1, MAX_BYTES, "bytes"),
+    "ram_available_bytes": _whole(0, MAX_BYTES, "bytes"),
+    "cpu_name": _text,
+    "apple_silicon": _flag,
+    "llamacpp_build": _choice(*BUILDS),
+}
+
+
+def _gpu(source: str, where: str, g: object) -> GPU:
+    if not isinstance(g, dict):
+        raise ProfileError(source, where, f"must be an object describing a GPU, not {_json_kind(g)}")
+    for key in ("name", "vendor", "backend", "memory_total_bytes", "memory_free_bytes"):
+        if key not in g:
+            raise ProfileError(source, f"{where}.{key}", "is missing")
+    name = _text(source, f"{where}.name", g["name"])
+    vendor = _choice(*VENDORS)(source, f"{where}.vendor", g["vendor"])
+    backend = _choice(*BACKENDS)(source, f"{where}.backend", g["backend"])
+    total = _whole(1, MAX_BYTES, "bytes")(source, f"{where}.memory_total_bytes", g["memory_total_bytes"])
+    free = _whole(0, MAX_BYTES, "bytes")(source, f"{where}.memory_free_bytes", g["memory_free_bytes"])
+    if free > total:
+        raise ProfileError(source, f"{where}.memory_free_bytes", f"({free:,}) cannot be more than "
+                                                                f"memory_total_bytes ({total:,})")
+    device = g.get("llamacpp_device")
+    if device is not None and not isinstance(device, str):
+        raise ProfileError(source, f"{where}.llamacpp_device", f"must be text or null, not {_json_kind(device)}")
+    return GPU(name, vendor, backend, total, free, device)
 
 
 #: How llama.cpp names the devices of each backend (ggml's backend registry).

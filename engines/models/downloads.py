@@ -14,6 +14,12 @@ sha256 (git blob sha1 for small non-LFS files) matches the hub's metadata
 renames it into ``blobs/`` and links ``snapshots/<commit>/<file>``, so the
 file is also where ``hf_hub_download`` would look. A model is "ready" only
 when every file is verified; the record is kept by :mod:`engines.models.records`.
+
+A hub (or a mirror in ``HF_ENDPOINT``) is not trusted with paths: file names
+must be plain relative names, commit ids and checksums hex, and every path is
+resolved and checked to stay inside the repository's cache folder before
+anything is written, removed or linked (issue 14). A disk that fills up
+mid-download gets its partial file removed, so it is not left full.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -114,15 +121,39 @@ class InsufficientSpaceError(DownloadError):
 
 
 class DiskFullError(DownloadError):
-    """ENOSPC while writing. Fields: path, partial_bytes, total_bytes, where."""
+    """ENOSPC while writing. Fields: path, partial_bytes (what had arrived), total_bytes, where."""
 
     kind = "disk_full"
 
     @property
     def message(self) -> str:
-        return (f"the disk at {self.where} filled up while downloading {self.model}; the partial file is kept "
-                f"({units.size(self.partial_bytes)} of {units.size(self.total_bytes)}): "
-                "free some space and run again to resume")
+        return (f"the disk at {self.where} filled up while downloading {self.model} "
+                f"({units.size(self.partial_bytes)} of {units.size(self.total_bytes)} had arrived); the partial "
+                f"file was removed so the disk is not left full: free {units.size(self.total_bytes)} there "
+                "and run again")
+
+
+class CacheError(DownloadError):
+    """The download cannot be written where it goes (permissions, a read-only disk). Fields: where, reason."""
+
+    kind = "cache"
+
+    @property
+    def message(self) -> str:
+        return f"cannot write the download of {self.model} into {self.where}: {self.reason}"
+
+
+class UnsafeAnswerError(DownloadError):
+    """The hub named a file, commit or checksum that could reach outside the cache.
+    Fields: what, value, why, endpoint."""
+
+    kind = "unsafe"
+
+    @property
+    def message(self) -> str:
+        return (f"refused to download {self.model}: the hub at {self.endpoint} gave {self.what} {self.value!r}, "
+                f"which {self.why}; nothing was written. If HF_ENDPOINT points to a mirror, check that you "
+                "trust it")
 
 
 class ChecksumError(DownloadError):
@@ -184,9 +215,78 @@ def target(name: str) -> Target:
         pass
     if "/" in name and not name.startswith(("/", ".")):
         repo, _, file = name.partition(":")
-        if repo.count("/") == 1:
+        if repo.count("/") == 1 and all(_REPO_PART.fullmatch(p) and p not in (".", "..") for p in repo.split("/")):
             return Target(name, repo, [file] if file else [])
     raise UnknownModelError(name)
+
+
+# -- names from the hub ---------------------------------------------------------------------------------
+
+_REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_COMMIT = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")    # a git commit: sha1, or sha256 in newer git
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_BLOB = _COMMIT
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` is not a plain relative file name inside a repository (None: it is)."""
+    if not isinstance(name, str) or not name:
+        return "is empty"
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "is an absolute path"
+    if "\\" in name:
+        return "has a backslash (a path on Windows)"
+    if any(ord(c) < 32 or c == "\x7f" for c in name):
+        return "has control characters"
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return "climbs out of its folder ('..') or has an empty part"
+    if len(name) > 1024 or any(len(p.encode()) > 255 for p in parts):
+        return "is too long for a file name"
+    return None
+
+
+def _refuse(t: Target, what: str, value: object, why: str) -> UnsafeAnswerError:
+    log.info("refused a hub answer for %s: %s %r %s", t.name, what, value, why)  # the error says it to the user
+    return UnsafeAnswerError(t.name, what=what, value=str(value)[:200], why=why, endpoint=hub.endpoint())
+
+
+def _check_names(t: Target, commit: object, files: list["RemoteFile"]) -> None:
+    """Refuse what the hub said before anything is written: names, commit, checksums, sizes."""
+    if not isinstance(commit, str) or not _COMMIT.fullmatch(commit):
+        raise _refuse(t, "the commit id", commit, "is not a hexadecimal commit id")
+    if name_problem(t.revision):
+        raise _refuse(t, "the revision", t.revision, name_problem(t.revision))
+    names = {f.filename for f in files}
+    for f in files:
+        problem = name_problem(f.filename)
+        if problem:
+            raise _refuse(t, "the file name", f.filename, problem)
+        parent = f.filename.rsplit("/", 1)[0] if "/" in f.filename else None
+        while parent:
+            if parent in names:
+                raise _refuse(t, "the file name", f.filename, f"is inside {parent!r}, which is a file too")
+            parent = parent.rsplit("/", 1)[0] if "/" in parent else None
+        if f.sha256 is not None and not _SHA256.fullmatch(str(f.sha256)):
+            raise _refuse(t, "the sha256 of " + f.filename, f.sha256, "is not a sha256 checksum")
+        if f.blob_id is not None and not _BLOB.fullmatch(str(f.blob_id)):
+            raise _refuse(t, "the blob id of " + f.filename, f.blob_id, "is not a git object id")
+        if not f.etag:
+            raise _refuse(t, "no checksum for", f.filename, "cannot be verified")
+        if f.size < 0:
+            raise _refuse(t, "the size of " + f.filename, f.size, "is negative")
+
+
+def _inside(root: Path, path: Path) -> bool:
+    """``path``, links resolved, is ``root`` or below it (``root``'s links resolved too)."""
+    top, real = os.path.realpath(root), os.path.realpath(path)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _check_inside(t: Target, root: Path, *places: Path) -> None:
+    for p in places:
+        if not _inside(root, p):
+            raise _refuse(t, "a path that leads", str(p), f"resolves to {os.path.realpath(p)}, outside {root}")
 
 
 @dataclass
@@ -228,9 +328,13 @@ def plan(t: Target) -> Plan:
         if s is None:
             raise NotFoundError(t.name, repo=t.repo, filename=fn, endpoint=hub.endpoint())
         lfs = s.lfs
-        files.append(RemoteFile(fn, int(lfs.size if lfs else (s.size or 0)),
-                                lfs.sha256 if lfs else None, s.blob_id))
-    return Plan(t, info.sha or t.revision, files)
+        try:
+            size = int(lfs.size if lfs else (s.size or 0))
+        except (TypeError, ValueError):
+            raise _refuse(t, "the size of " + str(fn), lfs.size if lfs else s.size, "is not a number") from None
+        files.append(RemoteFile(fn, size, lfs.sha256 if lfs else None, s.blob_id))
+    _check_names(t, info.sha, files)
+    return Plan(t, info.sha, files)
 
 
 # -- the ready records ----------------------------------------------------------------------------------
@@ -297,10 +401,7 @@ def check_space(p: Plan) -> None:
     """Refuse to start when the rest of the download does not fit on the disk."""
     needed = max(0, p.total_bytes - partial_bytes(p))
     where = hub.cache()
-    probe = where
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = paths.free_bytes(where)
     if needed > free:
         raise InsufficientSpaceError(p.target.name, needed=needed, free=free, where=str(where))
 
@@ -317,6 +418,8 @@ def _verify_hasher(f: RemoteFile):
 
 def _link(snapshot_file: Path, blob: Path) -> None:
     snapshot_file.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.isdir(snapshot_file) and not os.path.islink(snapshot_file):
+        raise IsADirectoryError(errno.EISDIR, "a folder is where the file should be linked", str(snapshot_file))
     if os.path.lexists(snapshot_file):
         os.unlink(snapshot_file)
     try:
@@ -388,10 +491,15 @@ def _write_body(p: Plan, part: _Partial, resp: httpx.Response, mode: str, total:
                     break
             os.fsync(out.fileno())  # a paused partial is on disk too: resuming hashes it again
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise DiskFullError(p.target.name, path=str(part.path), partial_bytes=part.kept(),
-                                    total_bytes=total, where=str(hub.cache())) from exc
-            raise
+            if not paths.is_no_space(exc):
+                raise
+            arrived = part.kept()
+            out.close()
+            part.path.unlink(missing_ok=True)  # a partial file would keep the disk full
+            log.warning("the disk filled up while downloading %s; removed %s (%d bytes)", p.target.name,
+                        part.path, arrived)
+            raise DiskFullError(p.target.name, path=str(part.path), partial_bytes=arrived,
+                                total_bytes=total, where=str(hub.cache())) from exc
     return state
 
 
@@ -440,13 +548,19 @@ def _fetch_file(p: Plan, f: RemoteFile, base: int, total: int, report: Callable[
     """Download one file into the cache, resuming its partial; returns (state, snapshot path, blob)."""
     folder = hub.repo_folder(p.target.repo)
     blobs = folder / "blobs"
-    blobs.mkdir(parents=True, exist_ok=True)
     blob = blobs / f.etag
     snap = folder / "snapshots" / p.commit / f.filename
+    partial = blobs / (f.etag + ".incomplete")
+    refs = folder / "refs" / p.target.revision
+    # every place written, removed or linked below stays in the repository's folder, links resolved
+    _check_inside(p.target, hub.cache(), folder)
+    _check_inside(p.target, folder, blobs, blob, partial, snap.parent, refs)
+    blobs.mkdir(parents=True, exist_ok=True)
+    _check_inside(p.target, folder, blobs, blob, partial)
     if blob.exists() and blob.stat().st_size == f.size:
         _link(snap, blob)
         return "done", snap, blob
-    part = _Partial.resume(blobs / (f.etag + ".incomplete"), f)
+    part = _Partial.resume(partial, f)
     state = "done"
     if part.have < f.size:
         state = _transfer(p, part, total, lambda have: report(base + have, f.filename), stop)
@@ -457,9 +571,10 @@ def _fetch_file(p: Plan, f: RemoteFile, base: int, total: int, report: Callable[
         return "paused", snap, blob
     _verify(p, part)
     os.replace(part.path, blob)
+    _check_inside(p.target, folder, snap.parent)
     _link(snap, blob)
-    (folder / "refs").mkdir(exist_ok=True)
-    paths.atomic_write_text(folder / "refs" / p.target.revision, p.commit)
+    refs.parent.mkdir(parents=True, exist_ok=True)
+    paths.atomic_write_text(refs, p.commit)
     return "done", snap, blob
 
 
@@ -513,15 +628,22 @@ def download(name: str, listener: Callable[[Progress], None] | None = None,
     base = 0
     done_files = []
     report(partial_bytes(p), p.files[0].filename if p.files else "", force=True)
-    for f in p.files:
-        state, snap, blob = _fetch_file(p, f, base, total, report, stop)
-        if state in ("paused", "cancelled"):
-            pr = Progress(t.name, state, partial_bytes(p) if state == "paused" else 0, total, filename=f.filename)
-            listener(pr)
-            return pr
-        done_files.append((f, snap, blob))
-        base += f.size
-    path = _save_record(p, done_files)
+    try:
+        for f in p.files:
+            state, snap, blob = _fetch_file(p, f, base, total, report, stop)
+            if state in ("paused", "cancelled"):
+                pr = Progress(t.name, state, partial_bytes(p) if state == "paused" else 0, total,
+                              filename=f.filename)
+                listener(pr)
+                return pr
+            done_files.append((f, snap, blob))
+            base += f.size
+        path = _save_record(p, done_files)
+    except OSError as exc:  # mkdir, rename, link or the record: said in words, never a traceback
+        if paths.is_no_space(exc):
+            raise DiskFullError(t.name, path=str(getattr(exc, "filename", "") or hub.cache()), partial_bytes=0,
+                                total_bytes=total, where=str(hub.cache())) from exc
+        raise CacheError(t.name, where=str(hub.repo_folder(t.repo)), reason=exc.strerror or str(exc)) from exc
     if not t.catalog and t.single_file:
         try:
             store.add_local(path, _local_name(t))

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def _fetch(client: httpx.Client, url: str, repo: str, filename: str, part: Path)
             raise RemoteHeaderError(repo, filename, f"HTTP {resp.status_code}")
         m = re.match(r"bytes \d+-\d+/(\d+)", resp.headers.get("Content-Range", ""))
         size = int(m[1]) if m else int(resp.headers.get("Content-Length") or len(data))
-        part.write_bytes(data)
+        with os.fdopen(paths.open_private(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
+            f.write(data)
         try:
             return _parse(part, size), want, size
         except gguf_info.GGUFError as exc:
@@ -101,7 +103,7 @@ def read(repo: str, filename: str, revision: str = "main") -> gguf_info.GGUFInfo
     if hub.offline():
         raise RemoteHeaderError(repo, filename, "offline mode is on (HF_HUB_OFFLINE)")
     base = _cache_base(repo, filename, revision)
-    base.parent.mkdir(parents=True, exist_ok=True)
+    paths.private_dir(base.parent)
     tmp = base.with_suffix(".part")
     with httpx.Client(follow_redirects=True, timeout=30.0) as client:
         _, want, size = _fetch(client, hub.resolve_url(repo, revision, filename), repo, filename, tmp)

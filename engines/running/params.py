@@ -308,8 +308,25 @@ def validate(pairs: dict[str, object] | list[str], schema: dict[str, ParamSpec] 
             raise ParamError(key, "is not a llama.cpp parameter", raw, suggest(key, tuple(schema)))
         value = coerce(spec, raw)
         _range_checks(key, value)
+        if schema is llamacpp_schema():
+            _fits_field(spec, value)
         out[key] = value
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _scratch() -> object:
+    import xllamacpp  # heavy; only asked once a llama.cpp value is checked
+    return xllamacpp.CommonParams()
+
+
+def _fits_field(spec: ParamSpec, value: object) -> None:
+    """The value fits llama.cpp's own field (some are unsigned or 16-bit, narrower than a C int): it is set
+    on a scratch ``CommonParams``, so a value the engine child could not take never starts one (issue 14)."""
+    try:
+        apply(_scratch(), {spec.key: value})
+    except (OverflowError, TypeError, ValueError, KeyError) as exc:
+        raise ParamError(spec.key, f"does not fit llama.cpp's field for it ({exc})", value) from None
 
 
 def apply(target: object, values: dict[str, object], schema: dict[str, ParamSpec] | None = None) -> None:

@@ -126,8 +126,7 @@ def worker_argv(*args: str) -> list[str]:
 
 
 def launch_log_path(model: str, engine: str) -> Path:
-    folder = paths.log_dir() / "engines"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = paths.private_dir(paths.log_dir() / "engines")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)[:60]
     return folder / f"{stamp}-{safe}-{engine}.log"
@@ -163,10 +162,15 @@ class EngineProcess:
     # -- start ------------------------------------------------------------------------
 
     def spawn(self) -> None:
-        self._log_file = open(self.log_path, "ab", buffering=0)
+        self._log_file = os.fdopen(paths.open_private(self.log_path), "ab", buffering=0)  # 0600: prompts may be in it
         header = {"model": self.model, "engine": self.engine, "port": self.port,
                   "command": self.command.display or " ".join(self.command.argv), "meta": self.meta}
-        self._log_file.write(f"# ember launch {datetime.now().isoformat()} {json.dumps(header)}\n".encode())
+        try:
+            self._log_file.write(f"# ember launch {datetime.now().isoformat()} {json.dumps(header)}\n".encode())
+        except OSError as exc:  # a full disk: the engine may still start; its log stays short
+            if not paths.is_no_space(exc):
+                raise
+            log.warning("cannot write the engine log %s: %s", self.log_path, exc)
         env = dict(os.environ)
         env.update(self.command.env)
         main_thread = threading.current_thread() is threading.main_thread()

@@ -16,6 +16,11 @@ real hub's shapes (read from huggingface_hub's file_download.py / hf_api.py):
 No Xet headers are sent, so downloads stay plain HTTP. Per file it can
 throttle (bytes/s), corrupt one byte of what it serves, and it counts the
 bytes of file content it sent (``served``).
+
+A repository marked ``anywhere`` plays a hostile mirror (issue 14): its
+metadata may hold any file name, commit or checksum, and it serves a file's
+bytes at any URL that ends with the file's last name part, so a client that
+follows a ``../`` name (which HTTP clients fold away) still gets the bytes.
 """
 from __future__ import annotations
 
@@ -71,6 +76,7 @@ class HubRepo:
     files: dict[str, HubFile]
     commit: str = "0123456789abcdef0123456789abcdef01234567"
     gated: bool = False
+    anywhere: bool = False   # hostile: serve the bytes at any URL ending in the file's last name part
 
 
 @dataclass
@@ -237,6 +243,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._send_file(m[1], m[2], f, {"ETag": f'"{f.sha256}"'})
             return
+        for repo, r in self.hub.repos.items():
+            for name, f in r.files.items() if r.anywhere else ():
+                if path.endswith("/" + name.replace("\\", "/").rsplit("/", 1)[-1]):
+                    self._send_file(repo, name, f, {"ETag": f'"{f.sha256}"'})
+                    return
         self._json(404, {"error": f"the fake hub does not serve {path}"})
 
     def _send_file(self, repo: str, name: str, f: HubFile, headers: dict) -> None:

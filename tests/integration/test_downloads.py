@@ -192,18 +192,22 @@ def test_not_enough_space_is_refused_before_starting(env, hub, small_disk, monke
     assert not hub.served
 
 
-def test_disk_full_is_reported_and_the_partial_kept(env, hub, small_disk, monkeypatch):
+def test_disk_full_is_reported_and_the_partial_removed(env, hub, small_disk, monkeypatch):
     """The space check passes when the download starts; the disk fills while it runs (another program
-    could do that). Here the check is switched off to reach the ENOSPC path."""
+    could do that). Here the check is switched off to reach the ENOSPC path. Issue 14: the partial file
+    is removed, so the disk is not left full (it used to be kept for a resume)."""
     from engines.models import downloads
     monkeypatch.setenv("HF_HUB_CACHE", str(small_disk / "hub"))
     with pytest.raises(downloads.DiskFullError) as info:
         downloads.download("acme/big-GGUF:big.gguf", check_disk=False)
     err = info.value
     assert err.partial_bytes > 40_000_000 and err.total_bytes == 80_000_000
-    assert Path(err.path).exists() and Path(err.path).stat().st_size == err.partial_bytes
+    assert not Path(err.path).exists()
+    assert not list((small_disk / "hub").rglob("*.incomplete"))
+    assert shutil.disk_usage(small_disk).used < 5_000_000
     assert err.message.startswith(f"the disk at {small_disk / 'hub'} filled up while downloading acme/big-GGUF")
-    assert "the partial file is kept" in err.message
+    assert "the partial file was removed so the disk is not left full: free 76 MiB there and run again" \
+        in err.message
     assert records.ready_path("acme/big-GGUF:big.gguf") is None
 
 

@@ -123,8 +123,9 @@ def test_wrong_key_is_diagnosed(home, served, fake_keyring):
     assert remotes.endpoints() == []  # a remote that refuses us lists nothing, and raises nothing
 
 
-def test_unreachable_host_is_diagnosed(home):
+def test_unreachable_host_is_diagnosed(home, monkeypatch):
     port = supervisor.free_port()
+    monkeypatch.setenv("EMBER_TEST_NO_KEY", "unused")  # a variable that is not set is refused (issue 14)
     remotes.add("gone", f"http://127.0.0.1:{port}", key_env="EMBER_TEST_NO_KEY")
     r = remotes.get("gone")
     with pytest.raises(StreamBroken) as err:
