@@ -5,12 +5,11 @@ the core's real answers for an address nothing listens on; the real cluster's pa
 tested in tests/integration/test_cluster.py."""
 from __future__ import annotations
 
-import pytest
 from PySide6.QtWidgets import QLabel, QPushButton
 
 from engines.cluster import launching, ops, store
 from engines.cluster.store import Cluster, Secret
-from engines.cluster.xinference import ClusterError, ClusterInfo, Failure, RunningModel, Worker, http_error
+from engines.cluster.xinference import ClusterError, ClusterInfo, Failure, RunningModel, Worker
 
 
 def cluster(name="lab", admin=True) -> Cluster:
