@@ -25,6 +25,7 @@ from engines import autostart
 from engines import logfile
 from engines import paths
 from engines import settings
+from engines.cluster import store as cluster_store
 from engines.gateway.config import GatewayConfig
 from engines.models import store as model_store
 from engines.running.manager import EngineManager
@@ -119,6 +120,10 @@ class SingleInstance(QObject):
             self.show_requested.emit()
 
 
+#: How often the tray asks the user's clusters what runs there.
+CLUSTER_POLL_MS = int(os.environ.get("EMBER_CLUSTER_POLL_MS", "30000"))
+
+
 class EmberApp(QObject):
     """Wires the tray, the chat window and the engine manager together."""
 
@@ -154,6 +159,11 @@ class EmberApp(QObject):
             self.local_api.changed.connect(lambda: self.tray.set_api(self.local_api.url, self.local_api.error))
         QTimer.singleShot(0, lambda: self.local_api.apply(self.values))  # after the tray shows
         qapp.aboutToQuit.connect(self._about_to_quit)
+        self.cluster_timer = QTimer(self, interval=CLUSTER_POLL_MS)
+        self.cluster_timer.timeout.connect(self.refresh_clusters)
+        if self.tray is not None:
+            self.cluster_timer.start()
+            QTimer.singleShot(0, self.refresh_clusters)
         interval = int(os.environ.get("EMBER_IDLE_CHECK_MS", "30000"))
         self.idle_timer = QTimer(self, interval=interval)
         self.idle_timer.timeout.connect(self.check_idle)
@@ -171,6 +181,7 @@ class EmberApp(QObject):
         t.stop_requested.connect(self.stop_model)
         t.restart_requested.connect(self.restart_model)
         t.autostart_toggled.connect(self.set_autostart)
+        t.cluster_stop_requested.connect(self.stop_on_cluster)
         self.bridge.changed.connect(t.refresh)
         self.bridge.ready.connect(lambda *_: t.set_error(None))
         self.bridge.failed.connect(self._engine_failed)
@@ -299,6 +310,24 @@ class EmberApp(QObject):
         crash = self.manager.crashed().get(name)
         if crash is not None:
             self.launch_plan(crash.plan)
+
+    def refresh_clusters(self) -> None:
+        """What runs on the user's clusters, for the tray (asked off the GUI thread; none: no request)."""
+        if self.tray is None or not cluster_store.list_clusters():
+            return
+        from engines.cluster import ops as cluster_ops  # its HTTP client and diagnosis: after the tray shows
+        run_async(lambda: [tuple(ep.name.split("/", 1)) for ep in cluster_ops.endpoints()],
+                  self.tray.set_cluster_models, name="cluster-list", owner=self)
+
+    def stop_on_cluster(self, cluster: str, uid: str) -> None:
+        """The tray's Stop for a model on a cluster; the tray says so when the cluster refuses."""
+        from engines.cluster import ops as cluster_ops
+
+        def failed(exc: BaseException) -> None:
+            if self.tray is not None:
+                self.tray.notify(f"Could not stop {uid} on {cluster}", str(exc))
+        run_async(lambda: cluster_ops.stop(cluster, uid), lambda _: self.refresh_clusters(), failed,
+                  name=f"cluster-stop-{uid}", owner=self)
 
     def check_idle(self) -> None:
         if self.manager.idle_timeout is not None and self.manager.running():

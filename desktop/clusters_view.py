@@ -13,8 +13,8 @@ import logging
 import threading
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import (QComboBox, QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar,
-                               QPushButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+                               QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from engines import actions
 from engines.cluster import diagnosis as cluster_diagnosis
@@ -69,6 +69,7 @@ class ClusterPanel(QFrame):
         self.grid = QGridLayout()
         self.grid.setHorizontalSpacing(12)
         layout.addLayout(self.grid)
+        layout.addLayout(self._options_row())
         layout.addLayout(self._progress_row())
         self.relay = LaunchProgress(self)
         self.relay.changed.connect(self._progress)
@@ -76,6 +77,34 @@ class ClusterPanel(QFrame):
             self.show_overview(overview)
         else:
             self.refresh()
+
+    def _options_row(self) -> QHBoxLayout:
+        """What every Launch here asks for: the context (in the chosen engine's own key), replicas,
+        GPUs per replica and engine options, as Xinference's launch fields (issue 16.3)."""
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Launch with"))
+        self.context = QSpinBox(minimum=0, maximum=1 << 20, singleStep=1024, suffix=" tokens",
+                                specialValueText="default context")
+        self.context.setAccessibleName(f"Context for launches on {self.name}")
+        self.replicas = QSpinBox(minimum=1, maximum=64, prefix="replicas ")
+        self.replicas.setAccessibleName(f"Replicas for launches on {self.name}")
+        self.gpus = QComboBox()
+        self.gpus.addItems(["GPUs: auto", "GPUs: none", *[f"GPUs: {n}" for n in range(1, 9)]])
+        self.gpus.setAccessibleName(f"GPUs per replica for launches on {self.name}")
+        self.engine_options = QLineEdit()
+        self.engine_options.setPlaceholderText("engine options: key=value, …")
+        self.engine_options.setAccessibleName(f"Engine options for launches on {self.name}")
+        for w in (self.context, self.replicas, self.gpus):
+            row.addWidget(w)
+        row.addWidget(self.engine_options, 1)
+        return row
+
+    def launch_options(self) -> dict:
+        """The options row as :func:`engines.cluster.ops.plan`'s arguments."""
+        gpus = self.gpus.currentIndex()
+        return {"context": self.context.value() or None, "replicas": self.replicas.value(),
+                "n_gpu": "auto" if gpus == 0 else gpus - 1,
+                "overrides": [p.strip() for p in self.engine_options.text().split(",") if p.strip()]}
 
     def _progress_row(self) -> QHBoxLayout:
         row = QHBoxLayout()
@@ -186,10 +215,11 @@ class ClusterPanel(QFrame):
         """Plan (Ember's engine and defaults, or the last plan with a fix's ``changes``) and launch, off the GUI."""
         self._cancel = threading.Event()
         cancel, relay, base = self._cancel, self.relay, self.plan if changes else None
+        options = self.launch_options()
         self._show_progress(True, f"Launching {model}\u2026")
 
         def work():
-            p = base.with_changes(changes) if base is not None else ops.plan(self.name, model)
+            p = base.with_changes(changes) if base is not None else ops.plan(self.name, model, **options)
             self.plan = p
             return ops.launch(p, relay.report, cancel, replace=True)
 

@@ -84,6 +84,7 @@ class Tray(QObject):
     quit_requested = Signal()
     stop_requested = Signal(str)          # model name (for a crashed one: forget it)
     restart_requested = Signal(str)       # model name: start a crashed engine again
+    cluster_stop_requested = Signal(str, str)  # cluster, model uid: stop it on the cluster
     autostart_toggled = Signal(bool)
 
     def __init__(self, manager: EngineManager, autostart_on: bool = False, parent: QObject | None = None):
@@ -101,6 +102,7 @@ class Tray(QObject):
         self.api_url: str | None = None     # the local API's base URL while it listens
         self.api_error: str | None = None   # why it does not (port taken...)
         self.api_starting = True            # until the app says how starting it went
+        self.cluster_models: list[tuple[str, str]] = []  # (cluster, uid) running on the user's clusters
         self.rebuild_menu()
         self.icon.setContextMenu(self.menu)
         self.icon.activated.connect(self._activated)
@@ -126,6 +128,13 @@ class Tray(QObject):
         if error:
             self.notify("Ember's local API is off", error, 10000)
         self.rebuild_menu()
+
+    def set_cluster_models(self, models: list[tuple[str, str]]) -> None:
+        """The models running on the user's clusters (the app polls them off the GUI thread)."""
+        if models != self.cluster_models:
+            self.cluster_models = list(models)
+            if not self.menu.isVisible():
+                self.rebuild_menu()
 
     def copy_api_url(self) -> None:
         if self.api_url:
@@ -192,9 +201,12 @@ class Tray(QObject):
         loading = self.manager.loading()
         unloaded = self.manager.unloaded()
         crashed = self.manager.crashed()
-        if running or loading or unloaded or crashed or self.downloads:
+        if running or loading or unloaded or crashed or self.downloads or self.cluster_models:
             m.addSeparator()
         self._engine_items(running, loading, unloaded, crashed)
+        for cluster, uid in self.cluster_models:
+            sub = m.addMenu(f"{cluster}/{uid} (on the cluster)")
+            sub.addAction("Stop", lambda c=cluster, u=uid: self.cluster_stop_requested.emit(c, u))
         for name, fraction in self.downloads.items():
             act = m.addAction(download_line(name, fraction))
             act.setEnabled(False)

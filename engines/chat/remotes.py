@@ -181,7 +181,7 @@ def edit(name: str, url: str, key: str | None = None, key_env: str | None = None
     except RemoteError:
         current = None
     if key or key_env or current is None or current.key_source == "none":
-        return add(name, url, key=key or None, key_env=key_env or None)
+        return add(name, url, key=key or None, key_env=key_env or None, replace=current is not None)
     try:
         url = normalize_url(url)
     except RemoteError as exc:

@@ -169,10 +169,12 @@ def local_spec(model: str) -> ModelSpec | None:
 
 def plan(cluster: str, model: str, client: Client | None = None, info: ClusterInfo | None = None,
          engine: str | None = None, overrides: dict[str, object] | list[str] | None = None, replicas: int = 1,
-         n_gpu: int | str | None = "auto", uid: str | None = None, base: dict | None = None) -> ClusterPlan:
+         n_gpu: int | str | None = "auto", uid: str | None = None, base: dict | None = None,
+         context: int | None = None) -> ClusterPlan:
     """The launch of ``model`` (one of Ember's local models, or an Xinference name) on ``cluster``.
 
     ``base``: parameters of an earlier launch that ``overrides`` change (a fix keeps the rest).
+    ``context``: a context size for whichever engine is chosen (its own key), as the desktop asks it.
     Raises ClusterPlanError, ParamError (a bad ``--set``), ClusterError (the cluster's answers)."""
     if replicas < 1:
         raise ClusterPlanError(cluster, model, "replicas must be 1 or more")
@@ -205,6 +207,8 @@ def plan(cluster: str, model: str, client: Client | None = None, info: ClusterIn
     user = {**backend.validate(base or {}), **backend.validate(overrides or {})}
     values = dict(user)
     ctx_key = backend.roles.context
+    if context and ctx_key and ctx_key not in (overrides or {}):  # the panel's Context field, in this engine's key
+        values[ctx_key] = user[ctx_key] = backend.validate({ctx_key: context})[ctx_key]
     if ctx_key and ctx_key not in values:
         values[ctx_key] = min(default_context(spec), trained) if trained else default_context(spec)
     if backend.roles.parallel and backend.roles.parallel not in values and chosen == "llamacpp":

@@ -161,7 +161,7 @@ def plan_of_running(name: str, model: RunningModel) -> ClusterPlan:
 # -- launching and stopping ------------------------------------------------------------------------------
 
 def plan(name: str, model: str, engine: str | None = None, overrides=None, replicas: int = 1,
-         n_gpu: int | str | None = "auto", keep: bool = True) -> ClusterPlan:
+         n_gpu: int | str | None = "auto", keep: bool = True, context: int | None = None) -> ClusterPlan:
     """``keep``: start from the parameters of Ember's last launch of this model there (``--set`` changes
     them), so applying a fix changes only what the fix names."""
     cluster = store.get(name)
@@ -172,7 +172,8 @@ def plan(name: str, model: str, engine: str | None = None, overrides=None, repli
             record = None  # another engine: the old keys do not apply
         base = record.get("params") if record else None
         engine = engine or (record.get("engine") if record else None)
-        return launching.plan(name, model, client, info, engine, overrides, replicas, n_gpu, base=base)
+        return launching.plan(name, model, client, info, engine, overrides, replicas, n_gpu, base=base,
+                              context=context)
 
 
 def launch(p: ClusterPlan, on_progress: Callable[[LaunchState], None] | None = None,

@@ -5,12 +5,11 @@ the core's real answers for an address nothing listens on; the real cluster's pa
 tested in tests/integration/test_cluster.py."""
 from __future__ import annotations
 
-import pytest
 from PySide6.QtWidgets import QLabel, QPushButton
 
 from engines.cluster import launching, ops, store
 from engines.cluster.store import Cluster, Secret
-from engines.cluster.xinference import ClusterError, ClusterInfo, Failure, RunningModel, Worker, http_error
+from engines.cluster.xinference import ClusterError, ClusterInfo, Failure, RunningModel, Worker
 
 
 def cluster(name="lab", admin=True) -> Cluster:
@@ -75,7 +74,7 @@ def test_a_refused_launch_opens_the_diagnosis_and_its_fix_relaunches_there(qtbot
                                uid="starter")
         return RunningModel("starter", "ember-starter", "llama.cpp", 2048)
 
-    monkeypatch.setattr(ops, "plan", lambda name, model: plan)
+    monkeypatch.setattr(ops, "plan", lambda name, model, **options: plan)
     monkeypatch.setattr(ops, "launch", fake_launch)
     monkeypatch.setattr(ops, "overview", lambda name, with_builtin=True: fake_overview())
     panel = ClusterPanel("lab", overview=fake_overview())
@@ -91,6 +90,34 @@ def test_a_refused_launch_opens_the_diagnosis_and_its_fix_relaunches_there(qtbot
     qtbot.waitUntil(lambda: len(launched) == 2, timeout=10_000)
     assert launched[1].params == {"n_ctx": 32768, "n_parallel": 1, **fix.changes}  # the fix's change, on the cluster
     assert launched[1].uid == "starter" and launched[1].cluster == "lab"
+
+
+def test_the_launch_options_reach_the_clusters_plan(qtbot, monkeypatch, starter_spec):
+    """Context, replicas, GPUs and engine options on the panel are what the plan is asked for; the
+    context lands in the chosen engine's own key (llama.cpp's n_ctx for the starter)."""
+    from desktop.clusters_view import ClusterPanel
+    asked = {}
+
+    def fake_plan(name, model, **options):
+        asked.update(options)
+        return launching.plan(name, model, None, None, overrides=options["overrides"], replicas=options["replicas"],
+                              n_gpu=options["n_gpu"], context=options["context"])
+
+    monkeypatch.setattr(ops, "plan", fake_plan)
+    monkeypatch.setattr(ops, "launch", lambda p, *a, **k: asked.setdefault("plan", p))
+    monkeypatch.setattr(ops, "overview", lambda name, with_builtin=True: fake_overview())
+    panel = ClusterPanel("lab", overview=fake_overview())
+    qtbot.addWidget(panel)
+    panel.context.setValue(1536)
+    panel.replicas.setValue(2)
+    panel.gpus.setCurrentText("GPUs: none")
+    panel.engine_options.setText("n_parallel=2, sampling.top_k=20")
+    button(panel, "Launch starter on lab").click()
+    qtbot.waitUntil(lambda: "plan" in asked, timeout=10_000)
+    assert asked["context"] == 1536 and asked["replicas"] == 2 and asked["n_gpu"] == 0
+    p = asked["plan"]
+    assert p.params["n_ctx"] == 1536 and p.params["n_parallel"] == 2 and p.params["sampling.top_k"] == 20
+    assert p.replicas == 2 and p.n_gpu == 0
 
 
 def test_a_cluster_that_does_not_answer_says_so(qtbot, fresh_home, monkeypatch):

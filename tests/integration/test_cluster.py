@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from PySide6.QtWidgets import QApplication
 
+from desktop.app import EmberApp
 from engines import paths
 from engines.chat.client import ChatStream, Delta, Finished
 from engines.cluster import launching, ops, session, store
@@ -161,6 +163,27 @@ def test_an_api_key_alone_may_chat_but_not_launch(lab):
         client.launch(Launch("x", "ember-starter", "llama.cpp"))
     assert err.value.kind is Failure.KEY_ONLY and err.value.status == 403
     assert err.value.detail == "API keys can only access model query and inference endpoints"
+
+
+@pytest.mark.qt_log_ignore("systemTrayWindowChanged")
+def test_the_tray_lists_it_and_stops_it_on_the_cluster(lab, qtbot):
+    """The tray (offscreen here; the real tray is tested under Xvfb elsewhere) shows what runs on the
+    user's clusters and its Stop ends it there; the CLI's stop is tested on a relaunch below."""
+    app = EmberApp(QApplication.instance(), use_tray=True)
+    try:
+        qtbot.waitUntil(lambda: ("lab", "starter") in app.tray.cluster_models, timeout=30_000)
+        app.tray.rebuild_menu()
+        entry = next(a for a in app.tray.menu.actions() if a.text() == "lab/starter (on the cluster)")
+        stop = next(a for a in entry.menu().actions() if a.text() == "Stop")
+        stop.trigger()
+        qtbot.waitUntil(lambda: ("lab", "starter") not in app.tray.cluster_models, timeout=30_000)
+        assert "starter" not in [m.uid for m in ops.overview("lab", with_builtin=False).running]
+    finally:
+        app.quit()
+        app.tray.hide()
+        QApplication.instance().setQuitOnLastWindowClosed(True)
+    relaunched = ember("cluster", "launch", "lab", "starter")
+    assert relaunched.returncode == 0, relaunched.stderr
 
 
 def test_stop_terminates_it_on_the_cluster(lab):
