@@ -344,6 +344,7 @@ def cmd_serve(args) -> int:
     manager.subscribe(lambda event: _say_crash(event, args))
     try:
         info = {"base_url": gw.base_url, "api_key": gateway_keys.get(), "pid": os.getpid()}
+        gw.start(wait=False)  # Uvicorn comes up while the engine loads
         if plan is not None:
             try:
                 run = manager.launch(plan)
@@ -358,7 +359,7 @@ def cmd_serve(args) -> int:
                         pid=run.proc.pid)
         else:
             info["models"] = gw.router.local_names()
-        gw.start()
+        gw.wait_started()
         print(json.dumps(info), flush=True)
         if not args.quiet and plan is None:
             print(f"ember: the local API is at {gw.base_url}; models start when a request names them. "

@@ -10,6 +10,7 @@ import errno
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
 import uvicorn
@@ -86,19 +87,21 @@ class Gateway:
         self._make_server().run(sockets=[self._socket])
         self._close_socket()
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Serve on a daemon thread; returns once requests are answered."""
+    def start(self, timeout: float = 10.0, wait: bool = True) -> None:
+        """Serve on a daemon thread; with ``wait``, return once requests are answered (else call
+        :meth:`wait_started` later: ``ember serve MODEL`` starts its engine meanwhile)."""
         self.bind()
         server = self._make_server()
         self._thread = threading.Thread(target=server.run, kwargs={"sockets": [self._socket]},
                                         name="ember-gateway", daemon=True)
         self._thread.start()
-        ready = threading.Event()
-        for _ in range(int(timeout / 0.02)):
-            if server.started or not self._thread.is_alive():
-                ready.set()
-                break
-            threading.Event().wait(0.02)
+        if wait:
+            self.wait_started(timeout)
+
+    def wait_started(self, timeout: float = 10.0) -> None:
+        server, deadline = self._server, time.monotonic() + timeout
+        while not server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
         if not server.started:
             raise RuntimeError("the local API did not start (see the log)")
         log.info("local API listening on %s", self.base_url)
