@@ -450,30 +450,33 @@ def cmd_chat(args) -> int:
     if proc is None:
         return code
     try:
-        messages: list[dict] = []
-        if args.system:
-            messages.append({"role": "system", "content": args.system})
-        if args.prompt:
-            messages.append({"role": "user", "content": " ".join(args.prompt)})
-            _, code = _chat_once(proc, plan, messages, args, mode)
-            return code
-        print(f"Chatting with {plan.model.display_name or plan.model.name} ({LABELS[plan.engine]}). "
-              "Empty line or Ctrl-D to quit.", file=sys.stderr)
-        while True:
-            try:
-                line = input("> ")
-            except (EOFError, KeyboardInterrupt):
-                print(file=sys.stderr)
-                return 0
-            if not line.strip():
-                return 0
-            messages.append({"role": "user", "content": line})
-            reply, code = _chat_once(proc, plan, messages, args, mode)
-            if reply is None:
-                return code
-            messages.append({"role": "assistant", "content": reply})
+        return _converse(args, f"{plan.model.display_name or plan.model.name} ({LABELS[plan.engine]})",
+                         lambda messages: _chat_once(proc, plan, messages, args, mode))
     finally:
         proc.stop()
+
+
+def _converse(args, who: str, reply: Callable[[list[dict]], tuple[str | None, int]]) -> int:
+    """``ember chat``'s one prompt (``args.prompt``), else an interactive session until an empty line
+    or Ctrl-D; ``reply(messages)`` answers, returning (the reply as shown, or None when it failed; exit code)."""
+    messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    if args.prompt:
+        messages.append({"role": "user", "content": " ".join(args.prompt)})
+        return reply(messages)[1]
+    print(f"Chatting with {who}. Empty line or Ctrl-D to quit.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if not line.strip():
+            return 0
+        messages.append({"role": "user", "content": line})
+        answer, code = reply(messages)
+        if answer is None:
+            return code
+        messages.append({"role": "assistant", "content": answer})
 
 
 def cmd_diagnose(args) -> int:
@@ -862,24 +865,8 @@ def cmd_cluster_chat(args) -> int:
     except (ClusterError, cluster_store.ClusterConfigError) as exc:
         return _cluster_fail(exc, args, plan)
     try:
-        messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
-        if args.prompt:
-            messages.append({"role": "user", "content": " ".join(args.prompt)})
-            return _cluster_reply(client, plan, messages, args)[1]
-        print(f"Chatting with {running.uid} on {name}. Empty line or Ctrl-D to quit.", file=sys.stderr)
-        while True:
-            try:
-                line = input("> ")
-            except (EOFError, KeyboardInterrupt):
-                print(file=sys.stderr)
-                return 0
-            if not line.strip():
-                return 0
-            messages.append({"role": "user", "content": line})
-            reply, code = _cluster_reply(client, plan, messages, args)
-            if reply is None:
-                return code
-            messages.append({"role": "assistant", "content": reply})
+        return _converse(args, f"{running.uid} on {name}",
+                         lambda messages: _cluster_reply(client, plan, messages, args))
     finally:
         client.close()
 
