@@ -54,20 +54,9 @@ class InstallDialog(QDialog):
         self.intro.setWordWrap(True)
         layout.addWidget(self.intro)
 
-        line = QHBoxLayout()
-        self.command_field = QLineEdit(cmd.display)
-        self.command_field.setReadOnly(True)
-        self.command_field.setCursorPosition(0)
-        self.command_field.setAccessibleName("Install command")
         mono = QFont("monospace")
         mono.setStyleHint(QFont.Monospace)
-        self.command_field.setFont(mono)
-        self.copy_button = QPushButton("Copy")
-        self.copy_button.setAccessibleName("Copy the install command")
-        self.copy_button.clicked.connect(self.copy)
-        line.addWidget(self.command_field, 1)
-        line.addWidget(self.copy_button)
-        layout.addLayout(line)
+        layout.addLayout(self._command_row(cmd, mono))
 
         self.why_not = muted_label(f"Ember does not run it itself ({cmd.why_not})." if cmd.why_not else "")
         self.why_not.setVisible(bool(cmd.why_not))
@@ -97,24 +86,44 @@ class InstallDialog(QDialog):
         self.error = error_label()
         layout.addWidget(self.error)
 
-        self.buttons = QDialogButtonBox()
+        self.buttons = self._button_box(cmd)
+        layout.addWidget(self.buttons)
+        (self.install_button if cmd.runnable else self.copy_button).setDefault(True)
+        self._line.connect(self._append, Qt.ConnectionType.QueuedConnection)
+
+    def _command_row(self, cmd: install.InstallCommand, mono: QFont) -> QHBoxLayout:
+        """The command, read-only in a monospace field, with Copy."""
+        line = QHBoxLayout()
+        self.command_field = QLineEdit(cmd.display)
+        self.command_field.setReadOnly(True)
+        self.command_field.setCursorPosition(0)
+        self.command_field.setAccessibleName("Install command")
+        self.command_field.setFont(mono)
+        self.copy_button = QPushButton("Copy")
+        self.copy_button.setAccessibleName("Copy the install command")
+        self.copy_button.clicked.connect(self.copy)
+        line.addWidget(self.command_field, 1)
+        line.addWidget(self.copy_button)
+        return line
+
+    def _button_box(self, cmd: install.InstallCommand) -> QDialogButtonBox:
+        """Install (when Ember may run it), Start it (after), Cancel (while running), Close."""
+        buttons = QDialogButtonBox()
         self.install_button = primary_button("Install")
         self.install_button.clicked.connect(self.run)
         self.start_button = primary_button("Start it")
         self.start_button.clicked.connect(self._start)
-        self.buttons.addButton(self.install_button, QDialogButtonBox.ButtonRole.ActionRole)
-        self.buttons.addButton(self.start_button, QDialogButtonBox.ButtonRole.ActionRole)
-        self.cancel_button = self.buttons.addButton(QDialogButtonBox.StandardButton.Cancel)
+        buttons.addButton(self.install_button, QDialogButtonBox.ButtonRole.ActionRole)
+        buttons.addButton(self.start_button, QDialogButtonBox.ButtonRole.ActionRole)
+        self.cancel_button = buttons.addButton(QDialogButtonBox.StandardButton.Cancel)
         # after addButton, which shows what it adds
         self.install_button.setVisible(cmd.runnable)
         self.start_button.hide()
         self.cancel_button.hide()
         self.cancel_button.clicked.connect(self.cancel)
-        self.close_button = self.buttons.addButton(QDialogButtonBox.StandardButton.Close)
+        self.close_button = buttons.addButton(QDialogButtonBox.StandardButton.Close)
         self.close_button.clicked.connect(self.reject)
-        layout.addWidget(self.buttons)
-        (self.install_button if cmd.runnable else self.copy_button).setDefault(True)
-        self._line.connect(self._append, Qt.ConnectionType.QueuedConnection)
+        return buttons
 
     # -- actions ---------------------------------------------------------------------------
     def copy(self) -> None:

@@ -958,49 +958,33 @@ TOKENS = _whole(1, None, "a number of tokens")
 PORT = _whole(0, 65535, "a port")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ember", description="Run large language models on this computer.")
-    p.add_argument("--version", action="version", version=f"ember {version()}")
-    p.add_argument("-v", "--verbose", action="store_true", help="log what Ember does")
-    sub = p.add_subparsers(dest="command")
+def _hw_opt(sp) -> None:
+    sp.add_argument("--hardware", metavar="FILE", help="use a hardware profile (JSON) instead of detecting")
 
-    def hw_opt(sp):
-        sp.add_argument("--hardware", metavar="FILE", help="use a hardware profile (JSON) instead of detecting")
 
-    d = sub.add_parser("doctor", help="hardware, engines, and what can use the GPU")
-    d.add_argument("--json", action="store_true")
-    hw_opt(d)
-    d.set_defaults(func=cmd_doctor)
+def _launch_opts(sp, optional_model: bool = False):
+    sp.add_argument("model", nargs="?" if optional_model else None,
+                    help="a name from `ember models`, or a path to a model file or folder")
+    sp.add_argument("--engine", choices=ENGINES, help="override the engine the rules would choose")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="engine parameter, nested keys in dot notation (sampling.top_k=40); repeatable")
+    sp.add_argument("--json", action="store_true",
+                    help="print a failure's diagnosis (and a chat's stop reason) as JSON on stderr")
+    sp.add_argument("-q", "--quiet", action="store_true")
+    _hw_opt(sp)
 
-    m = sub.add_parser("models", help="models with the engine and fit on this computer")
-    m.add_argument("--json", action="store_true")
-    m.add_argument("--fits", action="store_true", help="only models that can run here")
-    m.add_argument("--refresh", action="store_true",
-                   help="list the catalog's files and sizes on the Hub again (saved; used offline) and "
-                        "say which entries changed")
-    hw_opt(m)
-    m.set_defaults(func=cmd_models)
 
-    def launch_opts(sp, optional_model: bool = False):
-        sp.add_argument("model", nargs="?" if optional_model else None,
-                        help="a name from `ember models`, or a path to a model file or folder")
-        sp.add_argument("--engine", choices=ENGINES, help="override the engine the rules would choose")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="engine parameter, nested keys in dot notation (sampling.top_k=40); repeatable")
-        sp.add_argument("--json", action="store_true",
-                        help="print a failure's diagnosis (and a chat's stop reason) as JSON on stderr")
-        sp.add_argument("-q", "--quiet", action="store_true")
-        hw_opt(sp)
-
+def _launch_parsers(sub) -> None:
+    """``serve`` and ``chat``: the commands that start a model."""
     s = sub.add_parser("serve", help="the local OpenAI-compatible API (every model, on demand) until Ctrl-C; "
                                      "with MODEL, that model only")
-    launch_opts(s, optional_model=True)
+    _launch_opts(s, optional_model=True)
     s.add_argument("--port", type=PORT, default=None,
                    help="the port (default: the gateway_port setting, 5731; with MODEL, any free port; 0: any)")
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("chat", help="chat with a model in the terminal")
-    launch_opts(c)
+    _launch_opts(c)
     c.add_argument("prompt", nargs="*", help="a single prompt; without it, an interactive session")
     c.add_argument("--system", help="system prompt")
     c.add_argument("--max-tokens", type=TOKENS, default=None,
@@ -1010,6 +994,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--replicas", type=int, default=1, help=argparse.SUPPRESS)
     c.add_argument("--gpus", default="auto", help=argparse.SUPPRESS)
     c.set_defaults(func=cmd_chat)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ember", description="Run large language models on this computer.")
+    p.add_argument("--version", action="version", version=f"ember {version()}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what Ember does")
+    sub = p.add_subparsers(dest="command")
+
+    d = sub.add_parser("doctor", help="hardware, engines, and what can use the GPU")
+    d.add_argument("--json", action="store_true")
+    _hw_opt(d)
+    d.set_defaults(func=cmd_doctor)
+
+    m = sub.add_parser("models", help="models with the engine and fit on this computer")
+    m.add_argument("--json", action="store_true")
+    m.add_argument("--fits", action="store_true", help="only models that can run here")
+    m.add_argument("--refresh", action="store_true",
+                   help="list the catalog's files and sizes on the Hub again (saved; used offline) and "
+                        "say which entries changed")
+    _hw_opt(m)
+    m.set_defaults(func=cmd_models)
+
+    _launch_parsers(sub)
 
     dg = sub.add_parser("diagnose", help="explain an engine log's failure, with fixes (Ember's or any other)")
     dg.add_argument("logfile", help="the log file (an Ember engine log, or one saved from elsewhere); - for stdin")
