@@ -164,12 +164,17 @@ def add(name: str, url: str, key: str | None = None, key_env: str | None = None,
         remote = Remote(name, url, "env", key_env)
     else:
         remote = Remote(name, url, "none")
+    return _keep(remote)
+
+
+def _keep(remote: Remote) -> Remote:
+    """Save ``remote`` (new or replacing one of its name); what was known of the old one is forgotten."""
     with _lock:
         remotes = _load()
-        remotes[name] = remote
+        remotes[remote.name] = remote
         _save(remotes)
-        _models_cache.pop(name, None)
-        _failures.pop(name, None)
+        _models_cache.pop(remote.name, None)
+        _failures.pop(remote.name, None)
     return remote
 
 
@@ -187,13 +192,7 @@ def edit(name: str, url: str, key: str | None = None, key_env: str | None = None
     except RemoteError as exc:
         raise RemoteError(name, exc.problem, exc.kind) from None
     remote = Remote(name, url, current.key_source, current.key_env)
-    with _lock:
-        remotes = _load()
-        remotes[name] = remote
-        _save(remotes)
-        _models_cache.pop(name, None)
-        _failures.pop(name, None)
-    return remote
+    return _keep(remote)
 
 
 def remove(name: str) -> bool:
